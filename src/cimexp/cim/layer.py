@@ -1,0 +1,433 @@
+"""``CIMConv2d``: a drop-in ``nn.Conv2d`` that simulates a bit-scalable compute-in-memory macro.
+
+Forward pass, per output position (paper Sec. II-A, III-A..C; shapes in :mod:`cimexp.cim.mapping`):
+
+1. DAC: ``a_int = clamp(round(x / s_a), 0, 2^a_bits - 1)`` (LSQ step ``s_a``; ``a_bits=None``: ``a_int = x``).
+2. Weights: one copy per (polarity, split), each quantized to ``w_bits`` with its column's LSQ step ``s_w``
+   (shared across copies for layer/array granularity), then bit-sliced into cell codes (:func:`slice_bits`).
+3. Array MAC: every column's partial sum ``P = sum_r code * gain * a_int`` over the rows of its row tile.
+4. ADC: ``clamp(round(P / s_p), adc_min, adc_max)``. ``s_p`` is learned (LSQ) in the integer MAC domain of the
+   paper's eq. 2, so one psum step is one ADC reference setting; ``psum_quant=False`` skips the ADC.
+5. Shift-and-add + dequantization: ``y = sum_{p,t,s} polarity * shift_s * code * s_p * s_a * s_w``.
+
+Fast path: all columns of all arrays come out of one grouped convolution (groups = row tiles, paper Fig. 5), and
+the ADC, dequantization and shift-and-add run in one fused autograd function. With ``psum_quant=False`` the
+whole layer is linear in the cell codes, so it folds into a single ordinary convolution. The literal reference
+is :func:`cimexp.cim.program.simulate`, tested against this layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimexp.cim.mapping import ArrayMapping, slice_bits
+from cimexp.cim.options import Granularity, WeightEncoding, check_bits
+from cimexp.cim.program import CIMProgram
+from cimexp.cim.quant import (
+    adc_shift_add,
+    effective_step,
+    lsq_init,
+    mse_init,
+    positive,
+    quantize_int,
+    round_ste,
+    sync_mean,
+)
+
+
+class CIMConv2d(nn.Conv2d):
+    """Convolution computed as on compute-in-memory crossbars with bit-sliced weights and low-resolution ADCs.
+
+    Args (beyond ``nn.Conv2d``'s; ``groups`` must be 1):
+        w_bits: signed integer weight bits (two's complement range, or symmetric for differential encoding).
+        a_bits: unsigned activation (DAC) bits; ``None`` disables activation quantization.
+        cell_bits: bits stored per memory cell; a weight spans ``S = ceil(w_bits / cell_bits)`` cells.
+        adc_bits: ADC resolution for every column's partial sum.
+        array_size: N of the N x N arrays.
+        weight_granularity, psum_granularity: ``"layer"``, ``"array"`` or ``"column"`` (see
+            :class:`~cimexp.cim.options.Granularity`).
+        psum_quant: quantize partial sums with the ADC; ``False`` keeps them in full precision (also switchable at
+            run time with :func:`set_psum_quant`, as in two-stage QAT).
+        weight_encoding: ``"twos_complement"`` or ``"differential"`` (see
+            :class:`~cimexp.cim.options.WeightEncoding`).
+
+    Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights (LSQ's
+    ``2 E|w| / sqrt(qmax)`` per step group), activation and ADC steps from that batch's inputs and partial sums;
+    or explicitly with :func:`calibrate`. After that they are parameters only: in eval mode an output never depends
+    on the rest of the batch. Initialisation state is saved in the ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = False,
+        *,
+        w_bits: int = 4,
+        a_bits: int | None = 4,
+        cell_bits: int = 2,
+        adc_bits: int = 4,
+        array_size: int = 128,
+        weight_granularity: str | Granularity = "column",
+        psum_granularity: str | Granularity = "column",
+        psum_quant: bool = True,
+        weight_encoding: str | WeightEncoding = "twos_complement",
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if groups != 1:
+            raise ValueError(f"invalid groups={groups}: CIMConv2d maps dense convolutions only; valid: 1")
+        if padding_mode != "zeros":
+            raise ValueError(f"invalid padding_mode={padding_mode!r}; valid choices: zeros")
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias, "zeros", device, dtype
+        )
+        self.w_bits = check_bits("w_bits", w_bits)
+        self.a_bits = check_bits("a_bits", a_bits, allow_none=True)
+        self.cell_bits = check_bits("cell_bits", cell_bits)
+        self.adc_bits = check_bits("adc_bits", adc_bits)
+        self.weight_granularity = Granularity.parse(weight_granularity, "weight_granularity")
+        self.psum_granularity = Granularity.parse(psum_granularity, "psum_granularity")
+        self.weight_encoding = WeightEncoding.parse(weight_encoding)
+        self.psum_quant = bool(psum_quant)
+        self.mapping = ArrayMapping.create(
+            in_channels,
+            out_channels,
+            self.kernel_size,
+            array_size=array_size,
+            w_bits=self.w_bits,
+            cell_bits=self.cell_bits,
+            adc_bits=self.adc_bits,
+            encoding=self.weight_encoding,
+            signed_inputs=self.a_bits is None,
+        )
+        m = self.mapping
+        factory = {"device": device, "dtype": dtype}
+        self.weight_step = nn.Parameter(torch.ones(m.step_shape(self.weight_granularity), **factory))
+        self.psum_step = nn.Parameter(torch.ones(m.step_shape(self.psum_granularity), **factory))
+        self.act_step = nn.Parameter(torch.ones((), **factory)) if self.a_bits is not None else None
+        # Constants as float buffers, so that .double() / .half() / .to(device) carry them along with the weights.
+        const = {"device": device, "dtype": torch.get_default_dtype() if dtype is None else dtype}
+        adc_min, adc_max = m.adc_range()
+        self.register_buffer("adc_min", torch.tensor(adc_min, **const), persistent=False)
+        self.register_buffer("adc_max", torch.tensor(adc_max, **const), persistent=False)
+        self.register_buffer("split_shift", torch.tensor(m.split_shift(), **const), persistent=False)
+        self.register_buffer("polarity", torch.tensor(m.polarity(), **const), persistent=False)
+        self.register_buffer("cell_gain", None, persistent=False)
+        self.weight_step_ready = False
+        self.act_step_ready = self.a_bits is None
+        self.psum_step_ready = False
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **cim_options: Any) -> CIMConv2d:
+        """A CIM layer with ``conv``'s geometry and a copy of its float weights (and bias), e.g. to fine-tune
+        from a float checkpoint. ``cim_options`` are the CIM keyword arguments of the constructor."""
+        if conv.groups != 1:
+            raise ValueError(f"cannot map a grouped convolution (groups={conv.groups}) onto CIM arrays")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            **cim_options,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    # --- initialisation state (saved in state_dict via extra state) -------------------------------------------
+    def get_extra_state(self) -> dict[str, bool]:
+        return {
+            "weight_step_ready": self.weight_step_ready,
+            "act_step_ready": self.act_step_ready,
+            "psum_step_ready": self.psum_step_ready,
+        }
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        self.weight_step_ready = bool(state["weight_step_ready"])
+        self.act_step_ready = bool(state["act_step_ready"])
+        self.psum_step_ready = bool(state["psum_step_ready"])
+
+    def extra_repr(self) -> str:
+        a = "None" if self.a_bits is None else self.a_bits
+        return (
+            f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={a}, cell_bits={self.cell_bits}, "
+            f"adc_bits={self.adc_bits}, array_size={self.mapping.array_size}, "
+            f"weight_granularity={self.weight_granularity.name.lower()}, "
+            f"psum_granularity={self.psum_granularity.name.lower()}, psum_quant={self.psum_quant}, "
+            f"weight_encoding={self.weight_encoding.value}"
+        )
+
+    # --- quantizers -------------------------------------------------------------------------------------------
+    @property
+    def act_qmax(self) -> int:
+        return 2**self.a_bits - 1
+
+    def _act_int(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a_int, s_a)``: the DAC input codes ``[B, C, H, W]`` and the (effective) activation step."""
+        if self.a_bits is None:
+            return x, torch.ones((), dtype=x.dtype, device=x.device)
+        if not self.act_step_ready:
+            self._init_act_step(x)
+        n_per_step = x[0].numel()
+        s_a = effective_step(self.act_step, n_per_step, self.act_qmax)
+        return quantize_int(x, s_a, 0.0, float(self.act_qmax)), s_a
+
+    def _weight_step_full(self) -> torch.Tensor:
+        """Effective weight steps, one per column: ``[P, S, T, O]``."""
+        if not self.weight_step_ready:
+            self._init_weight_step()
+        m = self.mapping
+        # Weights quantized with one step (LSQ's N): the per-(polarity, split) copies share the same weights.
+        n_per_step = self.weight.numel() * self.weight_step.shape[:2].numel() / self.weight_step.numel()
+        step = effective_step(self.weight_step, n_per_step, float(m.weight_range()[1]))
+        return m.expand_step(step, self.weight_granularity)
+
+    def cell_codes(self, s_w: torch.Tensor) -> torch.Tensor:
+        """Cell codes ``[P, S, O, T, R]`` (integer-valued, differentiable through STE) for column steps
+        ``s_w`` ``[P, S, T, O]``; ``cell_gain`` (variation) not applied."""
+        m = self.mapping
+        w = m.tile_rows(self.weight)  # [O, T, R]
+        u = w.unsqueeze(0).unsqueeze(0) / s_w.permute(0, 1, 3, 2).unsqueeze(-1)  # [P, S, O, T, R]
+        qmin, qmax = m.weight_range()
+        if self.weight_encoding is WeightEncoding.DIFFERENTIAL:
+            # Each polarity is an unsigned quantizer of +w / -w: a weight goes to one array or the other.
+            u = u * self.polarity.reshape(-1, 1, 1, 1, 1)
+            qmin = 0
+        w_int = round_ste(torch.clamp(u, qmin, qmax))
+        return slice_bits(w_int, m)
+
+    def _conductances(self, s_w: torch.Tensor) -> torch.Tensor:
+        """Programmed cell values ``[T, P, S, O, R]`` (codes times the variation gain), tile-major for the conv."""
+        codes = self.cell_codes(s_w)
+        if self.cell_gain is not None:
+            codes = codes * self.cell_gain.permute(0, 1, 4, 2, 3)
+        return codes.permute(3, 0, 1, 2, 4)
+
+    def _psum_step_full(self, n_positions: int = 1) -> torch.Tensor:
+        """Effective ADC steps (integer MAC units), one per column: ``[P, S, T, O]``. ``n_positions`` (output
+        positions per image) only sets LSQ's gradient scale."""
+        m = self.mapping
+        n_per_step = m.n_columns * n_positions / self.psum_step.numel()
+        qmax = float(self.adc_max.max())
+        step = effective_step(self.psum_step, n_per_step, qmax)
+        return m.expand_step(step, self.psum_granularity)
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mapping
+        a_int, s_a = self._act_int(x)
+        s_w = self._weight_step_full()  # [P, S, T, O]
+        cond = self._conductances(s_w)  # [T, P, S, O, R]
+        # factor[t, p, s, o] = polarity * shift * s_a * s_w: everything the dequantization multiplies by.
+        sign_shift = self.polarity.reshape(-1, 1) * self.split_shift.reshape(1, -1)  # [P, S]
+        factor = (s_w * (sign_shift.unsqueeze(-1).unsqueeze(-1) * s_a)).permute(2, 0, 1, 3)  # [T, P, S, O]
+        kh, kw = self.kernel_size
+        if not self.psum_quant:
+            # Linear in the codes: fold shift-and-add and dequantization into one ordinary convolution.
+            w_eff = torch.einsum("tpsor,tpso->otr", cond, factor).reshape(self.out_channels, -1, kh, kw)
+            out = F.conv2d(a_int, w_eff[:, : self.in_channels], None, self.stride, self.padding, self.dilation)
+        else:
+            psum = self._column_psums(a_int, cond)  # [B, G, O, H_out, W_out]
+            out_hw = psum.shape[-2:]
+            psum = psum.flatten(3)
+            if not self.psum_step_ready:
+                self._init_psum_step(psum)
+            s_p = self._psum_step_full(psum.shape[-1]).permute(2, 0, 1, 3).reshape(-1, self.out_channels)
+            qmin = self.adc_min.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)  # [G, 1]
+            qmax = self.adc_max.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)
+            y = adc_shift_add(psum, s_p, factor.reshape(-1, self.out_channels), qmin, qmax)
+            out = y.reshape(y.shape[0], self.out_channels, *out_hw)
+        if self.bias is not None:
+            out = out + self.bias.reshape(1, -1, 1, 1)
+        return out
+
+    def _column_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Every column's partial sum, ``[B, G, O, H_out, W_out]`` with ``G = T*P*S`` (tile-major): one
+        convolution with one group per row tile."""
+        m = self.mapping
+        kh, kw = self.kernel_size
+        n_tiles, cpt = m.n_row_tiles, m.channels_per_tile
+        weight = cond.reshape(-1, cpt, kh, kw)  # [T*P*S*O, cpt, kh, kw]
+        pad_c = n_tiles * cpt - self.in_channels
+        if pad_c:
+            a_int = F.pad(a_int, (0, 0, 0, 0, 0, pad_c))
+        psum = F.conv2d(a_int, weight, None, self.stride, self.padding, self.dilation, n_tiles)
+        return psum.unflatten(1, (-1, self.out_channels))
+
+    # --- export -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def cim_program(self) -> CIMProgram:
+        """The chip's programming of this layer (see :class:`~cimexp.cim.program.CIMProgram` for the contract
+        that ties it to this layer's eval-mode output). Needs initialised steps: run a forward pass or
+        :func:`calibrate` first."""
+        if not (self.act_step_ready and (self.psum_step_ready or not self.psum_quant)):
+            raise RuntimeError(
+                "CIMConv2d.cim_program(): step sizes are not initialised yet; run a forward pass or "
+                "cimexp.cim.calibrate(model, batch) first"
+            )
+        m = self.mapping
+        s_w = self._weight_step_full()
+        codes = self.cell_codes(s_w).permute(0, 1, 3, 4, 2)  # [P, S, T, R, O]
+        gain = torch.ones_like(codes) if self.cell_gain is None else self.cell_gain
+        s_a = 1.0 if self.a_bits is None else float(positive(self.act_step))
+        cpu = {"device": "cpu"}
+        return CIMProgram(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=tuple(self.kernel_size),
+            stride=tuple(self.stride),
+            padding=tuple(self.padding),
+            dilation=tuple(self.dilation),
+            array_size=m.array_size,
+            channels_per_tile=m.channels_per_tile,
+            act_bits=self.a_bits,
+            act_scale=s_a,
+            cell_codes=codes.to(**cpu),
+            cell_gain=gain.to(**cpu),
+            polarity=self.polarity.to(**cpu),
+            split_shift=self.split_shift.to(**cpu),
+            weight_scale=s_w.to(**cpu).clone(),
+            psum_quant=self.psum_quant,
+            psum_scale=(self._psum_step_full() * s_a * s_w).to(**cpu),
+            adc_min=self.adc_min.to(**cpu),
+            adc_max=self.adc_max.to(**cpu),
+            bias=None if self.bias is None else self.bias.detach().to(**cpu).clone(),
+        )
+
+    # --- lazy initialisation ----------------------------------------------------------------------------------
+    # Each step group starts at LSQ's 2 E|v| / sqrt(qmax), refined by a search for the lowest quantization MSE on
+    # the observed values (mse_init); groups follow the granularity, so layer-wise steps see the whole layer.
+    def _init_steps(self, samples, lsq_mean_abs, qmin, qmax, granularity) -> torch.Tensor:
+        m = self.mapping
+        return mse_init(
+            samples,
+            lsq_init(lsq_mean_abs, qmax if granularity is Granularity.COLUMN else _amax(qmax)),
+            qmin,
+            qmax,
+            reduce=lambda per_column: m.reduce_to_step(per_column, granularity),
+            expand=lambda step: m.expand_step(step, granularity),
+        )
+
+    @torch.no_grad()
+    def _init_weight_step(self) -> None:
+        m = self.mapping
+        w = m.tile_rows(self.weight.detach()).permute(2, 1, 0)  # [R, T, O]
+        samples = w.unsqueeze(1).unsqueeze(1) * self.polarity.reshape(1, -1, 1, 1, 1)  # [R, P, 1, T, O]
+        samples = samples.expand(-1, -1, m.n_splits, -1, -1)  # one copy of the weights per column
+        qmin, qmax = m.weight_range()
+        if self.weight_encoding is WeightEncoding.DIFFERENTIAL:
+            qmin = 0
+        mean_abs = m.reduce_to_step(
+            w.abs().sum(0).div(self._real_rows_per_tile(w).unsqueeze(-1)).expand(m.n_polarities, m.n_splits, -1, -1),
+            self.weight_granularity,
+        )
+        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity)
+        self.weight_step.copy_(step)
+        self.weight_step_ready = True
+
+    def _real_rows_per_tile(self, tiled: torch.Tensor) -> torch.Tensor:
+        """``[T]``: rows that hold weights in each tile (the last tile may be partly empty)."""
+        m = self.mapping
+        channels = torch.full((m.n_row_tiles,), m.channels_per_tile, dtype=tiled.dtype, device=tiled.device)
+        channels[-1] = self.in_channels - (m.n_row_tiles - 1) * m.channels_per_tile
+        return channels * m.kernel_area
+
+    @torch.no_grad()
+    def _init_act_step(self, x: torch.Tensor) -> None:
+        samples = _subsample(x.detach().flatten())
+        step = mse_init(samples, lsq_init(samples.abs().mean(), self.act_qmax), 0.0, float(self.act_qmax), _same, _same)
+        self.act_step.copy_(sync_mean(step))
+        self.act_step_ready = True
+
+    @torch.no_grad()
+    def _init_psum_step(self, psum: torch.Tensor) -> None:
+        """From partial sums ``[B, G, O, L]`` (``G`` = tile-major (t, p, s))."""
+        m = self.mapping
+        cols = (m.n_row_tiles, m.n_polarities, m.n_splits, self.out_channels)
+        samples = psum.detach().permute(0, 3, 1, 2).reshape(-1, *cols).permute(0, 2, 3, 1, 4)  # [N, P, S, T, O]
+        samples = _subsample(samples)
+        qmin = self.adc_min.reshape(m.n_polarities, m.n_splits, 1, 1)
+        qmax = self.adc_max.reshape(m.n_polarities, m.n_splits, 1, 1)
+        mean_abs = m.reduce_to_step(samples.abs().mean(0), self.psum_granularity)
+        step = self._init_steps(samples, mean_abs, qmin, qmax, self.psum_granularity)
+        self.psum_step.copy_(sync_mean(step))
+        self.psum_step_ready = True
+
+    def reset_psum_steps(self) -> None:
+        """Re-initialise the ADC steps from the partial sums of the next forward pass (two-stage QAT's stage 2)."""
+        self.psum_step_ready = False
+
+
+def _subsample(samples: torch.Tensor, max_samples: int = 4096) -> torch.Tensor:
+    """At most ``max_samples`` evenly strided rows of ``samples`` (step initialisation needs statistics only)."""
+    stride = max(1, samples.shape[0] // max_samples)
+    return samples[::stride]
+
+
+def _amax(qmax: torch.Tensor | float) -> torch.Tensor | float:
+    return qmax.max() if isinstance(qmax, torch.Tensor) else qmax
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def cim_layers(model: nn.Module) -> Iterator[tuple[str, CIMConv2d]]:
+    """``(name, layer)`` for every :class:`CIMConv2d` in ``model``, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, CIMConv2d):
+            yield name, module
+
+
+def set_psum_quant(model: nn.Module, enabled: bool, recalibrate: bool = True) -> int:
+    """Switch partial-sum (ADC) quantization on or off in every CIM layer of ``model``.
+
+    With ``enabled`` and ``recalibrate``, the ADC steps are re-initialised from the partial sums of the next
+    forward pass (stage 2 of two-stage QAT: calibrate from observed partial sums, then keep training).
+    Returns the number of CIM layers changed.
+    """
+    layers = [layer for _, layer in cim_layers(model)]
+    for layer in layers:
+        layer.psum_quant = bool(enabled)
+        if enabled and recalibrate:
+            layer.reset_psum_steps()
+    return len(layers)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, *inputs: torch.Tensor, weights: bool = True) -> int:
+    """Initialise the step sizes of every CIM layer from data: forgets the current steps (weight steps too, unless
+    ``weights=False``) and runs ``model(*inputs)`` once in eval mode, which sets activation and ADC steps from this
+    batch's statistics. The model's train/eval mode is restored. Returns the number of CIM layers calibrated."""
+    layers = [layer for _, layer in cim_layers(model)]
+    for layer in layers:
+        layer.weight_step_ready = layer.weight_step_ready and not weights
+        layer.act_step_ready = layer.a_bits is None
+        layer.psum_step_ready = False
+    was_training = model.training
+    model.eval()
+    try:
+        model(*inputs)
+    finally:
+        model.train(was_training)
+    return len(layers)

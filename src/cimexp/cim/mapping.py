@@ -1,0 +1,249 @@
+"""How a convolution is laid out on N x N crossbar arrays (paper Sec. II-A, III-C, Fig. 2 and Fig. 5).
+
+Im2col turns a kernel ``W[o, c, kh, kw]`` into a column of ``C_in * kh * kw`` rows. The rows are tiled into
+row tiles of ``channels_per_tile = min(C_in, array_size // (kh*kw))`` *whole* input channels, so a stretched kernel
+never straddles two arrays (the paper's tiling; the last tile may be partly empty). Row ``r`` of tile ``t`` holds
+input channel ``t * channels_per_tile + r // (kh*kw)`` at kernel position ``r % (kh*kw)`` (row-major).
+
+Each integer weight occupies ``S`` cells (splits) in ``S`` adjacent columns of the same array; an array holds
+``array_size // S`` output channels. With differential encoding every array has a twin of opposite polarity.
+Index names used throughout (and in :class:`~cimexp.cim.program.CIMProgram`): ``P`` polarities, ``S`` splits,
+``T`` row tiles, ``R`` rows per tile, ``O`` output channels, ``n_ct`` column tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cimexp.cim.options import Granularity, WeightEncoding
+
+
+@dataclass(frozen=True)
+class ArrayMapping:
+    """Geometry of one convolution on CIM arrays. Pure data; build it with :meth:`create`."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    array_size: int
+    w_bits: int
+    cell_bits: int
+    adc_bits: int
+    encoding: WeightEncoding
+    signed_inputs: bool
+
+    @classmethod
+    def create(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        *,
+        array_size: int,
+        w_bits: int,
+        cell_bits: int,
+        adc_bits: int,
+        encoding: WeightEncoding,
+        signed_inputs: bool,
+    ) -> ArrayMapping:
+        """Validate the hardware parameters against the layer shape and build the mapping."""
+        kernel_area = kernel_size[0] * kernel_size[1]
+        if isinstance(array_size, bool) or not isinstance(array_size, int) or array_size < kernel_area:
+            raise ValueError(
+                f"invalid array_size={array_size!r}: an array must hold at least one whole stretched kernel of "
+                f"kh*kw = {kernel_area} rows; valid values: integers >= {kernel_area}"
+            )
+        if cell_bits > w_bits:
+            raise ValueError(f"invalid cell_bits={cell_bits}: must be <= w_bits={w_bits} (valid: 1..{w_bits})")
+        if encoding is WeightEncoding.DIFFERENTIAL and w_bits < 2:
+            raise ValueError(
+                f"invalid w_bits={w_bits} for differential encoding: w_bits counts the sign, so it needs >= 2"
+            )
+        mapping = cls(
+            in_channels,
+            out_channels,
+            tuple(kernel_size),
+            array_size,
+            w_bits,
+            cell_bits,
+            adc_bits,
+            encoding,
+            signed_inputs,
+        )
+        if array_size < mapping.n_splits:
+            raise ValueError(
+                f"invalid array_size={array_size}: one output channel needs n_splits={mapping.n_splits} columns; "
+                f"valid values: integers >= {max(kernel_area, mapping.n_splits)}"
+            )
+        return mapping
+
+    # --- sizes -----------------------------------------------------------------------------------------------
+    @property
+    def kernel_area(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def n_polarities(self) -> int:
+        """P: 1 for two's complement, 2 (positive, negative array) for differential encoding."""
+        return 2 if self.encoding is WeightEncoding.DIFFERENTIAL else 1
+
+    @property
+    def magnitude_bits(self) -> int:
+        """Bits the cells of one polarity must hold: ``w_bits`` (two's complement) or ``w_bits - 1``."""
+        return self.w_bits - 1 if self.encoding is WeightEncoding.DIFFERENTIAL else self.w_bits
+
+    @property
+    def n_splits(self) -> int:
+        """S: cells (columns) per weight."""
+        return math.ceil(self.magnitude_bits / self.cell_bits)
+
+    @property
+    def channels_per_tile(self) -> int:
+        return min(self.in_channels, self.array_size // self.kernel_area)
+
+    @property
+    def n_row_tiles(self) -> int:
+        """T: arrays along the input (row) axis."""
+        return math.ceil(self.in_channels / self.channels_per_tile)
+
+    @property
+    def rows_per_tile(self) -> int:
+        """R: rows of each tile that hold weights (the last tile's unused rows are zero)."""
+        return self.channels_per_tile * self.kernel_area
+
+    @property
+    def channels_per_array(self) -> int:
+        """Output channels one array holds (all ``S`` splits of each)."""
+        return self.array_size // self.n_splits
+
+    @property
+    def n_col_tiles(self) -> int:
+        return math.ceil(self.out_channels / self.channels_per_array)
+
+    @property
+    def n_arrays(self) -> int:
+        return self.n_polarities * self.n_row_tiles * self.n_col_tiles
+
+    @property
+    def n_columns(self) -> int:
+        """Mapped columns (each with its own partial sum and ADC conversion): ``P * S * T * O``."""
+        return self.n_polarities * self.n_splits * self.n_row_tiles * self.out_channels
+
+    # --- per-split / per-polarity constants ------------------------------------------------------------------
+    def split_shift(self) -> list[int]:
+        """Significance of split ``s``: ``2^(cell_bits * (S-1-s))``, most significant split first."""
+        return [2 ** (self.cell_bits * (self.n_splits - 1 - s)) for s in range(self.n_splits)]
+
+    def polarity(self) -> list[int]:
+        return [1, -1] if self.n_polarities == 2 else [1]
+
+    def weight_range(self) -> tuple[int, int]:
+        """Integer weight range ``(qmin, qmax)`` of the encoding."""
+        top = 2 ** (self.w_bits - 1) - 1
+        if self.encoding is WeightEncoding.DIFFERENTIAL:
+            return -top, top
+        return -(top + 1), top
+
+    def column_signed(self) -> list[list[bool]]:
+        """``[P][S]``: can this column's partial sum be negative? (signed inputs, or a signed MSB cell)."""
+        msb_signed = self.encoding is WeightEncoding.TWOS_COMPLEMENT
+        return [
+            [self.signed_inputs or (msb_signed and s == 0) for s in range(self.n_splits)]
+            for _ in range(self.n_polarities)
+        ]
+
+    def adc_range(self) -> tuple[list[list[int]], list[list[int]]]:
+        """``(adc_min, adc_max)``, each ``[P][S]``: ``[-2^(b-1), 2^(b-1)-1]`` for columns that can go negative,
+        ``[0, 2^b - 1]`` for the others (all codes of an unsigned ADC are then useful). A 1-bit ADC on a signed
+        column thus has codes ``{-1, 0}``: prefer ``adc_bits >= 2`` with two's complement, or differential
+        encoding, whose columns are all unsigned."""
+        b = self.adc_bits
+        signed = self.column_signed()
+        lo = [[-(2 ** (b - 1)) if sg else 0 for sg in row] for row in signed]
+        hi = [[2 ** (b - 1) - 1 if sg else 2**b - 1 for sg in row] for row in signed]
+        return lo, hi
+
+    def step_shape(self, granularity: Granularity) -> tuple[int, int, int, int]:
+        """Shape of the step-size parameter at ``granularity``, broadcastable to ``[P, S, T, O]``."""
+        if granularity is Granularity.LAYER:
+            return (1, 1, 1, 1)
+        if granularity is Granularity.ARRAY:
+            return (self.n_polarities, 1, self.n_row_tiles, self.n_col_tiles)
+        return (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
+
+    def col_tile_index(self, device: torch.device | None = None) -> torch.Tensor:
+        """``[O]``: the column tile (array along the output axis) of every output channel."""
+        return torch.arange(self.out_channels, device=device) // self.channels_per_array
+
+    def expand_step(self, step: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+        """Broadcast a step parameter of :meth:`step_shape` to one value per column, ``[P, S, T, O]``."""
+        if granularity is Granularity.ARRAY:
+            step = step.index_select(3, self.col_tile_index(step.device))
+        shape = (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
+        return step.expand(shape)
+
+    def reduce_to_step(self, per_column: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+        """Average a per-column statistic ``[P, S, T, O]`` over the columns that share a step (inverse of
+        :meth:`expand_step`), returning the shape of :meth:`step_shape`."""
+        if granularity is Granularity.LAYER:
+            return per_column.mean().reshape(1, 1, 1, 1)
+        if granularity is Granularity.COLUMN:
+            return per_column
+        per_array = per_column.mean(1, keepdim=True)
+        out = per_array.new_zeros(self.step_shape(granularity))
+        count = per_array.new_zeros(self.step_shape(granularity))
+        idx = self.col_tile_index(per_column.device)
+        out.index_add_(3, idx, per_array)
+        count.index_add_(3, idx, torch.ones_like(per_array))
+        return out / count
+
+    # --- weight layout ---------------------------------------------------------------------------------------
+    def tile_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """``[O, C, kh, kw]`` -> ``[O, T, R]``: im2col columns cut into row tiles, zero-padding the last one."""
+        o, c = weight.shape[:2]
+        pad = self.n_row_tiles * self.channels_per_tile - c
+        flat = weight.reshape(o, c * self.kernel_area)
+        if pad:
+            flat = torch.nn.functional.pad(flat, (0, pad * self.kernel_area))
+        return flat.reshape(o, self.n_row_tiles, self.rows_per_tile)
+
+
+def slice_bits(w_int: torch.Tensor, mapping: ArrayMapping) -> torch.Tensor:
+    """Split integer weights into cell codes, most significant split first (exact, integer-valued floats).
+
+    ``w_int``: ``[P, S, ...]`` integer-valued; copy ``s`` is the weight quantized with split ``s``'s scale (with
+    layer/array weight granularity all copies are equal). Returns the same shape, where entry ``[p, s]`` is the
+    cell code of split ``s`` taken from copy ``s``: ``floor(w / 2^(c*(S-1-s)))``, reduced mod ``2^c`` except for the
+    signed MSB cell of two's complement. For differential encoding ``w_int`` holds each polarity's non-negative
+    magnitude. The backward pass gives every split ``1/S`` of the straight-through gradient,
+    ``d code_s / d w = 1 / (S * 2^(c*(S-1-s)))``, so that with shared scales the sliced layer's weight gradient
+    equals plain LSQ's (``sum_s shift_s * d code_s/d w = 1``).
+    """
+    return _SliceBits.apply(w_int, mapping.cell_bits, mapping.encoding is WeightEncoding.TWOS_COMPLEMENT)
+
+
+class _SliceBits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w_int: torch.Tensor, cell_bits: int, signed_msb: bool) -> torch.Tensor:
+        n_splits = w_int.shape[1]
+        shift = _split_shift_view(n_splits, cell_bits, w_int)
+        high = torch.floor(w_int / shift)
+        codes = high - torch.floor(high / 2**cell_bits) * 2**cell_bits
+        if signed_msb:
+            codes[:, 0] = high[:, 0]
+        ctx.save_for_backward(shift)
+        return codes
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (shift,) = ctx.saved_tensors
+        return grad / (shift * shift.shape[1]), None, None
+
+
+def _split_shift_view(n_splits: int, cell_bits: int, like: torch.Tensor) -> torch.Tensor:
+    shifts = [2.0 ** (cell_bits * (n_splits - 1 - s)) for s in range(n_splits)]
+    view = [1, n_splits] + [1] * (like.dim() - 2)
+    return torch.tensor(shifts, dtype=like.dtype, device=like.device).reshape(view)

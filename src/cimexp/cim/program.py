@@ -1,0 +1,171 @@
+"""The chip's programming of one CIM layer, its file format, and the literal reference simulator.
+
+A :class:`CIMProgram` is everything a hardware designer needs to run the layer on a macro: cell codes, per-cell
+conductance gains, scales, ADC ranges. Its contract, for any input ``x`` in eval mode::
+
+    a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)        (a_int = x when act_bits is None)
+    y[o]  = sum_p polarity[p] * sum_s split_shift[s] * sum_t
+              Q(act_scale * weight_scale[p,s,t,o] * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_int[t,r])
+            + bias[o]
+    Q(v)  = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
+            (identity when psum_quant is False)
+
+where ``a_int[t, r]`` is the im2col input on row ``r`` of row tile ``t``. :func:`simulate` evaluates exactly this,
+array by array; ``CIMConv2d`` is tested against it. ``psum_scale`` is in output units; the ADC's step in integer
+MAC units (its reference setting) is ``psum_scale / (act_scale * weight_scale)``, also stored as ``adc_step``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FORMAT_VERSION = 1
+
+CONTRACT = """\
+a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None)
+y[o] = sum_p polarity[p] * sum_s split_shift[s] * sum_t Q(act_scale * weight_scale[p,s,t,o]
+         * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_int[t,r]) + bias[o]
+Q(v) = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
+       (identity when psum_quant is False); a_int[t,r] = im2col input on row r of row tile t"""
+"""The program's meaning, written into every saved program's JSON."""
+
+_ARRAY_FIELDS = (
+    "cell_codes",
+    "cell_gain",
+    "polarity",
+    "split_shift",
+    "weight_scale",
+    "psum_scale",
+    "adc_min",
+    "adc_max",
+    "bias",
+)
+
+
+@dataclass
+class CIMProgram:
+    """Programming of one CIM layer. Tensors are detached, on CPU. Shapes: ``P`` polarities, ``S`` splits,
+    ``T`` row tiles, ``R = channels_per_tile * kh * kw`` rows per tile, ``O`` output channels.
+
+    Row ``r`` of tile ``t`` holds input channel ``t * channels_per_tile + r // (kh*kw)`` at kernel position
+    ``r % (kh*kw)`` (row-major); rows past the last input channel are zero."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    array_size: int
+    channels_per_tile: int
+    act_bits: int | None
+    act_scale: float
+    cell_codes: torch.Tensor  # [P, S, T, R, O] integer-valued
+    cell_gain: torch.Tensor  # [P, S, T, R, O] multiplicative conductance factor (ones without variation)
+    polarity: torch.Tensor  # [P] +1 (two's complement) or +1, -1 (differential)
+    split_shift: torch.Tensor  # [S] 2^(cell_bits*(S-1-s))
+    weight_scale: torch.Tensor  # [P, S, T, O]
+    psum_quant: bool
+    psum_scale: torch.Tensor  # [P, S, T, O], output units
+    adc_min: torch.Tensor  # [P, S] integer codes
+    adc_max: torch.Tensor  # [P, S]
+    bias: torch.Tensor | None  # [O]
+
+    @property
+    def adc_step(self) -> torch.Tensor:
+        """``[P, S, T, O]``: each column's ADC step in integer MAC units (``sum_r code * gain * a_int``)."""
+        return self.psum_scale / (self.act_scale * self.weight_scale)
+
+    def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``<path>.npz`` (arrays) and ``<path>.json`` (geometry, scalars, shapes, the contract), each
+        atomically. Readable without cimexp: ``numpy.load`` and ``json.load``. Returns both paths."""
+        stem = Path(path).with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: getattr(self, name).numpy() for name in _ARRAY_FIELDS if getattr(self, name) is not None}
+        meta = {
+            "format": "cimexp.CIMProgram",
+            "format_version": FORMAT_VERSION,
+            "contract": CONTRACT,
+            "row_order": "row r of tile t = input channel t*channels_per_tile + r // (kh*kw), kernel position "
+            "r % (kh*kw) in row-major order",
+            "adc_code_range": "per (polarity, split): [-2^(b-1), 2^(b-1)-1] for columns whose partial sum can be "
+            "negative (signed MSB cell, or unquantized signed inputs), [0, 2^b-1] otherwise",
+            "shapes": {name: list(a.shape) for name, a in arrays.items()},
+        }
+        for f in fields(self):
+            if f.name not in _ARRAY_FIELDS:
+                meta[f.name] = getattr(self, f.name)
+        npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+        _atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
+        _atomic_write(json_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+        return npz_path, json_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CIMProgram:
+        """Read a program written by :meth:`save` (``path`` with or without suffix)."""
+        stem = Path(path).with_suffix("")
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        if meta.get("format") != "cimexp.CIMProgram":
+            raise ValueError(f"{stem.with_suffix('.json')} is not a cimexp CIMProgram file")
+        with np.load(stem.with_suffix(".npz")) as data:
+            arrays = {name: torch.from_numpy(data[name]) for name in data.files}
+        kwargs = {f.name: meta[f.name] for f in fields(cls) if f.name not in _ARRAY_FIELDS}
+        for key in ("kernel_size", "stride", "padding", "dilation"):
+            kwargs[key] = tuple(kwargs[key])
+        kwargs.update({name: arrays.get(name) for name in _ARRAY_FIELDS})
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@torch.no_grad()
+def simulate(program: CIMProgram, x: torch.Tensor) -> torch.Tensor:
+    """Run ``program`` on input ``x`` ``[B, C, H, W]`` exactly as the contract in this module's docstring says:
+    literally, one array at a time and one ADC per column. Slow by design; the reference for ``CIMConv2d``."""
+    p = program
+    kh, kw = p.kernel_size
+    n_pol, n_split, n_tiles, n_rows, n_out = p.cell_codes.shape
+    a_int = x if p.act_bits is None else torch.clamp(torch.round(x / p.act_scale), 0, 2**p.act_bits - 1)
+    cols = F.unfold(a_int, (kh, kw), dilation=p.dilation, padding=p.padding, stride=p.stride)  # [B, C*K, L]
+    cols = F.pad(cols, (0, 0, 0, n_tiles * n_rows - cols.shape[1])).reshape(x.shape[0], n_tiles, n_rows, -1)
+    h_out = (x.shape[2] + 2 * p.padding[0] - p.dilation[0] * (kh - 1) - 1) // p.stride[0] + 1
+    w_out = (x.shape[3] + 2 * p.padding[1] - p.dilation[1] * (kw - 1) - 1) // p.stride[1] + 1
+    per_array = p.array_size // n_split  # output channels per array: each occupies n_split columns
+    y = torch.zeros(x.shape[0], n_out, cols.shape[-1], dtype=x.dtype, device=x.device)
+    for pol in range(n_pol):
+        for s in range(n_split):
+            for t in range(n_tiles):
+                for first in range(0, n_out, per_array):  # one physical array per column tile
+                    oc = slice(first, min(first + per_array, n_out))
+                    cells = p.cell_codes[pol, s, t, :, oc] * p.cell_gain[pol, s, t, :, oc]  # [R, n]
+                    mac = torch.einsum("brl,rn->bnl", cols[:, t], cells)  # column currents
+                    v = p.act_scale * p.weight_scale[pol, s, t, oc].reshape(1, -1, 1) * mac
+                    if p.psum_quant:
+                        scale = p.psum_scale[pol, s, t, oc].reshape(1, -1, 1)
+                        code = torch.clamp(torch.round(v / scale), p.adc_min[pol, s], p.adc_max[pol, s])
+                        v = code * scale
+                    y[:, oc] += p.polarity[pol] * p.split_shift[s] * v
+    if p.bias is not None:
+        y += p.bias.reshape(1, -1, 1)
+    return y.reshape(x.shape[0], n_out, h_out, w_out)

@@ -1,0 +1,117 @@
+"""The fast CIMConv2d forward against the literal simulator of its exported program (the issue's contract).
+
+Everything runs in float64 so that the only differences are summation order (~1e-15), never an ADC code.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from cimexp.cim import CIMConv2d, cell_variation, simulate
+
+GRANULARITIES = ("layer", "array", "column")
+
+
+def _trained_layer(in_ch, out_ch, k, *, stride=1, padding=0, steps=3, seed=0, **options) -> CIMConv2d:
+    """A layer after a few SGD steps on a random regression target, so that steps and weights have moved."""
+    torch.manual_seed(seed)
+    layer = CIMConv2d(in_ch, out_ch, k, stride=stride, padding=padding, **options).double()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    for _ in range(steps):
+        x = torch.rand(4, in_ch, 7, 7, dtype=torch.float64)
+        loss = (layer(x) - 1.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return layer.eval()
+
+
+def _assert_matches_program(layer: CIMConv2d, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        fast = layer(x)
+    literal = simulate(layer.cim_program(), x)
+    scale = float(literal.abs().max().clamp_min(1.0))
+    torch.testing.assert_close(fast, literal, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize(
+    ("weight_granularity", "psum_granularity", "weight_encoding"),
+    list(itertools.product(GRANULARITIES, GRANULARITIES, ("twos_complement", "differential"))),
+)
+def test_every_granularity_pair_and_encoding(weight_granularity, psum_granularity, weight_encoding):
+    # 20 input channels on 54-row arrays: 6 channels per tile, 4 row tiles, the last one partly empty;
+    # 12 output channels at 2 splits = 27 per array, so 1 column tile; stride 2 and a bias.
+    layer = _trained_layer(
+        20,
+        12,
+        3,
+        stride=2,
+        padding=1,
+        bias=True,
+        array_size=54,
+        weight_granularity=weight_granularity,
+        psum_granularity=psum_granularity,
+        weight_encoding=weight_encoding,
+    )
+    x = torch.rand(3, 20, 9, 9, dtype=torch.float64)
+    _assert_matches_program(layer, x)
+    with cell_variation(layer, sigma=0.2, seed=1):
+        _assert_matches_program(layer, x)
+
+
+GEOMETRIES = {
+    # name: (in, out, kernel, stride, padding, array_size, options)
+    "1x1": (10, 8, 1, 1, 0, 4, {}),
+    "1x1_stride2": (6, 5, 1, 2, 0, 4, {}),
+    "several_column_tiles": (5, 9, 3, 1, 1, 18, {"cell_bits": 1}),  # S=4: 4 channels per array -> 3 col tiles
+    "rectangular_kernel": (7, 4, (1, 3), 1, (0, 1), 16, {}),
+    "w8_c4_adc3": (9, 6, 3, 1, 1, 36, {"w_bits": 8, "cell_bits": 4, "adc_bits": 3}),
+    "w3_c2_uneven_split": (9, 6, 3, 2, 1, 36, {"w_bits": 3, "cell_bits": 2, "adc_bits": 2}),
+    "w5_c1_adc1": (9, 6, 3, 1, 1, 45, {"w_bits": 5, "cell_bits": 1, "adc_bits": 1}),
+    "w2_c2": (9, 6, 3, 1, 1, 27, {"w_bits": 2, "cell_bits": 2, "adc_bits": 5}),
+    "signed_inputs": (9, 6, 3, 1, 1, 27, {"a_bits": None}),
+    "a8_adc8": (9, 6, 3, 1, 1, 27, {"a_bits": 8, "adc_bits": 8}),
+    "no_psum_quant": (9, 6, 3, 2, 1, 27, {"psum_quant": False}),
+    "no_psum_quant_differential": (9, 6, 3, 1, 1, 27, {"psum_quant": False, "weight_encoding": "differential"}),
+    "differential_w3_c1": (9, 6, 3, 1, 1, 27, {"weight_encoding": "differential", "w_bits": 3, "cell_bits": 1}),
+    "dilation2": (4, 4, 3, 1, 2, 18, {"dilation": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+@pytest.mark.parametrize("granularity", [("column", "column"), ("layer", "array")])
+def test_geometries_and_bit_widths(name, granularity):
+    in_ch, out_ch, k, stride, padding, array_size, options = GEOMETRIES[name]
+    layer = _trained_layer(
+        in_ch,
+        out_ch,
+        k,
+        stride=stride,
+        padding=padding,
+        array_size=array_size,
+        weight_granularity=granularity[0],
+        psum_granularity=granularity[1],
+        **options,
+    )
+    x = torch.rand(2, in_ch, 8, 8, dtype=torch.float64)
+    if options.get("a_bits", 4) is None:
+        x = x - 0.5  # signed inputs reach the arrays unquantized
+    _assert_matches_program(layer, x)
+    with cell_variation(layer, sigma=0.3, seed=7):
+        _assert_matches_program(layer, x)
+
+
+def test_adc_saturation():
+    """The equivalence must also hold where every ADC saturates: with steps 1e-4 of their size, each non-zero
+    (integer) partial sum clips to adc_min or adc_max, so the output becomes linear in the steps."""
+    layer = _trained_layer(9, 6, 3, padding=1, array_size=27, adc_bits=2, steps=1)
+    x = torch.rand(2, 9, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        layer.psum_step.mul_(1e-4)
+        saturated = layer(x)
+        layer.psum_step.mul_(0.5)
+        assert torch.allclose(layer(x), 0.5 * saturated, rtol=1e-12, atol=0)
+    _assert_matches_program(layer, x)

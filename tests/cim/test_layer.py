@@ -1,0 +1,210 @@
+"""CIMConv2d as a library layer: construction errors, training, LSQ gradients, state, eval behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimexp.cim import CIMConv2d, calibrate, set_psum_quant
+from cimexp.cim.quant import grad_scale, round_ste
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight_granularity": "colum"}, "invalid weight_granularity 'colum'; valid choices: layer, array, column"),
+        ({"psum_granularity": "row"}, "invalid psum_granularity 'row'; valid choices: layer, array, column"),
+        ({"weight_encoding": "sign"}, "valid choices: twos_complement, differential"),
+        ({"array_size": 8}, "invalid array_size=8"),
+        ({"cell_bits": 5, "w_bits": 4}, "invalid cell_bits=5: must be <= w_bits=4"),
+        ({"w_bits": 0}, "invalid w_bits=0; valid values: an integer in [1, 16]"),
+        ({"adc_bits": 0}, "invalid adc_bits=0"),
+        ({"a_bits": 2.5}, "invalid a_bits=2.5; valid values: an integer in [1, 16] or None"),
+        ({"w_bits": 1, "cell_bits": 1, "weight_encoding": "differential"}, "w_bits counts the sign"),
+        ({"groups": 2}, "invalid groups=2"),
+    ],
+)
+def test_invalid_options_name_the_value_and_the_choices(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        CIMConv2d(4, 4, 3, **kwargs)
+
+
+def test_array_smaller_than_one_weights_splits_is_rejected():
+    with pytest.raises(ValueError, match="one output channel needs n_splits=4 columns"):
+        CIMConv2d(4, 4, 1, array_size=3, w_bits=4, cell_bits=1)
+
+
+def test_training_reaches_every_parameter_and_the_input():
+    torch.manual_seed(0)
+    layer = CIMConv2d(8, 6, 3, padding=1, bias=True, array_size=36, weight_granularity="array")
+    x = torch.rand(4, 8, 6, 6, requires_grad=True)
+    layer(x).square().mean().backward()
+    for name, param in layer.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_a_few_sgd_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    teacher = nn.Conv2d(8, 6, 3, padding=1, bias=False)
+    layer = CIMConv2d(8, 6, 3, padding=1, array_size=36, adc_bits=5)
+    opt = torch.optim.Adam(layer.parameters(), lr=3e-3)  # large enough to push some steps through zero
+    x = torch.rand(16, 8, 6, 6)
+    target = teacher(x).detach()
+    losses = []
+    for _ in range(40):
+        loss = F.mse_loss(layer(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("weight_encoding", ["twos_complement", "differential"])
+def test_shared_scales_give_plain_lsq_forward_and_gradients(weight_encoding):
+    """With layer-wise scales and no ADC, bit slicing must be invisible: the layer equals an ordinary convolution
+    of LSQ-quantized activations and weights, in the forward pass and in every gradient (this pins down the
+    1/S split of the straight-through gradient over the cells)."""
+    torch.manual_seed(0)
+    layer = CIMConv2d(
+        6,
+        5,
+        3,
+        padding=1,
+        array_size=27,
+        weight_granularity="layer",
+        psum_quant=False,
+        weight_encoding=weight_encoding,
+    ).double()
+    x = torch.rand(3, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    layer(x)  # initialise the steps
+    layer.zero_grad()
+
+    w = layer.weight.detach().clone().requires_grad_(True)
+    s_w = layer.weight_step.detach().clone().reshape(()).requires_grad_(True)
+    s_a = layer.act_step.detach().clone().requires_grad_(True)
+    top = 7
+    lo = -top if weight_encoding == "differential" else -top - 1
+    s_w_g = grad_scale(s_w, 1 / math.sqrt(w.numel() * top))
+    s_a_g = grad_scale(s_a, 1 / math.sqrt(x[0].numel() * 15))
+    w_q = round_ste(torch.clamp(w / s_w_g, lo, top)) * s_w_g
+    x_ref = x.detach().clone().requires_grad_(True)
+    a_q = round_ste(torch.clamp(x_ref / s_a_g, 0, 15)) * s_a_g
+    expected = F.conv2d(a_q, w_q, padding=1)
+
+    upstream = torch.randn_like(expected)
+    out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, w.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.weight_step.grad.reshape(()), s_w.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.act_step.grad, s_a.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_eval_output_does_not_depend_on_the_rest_of_the_batch():
+    torch.manual_seed(0)
+    layer = CIMConv2d(8, 6, 3, padding=1, array_size=36)
+    x = torch.rand(8, 8, 6, 6)
+    layer(x)
+    layer.eval()
+    with torch.no_grad():
+        alone = layer(x[:1])
+        in_batch = layer(torch.cat([x[:1], 10 * torch.rand(7, 8, 6, 6)]))[:1]
+    torch.testing.assert_close(alone, in_batch, rtol=1e-6, atol=1e-6)
+
+
+def test_state_dict_round_trip_keeps_steps_and_their_initialisation():
+    torch.manual_seed(0)
+    layer = CIMConv2d(8, 6, 3, padding=1, array_size=36, weight_granularity="array", psum_granularity="layer")
+    x = torch.rand(4, 8, 6, 6)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).square().mean().backward()
+    opt.step()
+    layer.eval()
+    state = layer.state_dict()
+    assert state["weight_step"].shape == (1, 1, 2, 1)  # [P, 1, T, n_col_tiles]
+    fresh = CIMConv2d(8, 6, 3, padding=1, array_size=36, weight_granularity="array", psum_granularity="layer")
+    fresh.load_state_dict(state)
+    fresh.eval()
+    assert fresh.psum_step_ready and fresh.act_step_ready and fresh.weight_step_ready
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_from_conv_copies_weights_and_approximates_the_float_conv_at_high_precision():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, stride=2, padding=1, bias=True)
+    layer = CIMConv2d.from_conv(conv, w_bits=8, a_bits=8, cell_bits=2, adc_bits=8, array_size=64)
+    assert torch.equal(layer.weight, conv.weight) and torch.equal(layer.bias, conv.bias)
+    assert layer.weight.data_ptr() != conv.weight.data_ptr()
+    assert (layer.stride, layer.padding) == (conv.stride, conv.padding)
+    x = torch.rand(4, 16, 10, 10)
+    with torch.no_grad():
+        calibrate(layer, x)
+        err = (layer(x) - conv(x)).norm() / conv(x).norm()
+    assert err < 0.05, err
+
+
+def test_from_conv_rejects_grouped_convolutions():
+    with pytest.raises(ValueError, match="groups=4"):
+        CIMConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=4))
+
+
+def test_two_stage_switch_recalibrates_adc_steps_from_the_next_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(CIMConv2d(4, 8, 3, psum_quant=False, array_size=36), nn.ReLU(), CIMConv2d(8, 4, 1))
+    x = torch.rand(2, 4, 6, 6)
+    model(x)
+    first = model[0]
+    assert not first.psum_step_ready  # stage 1 never calibrated the ADC
+    assert set_psum_quant(model, True) == 2
+    assert all(m.psum_quant and not m.psum_step_ready for m in (model[0], model[2]))
+    model(x)
+    assert first.psum_step_ready and not torch.all(first.psum_step == 1)
+    set_psum_quant(model, False)
+    assert not first.psum_quant
+
+
+def test_calibrate_sets_steps_from_data_and_restores_training_mode():
+    torch.manual_seed(0)
+    layer = CIMConv2d(4, 8, 3, array_size=36)
+    layer.train()
+    calibrate(layer, torch.rand(2, 4, 6, 6))
+    assert layer.training and layer.act_step_ready and layer.psum_step_ready
+    small = layer.act_step.item()
+    calibrate(layer, 10 * torch.rand(2, 4, 6, 6))
+    assert layer.act_step.item() > 5 * small
+
+
+def test_export_requires_initialised_steps():
+    with pytest.raises(RuntimeError, match="calibrate"):
+        CIMConv2d(4, 4, 3).cim_program()
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    layer = CIMConv2d(8, 6, 3, padding=1, array_size=36)
+    x = torch.rand(2, 8, 6, 6, requires_grad=True)
+    eager = layer(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=False)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for g, p in zip(grads, layer.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_layer_moves_between_dtypes_with_its_buffers():
+    layer = CIMConv2d(4, 4, 3, array_size=36).double()
+    assert layer.adc_max.dtype == torch.float64 and layer.weight_step.dtype == torch.float64
+    assert layer(torch.rand(1, 4, 5, 5, dtype=torch.float64)).dtype == torch.float64

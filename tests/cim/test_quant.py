@@ -1,0 +1,111 @@
+"""Quantizer building blocks: bit slicing, LSQ pieces, and the fused ADC against a plain-ops reference."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cimexp.cim.mapping import ArrayMapping, slice_bits
+from cimexp.cim.options import WeightEncoding
+from cimexp.cim.quant import adc_shift_add, lsq_init, quantize_int, round_ste
+
+
+def _mapping(w_bits: int, cell_bits: int, encoding: WeightEncoding) -> ArrayMapping:
+    return ArrayMapping.create(
+        4,
+        4,
+        (1, 1),
+        array_size=64,
+        w_bits=w_bits,
+        cell_bits=cell_bits,
+        adc_bits=4,
+        encoding=encoding,
+        signed_inputs=False,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(w_bits=st.integers(1, 9), cell_bits=st.integers(1, 4))
+def test_twos_complement_slices_recombine_to_every_weight(w_bits, cell_bits):
+    if cell_bits > w_bits:
+        return
+    m = _mapping(w_bits, cell_bits, WeightEncoding.TWOS_COMPLEMENT)
+    lo, hi = m.weight_range()
+    w = torch.arange(lo, hi + 1, dtype=torch.float64)
+    codes = slice_bits(w.expand(1, m.n_splits, -1).clone(), m)  # every copy holds the same weight
+    shifts = torch.tensor(m.split_shift(), dtype=torch.float64).reshape(1, -1, 1)
+    assert torch.equal((codes * shifts).sum(1)[0], w)
+    lower = codes[:, 1:]  # unsigned cells (none when one cell holds the whole weight)
+    assert lower.numel() == 0 or (lower.min() >= 0 and lower.max() <= 2**cell_bits - 1)
+    assert codes[:, 0].min() >= -(2 ** (cell_bits - 1)) and codes[:, 0].max() <= 2 ** (cell_bits - 1) - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(w_bits=st.integers(2, 9), cell_bits=st.integers(1, 4))
+def test_differential_magnitudes_fit_unsigned_cells(w_bits, cell_bits):
+    if cell_bits > w_bits:
+        return
+    m = _mapping(w_bits, cell_bits, WeightEncoding.DIFFERENTIAL)
+    top = m.weight_range()[1]
+    magnitude = torch.arange(0, top + 1, dtype=torch.float64)
+    codes = slice_bits(magnitude.expand(2, m.n_splits, -1).clone(), m)
+    shifts = torch.tensor(m.split_shift(), dtype=torch.float64).reshape(1, -1, 1)
+    assert torch.equal((codes * shifts).sum(1)[0], magnitude)
+    assert codes.min() >= 0 and codes.max() <= 2**cell_bits - 1
+
+
+def test_slice_gradient_is_shared_equally_over_the_splits():
+    m = _mapping(6, 2, WeightEncoding.TWOS_COMPLEMENT)
+    w = torch.full((1, 3, 5), 13.0, requires_grad=True)
+    codes = slice_bits(w, m)
+    shifts = torch.tensor(m.split_shift(), dtype=torch.float32).reshape(1, -1, 1)
+    (codes * shifts).sum().backward()
+    torch.testing.assert_close(w.grad, torch.full_like(w, 1 / 3))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    step=st.floats(0.01, 10.0),
+    qmin=st.integers(-8, 0),
+    span=st.integers(1, 15),
+    seed=st.integers(0, 1000),
+)
+def test_quantize_int_stays_in_range_and_rounds_to_nearest(step, qmin, span, seed):
+    qmax = qmin + span
+    v = torch.randn(64, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * step * span
+    q = quantize_int(v, torch.tensor(step, dtype=torch.float64), qmin, qmax)
+    assert q.min() >= qmin and q.max() <= qmax and torch.equal(q, q.round())
+    inside = (v / step >= qmin) & (v / step <= qmax)
+    assert ((q - v / step)[inside].abs() <= 0.5 + 1e-12).all()
+
+
+def test_lsq_init_replaces_dead_entries_with_the_mean_of_live_ones():
+    step = lsq_init(torch.tensor([0.0, 1.0, 3.0]), 4.0)
+    torch.testing.assert_close(step, torch.tensor([2.0, 1.0, 3.0]))
+
+
+def _adc_reference(psum, step, factor, qmin, qmax):
+    """The fused function's literal twin: LSQ on each column with elementwise ops and STE, then the sum."""
+    v = psum / step.unsqueeze(-1)
+    code = round_ste(torch.maximum(torch.minimum(v, qmax.unsqueeze(-1)), qmin.unsqueeze(-1)))
+    return (code * (step * factor).unsqueeze(-1)).sum(1)
+
+
+def test_fused_adc_matches_plain_ops_in_value_and_gradient():
+    torch.manual_seed(0)
+    b, g, o, positions = 3, 6, 5, 7
+    psum = (torch.randn(b, g, o, positions, dtype=torch.float64) * 20).requires_grad_(True)
+    step = (torch.rand(g, o, dtype=torch.float64) * 4 + 0.5).requires_grad_(True)
+    factor = torch.randn(g, o, dtype=torch.float64, requires_grad=True)
+    qmin = torch.tensor([[-8.0], [0.0], [-8.0], [0.0], [-2.0], [0.0]], dtype=torch.float64)
+    qmax = torch.tensor([[7.0], [15.0], [7.0], [15.0], [1.0], [3.0]], dtype=torch.float64)
+    upstream = torch.randn(b, o, positions, dtype=torch.float64)
+
+    fused = adc_shift_add(psum, step, factor, qmin, qmax)
+    grads = torch.autograd.grad((fused * upstream).sum(), (psum, step, factor))
+    ref = _adc_reference(psum, step, factor, qmin, qmax)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), (psum, step, factor))
+    torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
