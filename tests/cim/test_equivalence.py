@@ -78,6 +78,7 @@ GEOMETRIES = {
     "no_psum_quant_differential": (9, 6, 3, 1, 1, 27, {"psum_quant": False, "weight_encoding": "differential"}),
     "differential_w3_c1": (9, 6, 3, 1, 1, 27, {"weight_encoding": "differential", "w_bits": 3, "cell_bits": 1}),
     "dilation2": (4, 4, 3, 1, 2, 18, {"dilation": 2}),
+    "two_row_tiles_dense_path": (16, 6, 3, 1, 1, 128, {}),  # 14 channels per tile -> T = 2
 }
 
 
@@ -115,3 +116,19 @@ def test_adc_saturation():
         layer.psum_step.mul_(0.5)
         assert torch.allclose(layer(x), 0.5 * saturated, rtol=1e-12, atol=0)
     _assert_matches_program(layer, x)
+
+
+@pytest.mark.parametrize("n_tiles_in", [16, 40])  # T = 2 and T = 3 on 128-row arrays
+def test_grouped_and_block_diagonal_psums_agree(monkeypatch, n_tiles_in):
+    """The two formulations of the partial-sum convolution give the same outputs and gradients."""
+    import cimexp.cim.layer as layer_module
+
+    results = []
+    for dense_max in (0, 8):
+        monkeypatch.setattr(layer_module, "DENSE_MAX_TILES", dense_max)
+        layer = _trained_layer(n_tiles_in, 6, 3, padding=1, steps=0).train()
+        x = torch.rand(2, n_tiles_in, 6, 6, dtype=torch.float64, requires_grad=True)
+        layer(x).square().sum().backward()
+        results.append([layer(x).detach(), x.grad, *(p.grad for p in layer.parameters())])
+    for grouped, dense in zip(*results, strict=True):
+        torch.testing.assert_close(grouped, dense, rtol=1e-10, atol=1e-10)

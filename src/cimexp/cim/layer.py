@@ -39,6 +39,9 @@ from cimexp.cim.quant import (
     sync_mean,
 )
 
+DENSE_MAX_TILES = 2
+"""Layers with at most this many row tiles compute their partial sums with one dense convolution."""
+
 
 class CIMConv2d(nn.Conv2d):
     """Convolution computed as on compute-in-memory crossbars with bit-sliced weights and low-resolution ADCs.
@@ -262,16 +265,23 @@ class CIMConv2d(nn.Conv2d):
         return out
 
     def _column_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Every column's partial sum, ``[B, G, O, H_out, W_out]`` with ``G = T*P*S`` (tile-major): one
-        convolution with one group per row tile."""
+        """Every column's partial sum, ``[B, G, O, H_out, W_out]`` with ``G = T*P*S`` (tile-major), from one
+        convolution: grouped with one group per row tile (paper Fig. 5), or, for at most
+        ``DENSE_MAX_TILES`` tiles, dense with a block-diagonal weight (at most 2x the multiply-adds, but dense
+        kernels are fast everywhere, while oneDNN's grouped backward can be 10x slower for some CPU shapes)."""
         m = self.mapping
         kh, kw = self.kernel_size
         n_tiles, cpt = m.n_row_tiles, m.channels_per_tile
-        weight = cond.reshape(-1, cpt, kh, kw)  # [T*P*S*O, cpt, kh, kw]
+        weight = cond.reshape(n_tiles, -1, 1, cpt, kh, kw)  # [T, P*S*O, 1, cpt, kh, kw]
         pad_c = n_tiles * cpt - self.in_channels
         if pad_c:
             a_int = F.pad(a_int, (0, 0, 0, 0, 0, pad_c))
-        psum = F.conv2d(a_int, weight, None, self.stride, self.padding, self.dilation, n_tiles)
+        if n_tiles <= DENSE_MAX_TILES:
+            eye = torch.eye(n_tiles, dtype=weight.dtype, device=weight.device).reshape(n_tiles, 1, n_tiles, 1, 1, 1)
+            weight, groups = (weight * eye).reshape(-1, n_tiles * cpt, kh, kw), 1
+        else:
+            weight, groups = weight.reshape(-1, cpt, kh, kw), n_tiles
+        psum = F.conv2d(a_int, weight, None, self.stride, self.padding, self.dilation, groups)
         return psum.unflatten(1, (-1, self.out_channels))
 
     # --- export -----------------------------------------------------------------------------------------------
