@@ -145,13 +145,15 @@ def adc_shift_add(
 
 
 class _AdcShiftAdd(torch.autograd.Function):
+    # Reductions are written as in-place multiplies on fresh [B, G, O, L] tensors followed by sums: einsum would
+    # permute these large tensors into matmul layout (copies that cost more than the arithmetic).
     @staticmethod
     def forward(ctx, psum, step, factor, qmin, qmax):
         ctx.save_for_backward(psum, step, factor, qmin, qmax)
         codes = torch.div(psum, step.unsqueeze(-1)).round_()
         codes = torch.maximum(codes, qmin.unsqueeze(-1), out=codes)
         codes = torch.minimum(codes, qmax.unsqueeze(-1), out=codes)
-        return torch.einsum("bgol,go->bol", codes, step * factor)
+        return codes.mul_((step * factor).unsqueeze(-1)).sum(1)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -160,18 +162,18 @@ class _AdcShiftAdd(torch.autograd.Function):
         v = psum / step.unsqueeze(-1)
         lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
         inside = (v >= lo) & (v <= hi)
-        grad_psum = grad_step = grad_factor = None
         gy = grad_y.unsqueeze(1)
+        grad_psum = grad_step = grad_factor = None
         if need_step or need_factor:
             codes = torch.clamp(torch.round(v), lo, hi)
             if need_factor:
-                grad_factor = torch.einsum("bol,bgol->go", grad_y, codes) * step
+                grad_factor = (codes * gy).sum((0, 3)) * step
             if need_step:
                 # d(code * step)/d step: code - v inside the range (round error), the clip level outside.
                 err = codes.sub_(v.mul_(inside))
-                grad_step = torch.einsum("bol,bgol->go", grad_y, err) * factor
+                grad_step = err.mul_(gy).sum((0, 3)) * factor
         if need_psum:
             # Written into a fresh contiguous tensor: grad_y may be a stride-0 expansion (from .sum()), and an
-            # oddly strided grad_output sends the convolution's backward down a path ~15x slower on CPU.
+            # oddly strided grad_output sends the convolution's backward down a much slower path on CPU.
             grad_psum = torch.mul(gy, factor.unsqueeze(-1), out=torch.empty_like(psum)).mul_(inside)
         return grad_psum, grad_step, grad_factor, None, None
