@@ -1,0 +1,195 @@
+"""Lightning callbacks of a cimexp run: the QAT schedule, training-time bookkeeping, results.json, reseeding.
+
+All of them keep their state in checkpoints (``state_dict``), so a resumed run continues the schedule, the
+cumulative training time and the per-epoch history where the killed run left them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+
+from cimexp.cim import set_psum_quant
+from cimexp.utils import atomic_write_json
+
+
+class QATSchedule(L.Callback):
+    """Quantization-aware-training schedule of the partial sums (ADC outputs).
+
+    - ``stage1_epochs=0`` (one-stage QAT): nothing to switch; partial sums are quantized from the first step,
+      as the layers were built.
+    - ``stage1_epochs=k>0`` (two-stage QAT, Saxena et al.): epochs ``0..k-1`` train with partial-sum quantization
+      off; at the start of epoch ``k`` it is switched on and the ADC step sizes are re-initialised from the
+      partial sums of the next training batch (``set_psum_quant(model, True, recalibrate=True)``).
+
+    Args:
+        stage1_epochs: epochs of stage 1 (no partial-sum quantization); 0 = one-stage QAT.
+        psum_quant: whether the run quantizes partial sums at all (``granularity.psum_quant``); if false the
+            schedule never switches it on.
+    """
+
+    def __init__(self, stage1_epochs: int = 0, psum_quant: bool = True) -> None:
+        if stage1_epochs < 0:
+            raise ValueError(f"stage1_epochs must be >= 0; got {stage1_epochs}")
+        self.stage1_epochs = int(stage1_epochs)
+        self.psum_quant = bool(psum_quant)
+        self.stage2_started_epoch: int | None = None
+
+    @property
+    def two_stage(self) -> bool:
+        return self.stage1_epochs > 0 and self.psum_quant
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Runs before the module calibrates its step sizes on a first batch, which stage 1 does without the ADC.
+        # (A run resumed inside stage 2 gets partial-sum quantization back at its first epoch start.)
+        if stage == "fit" and self.two_stage:
+            set_psum_quant(pl_module, False)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.two_stage:
+            return
+        epoch = trainer.current_epoch
+        if epoch < self.stage1_epochs:
+            set_psum_quant(pl_module, False)
+        elif self.stage2_started_epoch is None:
+            n_layers = set_psum_quant(pl_module, True, recalibrate=True)
+            self.stage2_started_epoch = epoch
+            rank_zero_info(
+                f"[cimexp] two-stage QAT: stage 2 from epoch {epoch}: partial-sum quantization on in {n_layers} "
+                "CIM layers, ADC steps recalibrated on the next batch"
+            )
+        else:  # resumed inside stage 2: the steps come from the checkpoint
+            set_psum_quant(pl_module, True, recalibrate=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage2_started_epoch": self.stage2_started_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stage2_started_epoch = state_dict["stage2_started_epoch"]
+
+
+class EpochTimer(L.Callback):
+    """Training wall time per epoch and cumulative over the run (resumed runs included), validation excluded.
+
+    Logs ``time/epoch_s`` and ``time/train_cum_s`` (seconds) at the end of every training epoch; the cumulative
+    time is the x axis of the paper's Fig. 9 (accuracy vs training cost). ``train_cum_s`` is up to date when
+    validation runs, so per-epoch records taken then include the epoch just trained.
+    """
+
+    def __init__(self) -> None:
+        self.train_cum_s = 0.0
+        self.epoch_s = 0.0
+        self._running_since: float | None = None
+
+    def _resume(self) -> None:
+        self._running_since = time.perf_counter()
+
+    def _pause(self) -> None:
+        if self._running_since is not None:
+            elapsed = time.perf_counter() - self._running_since
+            self.epoch_s += elapsed
+            self.train_cum_s += elapsed
+            self._running_since = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_s = 0.0
+        self._resume()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._running_since is None:  # training goes on after a validation inside the epoch
+            self._resume()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
+        pl_module.log("time/epoch_s", self.epoch_s, on_epoch=True, sync_dist=False)
+        pl_module.log("time/train_cum_s", self.train_cum_s, on_epoch=True, sync_dist=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_cum_s": self.train_cum_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_cum_s = float(state_dict["train_cum_s"])
+
+
+class ResultsWriter(L.Callback):
+    """Keeps one record per validated epoch and rewrites ``results.json`` atomically after each.
+
+    A record holds ``epoch``, ``step``, ``cum_train_time_s`` (from :class:`EpochTimer`, when present) and the
+    epoch's validation metrics (``val/acc``, ``val/acc5``, ``val/loss``, ``val/acc_best``); training metrics per
+    epoch are in the logger's files. While training, ``results.json``
+    has ``"status": "running"`` and the history so far; ``cimexp.train.train`` writes the final version through
+    :meth:`write`. Only global rank 0 writes.
+
+    Args:
+        path: the results file, normally ``<run dir>/results.json``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before ModelCheckpoint's on_validation_end (Lightning orders checkpoint callbacks last), so the
+        # checkpoint saved now includes this record.
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, EpochTimer)), None)
+        if timer is not None:
+            record["cum_train_time_s"] = timer.train_cum_s
+        record.update({k: _scalar(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")})
+        self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
+        if trainer.is_global_zero:
+            self.write({"status": "running"})
+
+    def write(self, results: dict[str, Any]) -> None:
+        """Write ``results`` plus the per-epoch ``history`` to :attr:`path` (atomically)."""
+        atomic_write_json(self.path, {**results, "history": self.history})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+
+class ReseedEachEpoch(L.Callback):
+    """Reseed python's, numpy's and torch's global RNGs from ``(seed, epoch, rank)`` at every epoch start.
+
+    Randomness drawn from the global RNGs during an epoch (dropout, noise injection, global-RNG transforms) then
+    depends on the epoch number only, not on everything that ran before it, so a run resumed from a checkpoint
+    draws the same numbers as the uninterrupted run. The data order and augmentation are the data module's:
+    Lightning calls ``set_epoch(epoch)`` on the loaders' samplers before each epoch. A no-op when ``seed`` is
+    ``None``.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.seed is None:
+            return
+        entropy = [int(self.seed) % 2**32, trainer.current_epoch, trainer.global_rank]
+        epoch_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value

@@ -1,0 +1,309 @@
+"""Train a (CIM) network: ``python -m cimexp.train [group=option ...] [key=value ...]``.
+
+``main`` is a thin Hydra entry point over :func:`train`, a plain function of a composed config that tests call
+directly. The configs live in ``conf/`` at the repository root and are found relative to this file, so run from a
+checkout installed with ``pip install -e .`` (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from cimexp.callbacks import EpochTimer, QATSchedule, ResultsWriter
+from cimexp.cim import Granularity, cim_layers, cim_summary
+from cimexp.models import load_float_weights
+from cimexp.module import ImageClassifier
+from cimexp.utils import (
+    atomic_write_json,
+    git_state,
+    register_resolvers,
+    resolve_ckpt_path,
+    resolved_config,
+    run_name,
+    sweep_group,
+)
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""``conf/`` of the checkout this package is installed from (editable install)."""
+
+register_resolvers()
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the settings that Hydra cannot, before any data is loaded or model built.
+
+    Hydra already rejects unknown group options (``model=resnet21``) and unknown keys. This checks values:
+    the granularities, every CIM layer setting (by building one small layer with the configured factory, so the
+    layer's own checks apply), the two-stage schedule length, and that referenced files exist.
+
+    Raises:
+        ValueError: a bad value; the message names it and the valid choices.
+        FileNotFoundError: ``model.init_from`` or ``ckpt_path`` points nowhere.
+    """
+    for key in ("weight", "psum"):
+        Granularity.parse(cfg.granularity[key], f"granularity.{key}")
+    try:
+        instantiate(cfg.cim)(8, 8, 3, padding=1)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
+
+    trainer = cfg.trainer
+    stage1 = cfg.schedule.stage1_epochs
+    max_epochs = trainer.get("max_epochs")
+    if (
+        stage1 > 0
+        and cfg.granularity.psum_quant
+        and not trainer.get("fast_dev_run")
+        and max_epochs not in (None, -1)
+        and stage1 >= max_epochs
+    ):
+        raise ValueError(
+            f"schedule.stage1_epochs={stage1} must be smaller than trainer.max_epochs={max_epochs}: "
+            "otherwise stage 2 (partial-sum quantization) never starts. Lower schedule.stage1_epochs, "
+            "raise trainer.max_epochs, or use schedule=one_stage."
+        )
+
+    init_from = cfg.model.get("init_from")
+    if init_from is not None and not Path(init_from).is_file():
+        raise FileNotFoundError(
+            f"model.init_from={init_from!r} does not exist. Point it at a float checkpoint (a Lightning .ckpt "
+            "or a state_dict), produce one with `python -m cimexp.train cim=none ...` (README: float checkpoint), "
+            "or set model.init_from=null to train from scratch."
+        )
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and _relaunches_script(trainer):
+        raise ValueError(
+            f"trainer strategy {trainer.strategy!r} with devices={trainer.devices} cannot run inside a Hydra "
+            "multirun (-m): Lightning starts the other ranks by re-running the command line, which would rerun "
+            "the whole sweep. Run the jobs one at a time, or set trainer.strategy=ddp_spawn."
+        )
+
+
+def _relaunches_script(trainer: DictConfig) -> bool:
+    """Whether Lightning would start ranks > 0 by re-running ``sys.argv`` (DDP's default subprocess launcher)."""
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig):
+        is_ddp = str(strategy.get("_target_", "")).endswith("DDPStrategy")
+        is_ddp = is_ddp and strategy.get("start_method", "popen") == "popen"
+    else:
+        is_ddp = strategy == "ddp"
+    return is_ddp and (trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) > 1)
+
+
+def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The network of ``cfg.model`` with its convs built by the ``cfg.cim`` factory; float weights loaded from
+    ``cfg.model.init_from`` when set."""
+    model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    init_from = model_cfg.pop("init_from", None)
+    net = instantiate(model_cfg, conv_layer=instantiate(cfg.cim), num_classes=num_classes)
+    if init_from is not None:
+        load_float_weights(net, init_from)
+    return net
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train and validate as configured; write checkpoints, the resolved config, git state and results.json.
+
+    Args:
+        cfg: a config composed from ``conf/train.yaml``; Hydra's runtime config must be set (it is under
+            ``@hydra.main``; tests call ``HydraConfig().set_config``).
+
+    Returns:
+        ``(metrics, objects)``: the final logged metrics as floats (``val/acc``, ``val/acc_best``, ``train/loss``,
+        ...), and the objects built (``cfg``, ``datamodule``, ``module``, ``trainer``, ``callbacks``, ``loggers``,
+        ``results``).
+    """
+    validate_config(cfg)
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    config = resolved_config(cfg)
+    git = git_state()
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
+        atomic_write_json(output_dir / "git.json", git)
+
+    datamodule = instantiate(cfg.data)
+    net = build_net(cfg, datamodule.num_classes)
+    module = ImageClassifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=datamodule.num_classes,
+        config=config,
+    )
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), instantiate(cfg.schedule)]
+    loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(config)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        wall_time_s = time.perf_counter() - start
+
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        results = _results(cfg, config, git, trainer, module, datamodule, metrics, wall_time_s)
+        if trainer.is_global_zero:
+            writer = next((cb for cb in callbacks if isinstance(cb, ResultsWriter)), None)
+            if writer is not None:
+                writer.write(results)
+                results["history"] = writer.history
+            else:
+                atomic_write_json(output_dir / "results.json", results)
+            _wandb_summary(loggers, results)
+            print(_summary_line(results), flush=True)
+    finally:
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb
+
+            wandb.finish()
+
+    objects = {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "module": module,
+        "trainer": trainer,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "results": results,
+    }
+    return metrics, objects
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config node like ``callbacks`` or ``logger`` (in order)."""
+    if not node:
+        return []
+    return [instantiate(entry) for entry in node.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def _results(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    git: dict[str, Any],
+    trainer: L.Trainer,
+    module: ImageClassifier,
+    datamodule: L.LightningDataModule,
+    metrics: dict[str, float],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The content of results.json (without the per-epoch history, which the ResultsWriter adds)."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    choices = {k: v for k, v in (hydra_cfg.runtime.choices if hydra_cfg else {}).items() if "hydra" not in k}
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, EpochTimer)), None)
+    schedule = next((cb for cb in trainer.callbacks if isinstance(cb, QATSchedule)), None)
+    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    writer = next((cb for cb in trainer.callbacks if isinstance(cb, ResultsWriter)), None)
+    history = writer.history if writer is not None else []
+    best = max(history, key=lambda r: r.get("val/acc", float("-inf")), default=None)
+    model = module.model
+    is_cim = any(True for _ in cim_layers(model))
+    return {
+        "status": "interrupted" if trainer.interrupted else "finished",
+        "run_name": run_name(),
+        "sweep_group": sweep_group(),
+        "run_dir": str(Path(cfg.paths.output_dir).resolve()),
+        "overrides": list(hydra_cfg.overrides.task) if hydra_cfg else [],
+        "choices": choices,
+        "git": git,
+        "model": choices.get("model", config["model"]["_target_"]),
+        "data": choices.get("data", config["data"]["_target_"]),
+        "cim": ({k: v for k, v in config["cim"].items() if not k.startswith("_")} if is_cim else None),
+        "schedule": {
+            "name": "two_stage" if schedule is not None and schedule.two_stage else "one_stage",
+            "stage1_epochs": schedule.stage1_epochs if schedule is not None else 0,
+            "stage2_started_epoch": schedule.stage2_started_epoch if schedule is not None else None,
+        },
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": wall_time_s,
+        "train_time_s": timer.train_cum_s if timer is not None else None,
+        "final": metrics,
+        "best": {
+            "val/acc": module.val_acc_best,
+            "epoch": best["epoch"] if best else None,
+            "cum_train_time_s": best.get("cum_train_time_s") if best else None,
+        },
+        "checkpoints": {
+            "best": (checkpoint.best_model_path or None) if checkpoint else None,
+            "last": (checkpoint.last_model_path or None) if checkpoint else None,
+        },
+        "cim_summary": cim_summary(model, _example_input(datamodule, model)) if is_cim else None,
+    }
+
+
+def _example_input(datamodule: L.LightningDataModule, model: torch.nn.Module) -> torch.Tensor:
+    """A zero batch of one image shaped like the evaluation data, on the model's device."""
+    image = datamodule.val_set[0][0]
+    device = next(model.parameters()).device
+    return torch.zeros(1, *image.shape, device=device)
+
+
+def _wandb_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, Any]:
+    """Put the final/best metrics, times and CIM cost totals into the W&B run summary; returns them."""
+    summary = {f"final/{k}": v for k, v in results["final"].items()}
+    summary.update({f"best/{k}": v for k, v in results["best"].items() if v is not None})
+    summary.update({k: results[k] for k in ("epochs", "wall_time_s", "train_time_s") if results[k] is not None})
+    if results["cim_summary"] is not None:
+        summary.update({f"cim/{k}": v for k, v in results["cim_summary"]["total"].items()})
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(summary)
+    return summary
+
+
+def _summary_line(results: dict[str, Any]) -> str:
+    cim = results["cim"]
+    if cim is None:
+        setting = "float"
+    else:
+        setting = (
+            f"W{cim['w_bits']}A{cim['a_bits']} cell{cim['cell_bits']} adc{cim['adc_bits']} "
+            f"array{cim['array_size']} w:{cim['weight_granularity']}/p:{cim['psum_granularity']}"
+            f"{'' if cim['psum_quant'] else ' (no psum quant)'} {results['schedule']['name']}"
+        )
+    final_acc = results["final"].get("val/acc")
+    train_time = results["train_time_s"]
+    return (
+        f"[cimexp] {results['model']}/{results['data']} {setting} | epochs {results['epochs']} | "
+        f"val/acc {_pct(final_acc)} best {_pct(results['best']['val/acc'])} | "
+        f"train {train_time if train_time is None else round(train_time, 1)} s, "
+        f"wall {results['wall_time_s']:.1f} s | {results['run_dir']}/results.json"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The command line exactly as users type it: `python -m cimexp.train ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import QUIET, TINY_DATA, run_cli
+
+
+def _output(result) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("granularity.weight=colum", ["granularity.weight", "'colum'", "layer, array, column"]),
+        ("model=resnet21", ["model/resnet21", "resnet18", "resnet20"]),
+        ("adc=9bit", ["adc/9bit", "1bit", "8bit"]),
+    ],
+)
+def test_bad_override_fails_before_training_listing_valid_choices(tmp_path: Path, override: str, words) -> None:
+    result = run_cli([override, *TINY_DATA, "logger=csv"], cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    for word in words:
+        assert word in _output(result), _output(result)
+    assert "Epoch 0" not in _output(result)
+    assert not list(tmp_path.glob("logs/**/*.ckpt")) and not list(tmp_path.glob("logs/**/metrics.csv"))
+
+
+def test_multirun_of_two_jobs(tmp_path: Path) -> None:
+    """`-m` with two granularities: one directory, results.json and W&B run per job; the jobs share a group."""
+    result = run_cli(
+        ["-m", "granularity.weight=layer,column", *TINY_DATA, *QUIET, "trainer.max_epochs=1", "logger=wandb"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, _output(result)
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name.split("_")[0] for p in jobs] == ["0", "1"]
+    assert "granularity.weight=layer" in jobs[0].name and "granularity.weight=column" in jobs[1].name
+    groups = set()
+    for job, weight in zip(jobs, ("layer", "column"), strict=True):
+        results = json.loads((job / "results.json").read_text())
+        assert results["status"] == "finished" and results["epochs"] == 1
+        assert results["cim"]["weight_granularity"] == weight
+        assert results["cim_summary"]["layers"][0]["weight_granularity"] == weight
+        assert yaml.safe_load((job / "config_resolved.yaml").read_text())["granularity"]["weight"] == weight
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        (wandb_run,) = (job / "wandb").glob("offline-run-*")  # wandb.finish() after each job
+        groups.add(results["sweep_group"])
+    assert groups == {sweep_dir.name}  # the W&B group of both jobs
+    assert _output(result).count("[cimexp] resnet20/synthetic") == 2  # the one-line summary per job
+
+
+def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
+    result = run_cli(
+        ["trainer=ddp_sim", *TINY_DATA, *QUIET, "trainer.max_epochs=2", "logger=csv"], cwd=tmp_path, timeout=400
+    )
+    assert result.returncode == 0, _output(result)
+    out = _output(result)
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out
+    assert out.count("[cimexp]") == 1  # only rank 0 reports
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs"] == 2
+    assert results["global_step"] == 2  # 16 images over 2 ranks in batches of 8: 1 step per epoch
+    assert [r["epoch"] for r in results["history"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_debug_profiles_run(tmp_path: Path) -> None:
+    for profile in ("fdr", "limit"):
+        result = run_cli([f"debug={profile}", *TINY_DATA, "logger=csv"], cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, _output(result)
+    assert len(list((tmp_path / "logs" / "debug" / "runs").iterdir())) == 2
+
+
+CIFAR10 = os.environ.get("CIMEXP_DATA")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10 or not Path(CIFAR10, "train.npz").is_file(), reason="needs CIMEXP_DATA (CIFAR-10)")
+def test_paper_command_on_real_cifar10(tmp_path: Path) -> None:
+    """The README's training command on real CIFAR-10, cut to a few batches."""
+    result = run_cli(
+        [
+            "granularity.weight=column",
+            "granularity.psum=column",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=5",
+            "trainer.limit_val_batches=2",
+            f"data.data_dir={Path(CIFAR10).resolve()}",
+            "data.download=false",
+            "logger=csv",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, _output(result)
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"] == "cifar10" and results["global_step"] == 5
+    assert results["cim"]["weight_granularity"] == results["cim"]["psum_granularity"] == "column"

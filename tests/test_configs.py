@@ -1,0 +1,209 @@
+"""Every option of every config group composes, resolves and instantiates; config values are validated early."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, read_write
+from torch import nn
+
+from cimexp.callbacks import QATSchedule
+from cimexp.cim import CIMConv2d, cim_layers
+from cimexp.models import resnet20
+from cimexp.train import _instantiate_all, build_net, validate_config
+from cimexp.utils import resolved_config, slug
+from conftest import CONF_DIR, TINY_DATA
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+CIM_SETTING_GROUPS = ("quant", "array", "cell", "adc", "granularity", "cim")
+
+
+def test_every_group_is_in_the_defaults_list() -> None:
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
+    listed = {next(iter(d)) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)}
+    assert set(GROUPS) == listed
+    assert len(OPTIONS) >= 45
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_resolves_and_instantiates(group: str, option: str, make_cfg, tmp_path: Path) -> None:
+    if group in ("hydra", "paths"):
+        cfg = make_cfg([*TINY_DATA])  # the only option of these groups is the default
+    elif group in ("data", "experiment"):
+        cfg = make_cfg([f"{group}={option}"])  # their own data; instantiating a data module reads no files
+    else:
+        cfg = make_cfg([*TINY_DATA, f"{group}={option}"])
+    config = resolved_config(cfg)  # every interpolation resolves
+    assert config["paths"]["output_dir"] == str(tmp_path / "run")
+
+    if group == "data":
+        datamodule = instantiate(cfg.data)
+        assert isinstance(datamodule, L.LightningDataModule)
+        assert datamodule.num_classes == {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "synthetic": 10}[option]
+    if group in CIM_SETTING_GROUPS or group in ("model", "experiment"):
+        layer = instantiate(cfg.cim)(16, 32, 3, padding=1)
+        if option == "none":
+            assert type(layer) is nn.Conv2d
+        else:
+            _assert_layer_matches_config(layer, cfg)
+            assert layer(torch.randn(2, 16, 6, 6)).shape == (2, 32, 6, 6)
+    if group in ("model", "experiment"):
+        num_classes = instantiate(cfg.data).num_classes
+        if cfg.model.get("init_from") is not None:  # the quick preset fine-tunes a float checkpoint: give it one
+            torch.save(resnet20(num_classes=num_classes).state_dict(), tmp_path / "float.pt")
+            cfg.model.init_from = str(tmp_path / "float.pt")
+        net = build_net(cfg, num_classes)
+        assert any(True for _ in cim_layers(net))
+        assert [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features == num_classes
+    if group == "schedule":
+        schedule = instantiate(cfg.schedule)
+        assert isinstance(schedule, QATSchedule)
+        assert schedule.two_stage == (option == "two_stage")
+    if group == "callbacks":
+        callbacks = _instantiate_all(cfg.callbacks)
+        assert callbacks and all(isinstance(cb, L.Callback) for cb in callbacks)
+    if group == "logger":
+        loggers = _instantiate_all(cfg.logger)
+        assert len(loggers) == {"none": 0, "csv": 1, "wandb": 1, "many": 2}[option]
+        for logger in loggers:  # inside the run directory
+            assert Path(logger.save_dir).is_relative_to(tmp_path)
+    if group in ("trainer", "debug", "experiment"):
+        _check_trainer(cfg)
+    if group in ("experiment", "debug", "granularity", "schedule") and option != "two_stage":
+        validate_config(cfg)
+
+
+def _assert_layer_matches_config(layer: nn.Module, cfg) -> None:
+    assert isinstance(layer, CIMConv2d)
+    assert (layer.w_bits, layer.a_bits) == (cfg.quant.w_bits, cfg.quant.a_bits)
+    assert (layer.cell_bits, layer.adc_bits) == (cfg.cell.bits, cfg.adc.bits)
+    assert layer.mapping.array_size == cfg.array.size
+    assert layer.weight_granularity.name.lower() == cfg.granularity.weight
+    assert layer.psum_granularity.name.lower() == cfg.granularity.psum
+    assert layer.psum_quant == cfg.granularity.psum_quant
+
+
+def _check_trainer(cfg) -> None:
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"  # built on GPU machines only
+        return
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, L.Trainer)
+    assert Path(trainer.default_root_dir) == Path(cfg.paths.output_dir)
+
+
+def test_paper_settings_are_the_defaults(make_cfg) -> None:
+    cfg = make_cfg([])
+    assert cfg.model._target_ == "cimexp.models.resnet20"
+    assert cfg.data._target_ == "cimexp.data.CIFAR10DataModule"
+    assert dict(cfg.granularity) == {"weight": "column", "psum": "column", "psum_quant": True}
+    assert (cfg.quant.w_bits, cfg.quant.a_bits, cfg.cell.bits, cfg.adc.bits, cfg.array.size) == (4, 4, 2, 4, 128)
+    assert cfg.schedule.stage1_epochs == 0
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+    assert cfg.scheduler._target_.endswith("CosineAnnealingLR")
+    assert cfg.seed == 0
+
+
+def test_quant_defaults_are_set_in_exactly_one_place() -> None:
+    """Bit widths and the array size are literal numbers only in their own groups; everything else interpolates."""
+    pattern = re.compile(r"^\s*(w_bits|a_bits|cell_bits|adc_bits|array_size|bits|size)\s*:\s*\d+\s*$", re.M)
+    offenders = [
+        str(path.relative_to(CONF_DIR))
+        for path in CONF_DIR.rglob("*.yaml")
+        if path.parent.name not in ("quant", "cell", "adc", "array") and pattern.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "adc_bits"),
+    [(["adc=3bit"], 3), (["cim.adc_bits=3"], 3), (["adc=8bit", "cim.adc_bits=2"], 2), ([], 4)],
+)
+def test_adc_group_and_cim_key_both_set_the_layer(make_cfg, overrides: list[str], adc_bits: int) -> None:
+    cfg = make_cfg(overrides)
+    assert instantiate(cfg.cim)(16, 16, 3).adc_bits == adc_bits
+
+
+@pytest.mark.parametrize(
+    ("overrides", "weight", "psum", "stage1_epochs"),
+    [
+        (["granularity=kim"], "layer", "layer", 0),
+        (["granularity=bai"], "array", "array", 0),
+        (["granularity=saxena_array"], "layer", "array", 100),
+        (["granularity=saxena_column"], "layer", "column", 100),
+        (["granularity=ours"], "column", "column", 0),
+        (["granularity=saxena_column", "schedule=one_stage"], "layer", "column", 0),
+        (["granularity=saxena_column", "granularity.weight=column"], "column", "column", 100),
+        (["granularity.weight=array", "granularity.psum=layer"], "array", "layer", 0),
+        (["experiment=paper_resnet20_cifar10", "granularity=saxena_column"], "layer", "column", 100),
+        (["experiment=quick", "granularity=kim"], "layer", "layer", 0),
+    ],
+)
+def test_granularity_presets_and_overrides(make_cfg, overrides, weight, psum, stage1_epochs) -> None:
+    cfg = make_cfg(overrides)
+    assert (cfg.granularity.weight, cfg.granularity.psum, cfg.schedule.stage1_epochs) == (weight, psum, stage1_epochs)
+
+
+def test_experiments_set_their_recipe(make_cfg) -> None:
+    cifar100 = make_cfg(["experiment=paper_resnet20_cifar100"])
+    assert cifar100.data._target_.endswith("CIFAR100DataModule")
+    assert cifar100.trainer.max_epochs == 200 and cifar100.trainer.accelerator == "gpu"
+    imagenet = make_cfg(["experiment=paper_resnet18_imagenet"])
+    assert imagenet.model._target_.endswith("resnet18") and imagenet.optimizer.weight_decay == 1e-4
+    quick = make_cfg(["experiment=quick"])
+    assert quick.trainer.max_epochs == 1 and quick.trainer.accelerator == "cpu"
+    assert quick.model.init_from.endswith("resnet20_cifar10_float.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "words"),
+    [
+        (["granularity.weight=colum"], ValueError, ["granularity.weight", "colum", "layer, array, column"]),
+        (["granularity.psum=row"], ValueError, ["granularity.psum", "row", "layer, array, column"]),
+        (["cim=none", "granularity.psum=row"], ValueError, ["granularity.psum", "layer, array, column"]),
+        (["cim.adc_bits=0"], ValueError, ["adc_bits", "valid"]),
+        (["cim.weight_encoding=ones"], ValueError, ["ones", "twos_complement"]),
+        (["schedule=two_stage", "trainer.max_epochs=100"], ValueError, ["stage1_epochs=100", "max_epochs=100"]),
+        (["model.init_from=/nonexistent/float.ckpt"], FileNotFoundError, ["/nonexistent/float.ckpt", "init_from"]),
+    ],
+)
+def test_validate_config_names_the_bad_value(make_cfg, overrides, error, words) -> None:
+    cfg = make_cfg(overrides)
+    with pytest.raises(error) as info:
+        validate_config(cfg)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_ddp_inside_a_multirun_is_refused(make_cfg) -> None:
+    cfg = make_cfg(["trainer=ddp_sim"])
+    validate_config(cfg)  # a single run is fine
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    with pytest.raises(ValueError, match="multirun"):
+        validate_config(cfg)
+    validate_config(make_cfg(["trainer=ddp_sim", "trainer.devices=1"]))
+
+
+def test_two_stage_is_fine_with_enough_epochs_or_without_psum_quant(make_cfg) -> None:
+    validate_config(make_cfg(["schedule=two_stage", "trainer.max_epochs=101"]))
+    validate_config(make_cfg(["schedule=two_stage", "trainer.max_epochs=1", "granularity.psum_quant=false"]))
+    validate_config(make_cfg(["schedule=two_stage", "debug=fdr"]))
+
+
+def test_run_directories_say_what_ran() -> None:
+    dirs = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hydra" / "default.yaml"), resolve=False)
+    assert "${hydra.job.num}" in dirs["sweep"]["subdir"]  # multirun jobs never share a directory
+    assert "%f" in dirs["run"]["dir"] and "%f" in dirs["sweep"]["dir"]  # microseconds: no same-second collisions
+    assert slug("model.init_from=/a/b.ckpt,adc=3bit") == "model.init_from=_a_b.ckpt,adc=3bit"
+    assert slug("") == "default"
+    assert len(slug("x" * 500)) <= 200

@@ -1,0 +1,225 @@
+"""train(): real short trainings on synthetic data with loggers and checkpointing on, resume, QAT schedules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader
+
+import cimexp.train
+from cimexp.callbacks import QATSchedule
+from cimexp.cim import CIMConv2d, cim_layers
+from cimexp.data import BatchTransform, SyntheticDataModule
+from cimexp.models import resnet20
+from cimexp.module import ImageClassifier, weight_decay_split
+from cimexp.train import build_net, train
+from conftest import QUIET, TINY_DATA
+
+STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
+
+
+class InOrderSynthetic(SyntheticDataModule):
+    """Synthetic data, training batches in a fixed order and not augmented (epoch-independent batches)."""
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        transform = BatchTransform(self.mean, self.std, augment=False)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=transform)
+
+
+def _run(make_cfg, overrides: list[str], subdir: str) -> tuple[dict, dict]:
+    return train(make_cfg([*TINY_DATA, *QUIET, *overrides], subdir))
+
+
+def _state(objects: dict) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in objects["module"].model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def test_train_logs_checkpoints_and_resumes_to_the_same_result(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two epochs straight vs one epoch, then a resumed run from its last.ckpt: identical weights and metrics.
+
+    The learning-rate schedule is pinned (``scheduler.T_max``) so that the shortened first run follows the same
+    schedule as the full one, as a killed run would. The data come in a fixed order without augmentation, so
+    this checks the platform's part: model, CIM step sizes, optimizer, scheduler, loops and callback state.
+    """
+    summaries: list[dict] = []
+    set_summary = cimexp.train._wandb_summary
+    monkeypatch.setattr(cimexp.train, "_wandb_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
+    common = ["logger=many", f"scheduler.T_max={2 * STEPS_PER_EPOCH}", "data._target_=test_train.InOrderSynthetic"]
+    full_metrics, full = _run(make_cfg, [*common, "trainer.max_epochs=2"], "full")
+    first_metrics, first = _run(make_cfg, [*common, "trainer.max_epochs=1"], "first")
+    first_dir = tmp_path / "first"
+    resumed_metrics, resumed = _run(
+        make_cfg, [*common, "trainer.max_epochs=2", f"ckpt_path={first_dir}/checkpoints/last.ckpt"], "resumed"
+    )
+
+    # the resumed run continued at epoch 1 and ended where the uninterrupted run ended
+    assert first["trainer"].current_epoch == 1
+    assert resumed["trainer"].current_epoch == full["trainer"].current_epoch == 2
+    assert resumed["trainer"].global_step == full["trainer"].global_step == 2 * STEPS_PER_EPOCH
+    full_state, resumed_state = _state(full), _state(resumed)
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        assert torch.equal(full_state[key], resumed_state[key]), key
+    for key in ("val/acc", "val/loss", "val/acc_best", "train/loss"):
+        assert resumed_metrics[key] == full_metrics[key], key
+    assert first_metrics["val/acc"] == full["results"]["history"][0]["val/acc"]
+
+    # results.json: final + best metrics, history across the resume, CIM settings and costs
+    results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert results["epochs"] == 2 and results["global_step"] == 2 * STEPS_PER_EPOCH
+    assert [r["epoch"] for r in results["history"]] == [0, 1]
+    times = [r["cum_train_time_s"] for r in results["history"]]
+    assert 0 < times[0] < times[1] == pytest.approx(results["train_time_s"])
+    assert results["history"][0]["val/acc"] == first_metrics["val/acc"]  # epoch 0 came from the checkpoint
+    assert results["final"]["val/acc"] == resumed_metrics["val/acc"]
+    assert results["best"]["val/acc"] == pytest.approx(max(r["val/acc"] for r in results["history"]))
+    assert results["cim"]["weight_granularity"] == "column" and results["cim"]["adc_bits"] == 4
+    assert results["cim_summary"]["total"]["cim_layers"] == 18
+    assert {"dequant_ops", "adc_conversions"} <= results["cim_summary"]["layers"][0].keys()
+    assert results["git"].keys() == {"commit", "dirty"}
+    assert results == json.loads(json.dumps(results))  # plain JSON, written whole (atomic replace)
+
+    # every run directory holds checkpoints, the resolved config, the git state and both loggers' files
+    for run in ("full", "first", "resumed"):
+        run_dir = tmp_path / run
+        assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+        assert config["cim"]["adc_bits"] == 4 and config["paths"]["output_dir"] == str(run_dir)
+        assert json.loads((run_dir / "git.json").read_text()).keys() == {"commit", "dirty"}
+        assert "val/acc" in (run_dir / "csv" / "metrics.csv").read_text()
+        wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1, "one W&B run per job"
+    assert not list(tmp_path.glob("**/.results.json.*.tmp"))
+
+    # W&B (offline) got the resolved config, the run name from the overrides and the summary
+    run = next(lg for lg in resumed["loggers"] if isinstance(lg, WandbLogger)).experiment
+    assert run.config["granularity"] == {"weight": "column", "psum": "column", "psum_quant": True}
+    assert run.config["cim"]["adc_bits"] == 4 and "ckpt_path" in run.config
+    assert "trainer.max_epochs=2" in run.name and not run.group  # a single run has no sweep group
+    assert summaries[-1]["best/val/acc"] == results["best"]["val/acc"]
+    assert summaries[-1]["cim/cim_layers"] == 18 and summaries[-1]["epochs"] == 2
+
+
+def test_resume_from_run_directory_or_last(make_cfg, tmp_path: Path) -> None:
+    """``ckpt_path=<run dir>`` and ``ckpt_path=last`` (in place) pick the run's last.ckpt; a float run's
+    checkpoint initialises a CIM model."""
+    _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=1"], "run")
+    _, from_dir = _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=2", f"ckpt_path={tmp_path}/run"], "b")
+    assert from_dir["trainer"].current_epoch == 2
+    _, in_place = _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=2", "ckpt_path=last"], "run")
+    assert in_place["trainer"].current_epoch == 2
+    assert [r["epoch"] for r in in_place["results"]["history"]] == [0, 1]
+    assert in_place["results"]["best"]["val/acc"] == max(r["val/acc"] for r in in_place["results"]["history"])
+
+    # a float checkpoint of this platform initialises a CIM model (model.init_from)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert all(key.startswith("model.") for key in torch.load(ckpt, weights_only=False)["state_dict"])
+    cim_net = build_net(make_cfg([*TINY_DATA, f"model.init_from={ckpt}"], "cim"), 10)
+    float_net = in_place["module"].model
+    assert isinstance(cim_net.layer3[2].conv2, CIMConv2d)
+    assert torch.equal(cim_net.layer3[2].conv2.weight, float_net.layer3[2].conv2.weight)
+
+
+def test_float_baseline_and_seed_zero(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds = []
+    monkeypatch.setattr(cimexp.train.L, "seed_everything", lambda seed, workers: seeds.append(seed))
+    metrics, objects = _run(make_cfg, ["cim=none", "logger=csv", "trainer.max_epochs=1", "seed=0"], "float")
+    assert seeds == [0]  # seed 0 is a seed
+    assert not any(isinstance(m, CIMConv2d) for m in objects["module"].modules())
+    assert objects["results"]["cim"] is None and objects["results"]["cim_summary"] is None
+    assert 0.0 <= metrics["val/acc"] <= 1.0 and metrics["val/acc_best"] >= metrics["val/acc"]
+
+
+class PsumProbe(L.Callback):
+    """Records, for every training batch, whether the CIM layers quantize partial sums and have ADC steps set."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool, bool]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        layers = [layer for _, layer in cim_layers(pl_module)]
+        quant = {layer.psum_quant for layer in layers}
+        assert len(quant) == 1
+        self.seen.append((trainer.current_epoch, quant.pop(), all(layer.psum_step_ready for layer in layers)))
+
+
+def test_two_stage_switches_psum_quant_at_stage1_epochs(make_cfg) -> None:
+    _, objects = _run(
+        make_cfg,
+        [
+            "logger=none",
+            "granularity=saxena_column",
+            "schedule.stage1_epochs=1",
+            "trainer.max_epochs=2",
+            "+callbacks.probe._target_=test_train.PsumProbe",
+        ],
+        "two_stage",
+    )
+    probe = next(cb for cb in objects["callbacks"] if isinstance(cb, PsumProbe))
+    assert probe.seen == [(0, False, False), (0, False, False), (1, True, True), (1, True, True)]
+    assert objects["results"]["schedule"] == {"name": "two_stage", "stage1_epochs": 1, "stage2_started_epoch": 1}
+
+
+def _tiny_cim_net() -> torch.nn.Module:
+    return resnet20(conv_layer=CIMConv2d)
+
+
+def test_qat_schedule_unit() -> None:
+    """Stage 1 off; the switch recalibrates once; a run resumed inside stage 2 keeps its checkpointed steps."""
+    net = _tiny_cim_net()
+    net(torch.randn(2, 3, 8, 8))  # initialise all steps
+    layers = [layer for _, layer in cim_layers(net)]
+    schedule = QATSchedule(stage1_epochs=2)
+    for epoch, quant, ready in [(0, False, True), (1, False, True), (2, True, False)]:
+        schedule.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), net)
+        assert all(layer.psum_quant == quant and layer.psum_step_ready == ready for layer in layers), epoch
+    net(torch.randn(2, 3, 8, 8))  # the first stage-2 batch calibrates the ADC steps
+    assert all(layer.psum_step_ready for layer in layers)
+
+    resumed = QATSchedule(stage1_epochs=2)
+    resumed.load_state_dict(schedule.state_dict())
+    resumed.on_train_epoch_start(SimpleNamespace(current_epoch=3), net)
+    assert all(layer.psum_quant and layer.psum_step_ready for layer in layers)
+
+    one_stage = QATSchedule(stage1_epochs=0)
+    for layer in layers:
+        layer.psum_quant = True
+    one_stage.on_train_epoch_start(SimpleNamespace(current_epoch=0), net)
+    assert all(layer.psum_quant for layer in layers)
+    no_psq = QATSchedule(stage1_epochs=2, psum_quant=False)
+    assert not no_psq.two_stage
+
+
+def test_no_weight_decay_on_step_sizes_norms_and_biases(make_cfg) -> None:
+    cfg = make_cfg([*TINY_DATA])
+    net = build_net(cfg, 10)
+    decay, no_decay = weight_decay_split(net)
+    assert decay and no_decay
+    assert all(name.endswith("_step") or param.ndim <= 1 for name, param in no_decay.items())
+    assert {"weight_step", "psum_step", "act_step"} <= {name.rpartition(".")[2] for name in no_decay}
+    assert all(not name.endswith("_step") and param.ndim > 1 for name, param in decay.items())
+    module = ImageClassifier(net, optimizer=instantiate(cfg.optimizer), scheduler=None, num_classes=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [5e-4, 0.0]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+
+
+def test_init_from_loads_float_weights_into_the_cim_model(make_cfg, tmp_path: Path) -> None:
+    float_net = resnet20(num_classes=10)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in float_net.state_dict().items()}}, tmp_path / "f.ckpt")
+    net = build_net(make_cfg([*TINY_DATA, f"model.init_from={tmp_path}/f.ckpt"]), 10)
+    assert isinstance(net.layer1[0].conv1, CIMConv2d)
+    assert torch.equal(net.layer1[0].conv1.weight, float_net.layer1[0].conv1.weight)
+    assert torch.equal(net.fc.weight, float_net.fc.weight)
