@@ -1,4 +1,8 @@
-"""Shared fixtures: compose the real configs (as ``python -m cimexp.train`` would) with outputs in ``tmp_path``."""
+"""Shared fixtures: compose the real configs (as ``python -m cimexp.train`` would) with outputs in ``tmp_path``.
+
+Everything is a fixture, not an importable name: other test folders have their own ``conftest.py``, so
+``from conftest import ...`` would be ambiguous.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from cimexp.train import CONF_DIR
 
-REPO_ROOT = CONF_DIR.parent
-
-TINY_DATA = [
+_TINY_DATA = [
     "data=synthetic",
     "data.image_size=8",
     "data.train_size=16",
@@ -27,7 +29,19 @@ TINY_DATA = [
 ]
 """Synthetic 8x8 images, 2 training and 2 validation batches of 8: a CIM ResNet-20 step takes well under a second."""
 
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
+_QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture
+def tiny_data() -> list[str]:
+    """Overrides for a tiny synthetic data set (see ``_TINY_DATA``)."""
+    return list(_TINY_DATA)
+
+
+@pytest.fixture
+def quiet() -> list[str]:
+    """Overrides for terse trainer output in tests (no progress bar, no model summary)."""
+    return list(_QUIET)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -62,8 +76,13 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cimexp.train <args>`` as a user would, from ``cwd``; stdout and stderr are captured."""
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_cli(args, cwd, timeout=300)``: ``python -m cimexp.train <args>`` as a user types it, from ``cwd``."""
+    return _run_cli
+
+
+def _run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, "-m", "cimexp.train", *args],

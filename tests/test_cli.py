@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import QUIET, TINY_DATA, run_cli
-
 
 def _output(result) -> str:
     return result.stdout + result.stderr
@@ -24,8 +22,10 @@ def _output(result) -> str:
         ("adc=9bit", ["adc/9bit", "1bit", "8bit"]),
     ],
 )
-def test_bad_override_fails_before_training_listing_valid_choices(tmp_path: Path, override: str, words) -> None:
-    result = run_cli([override, *TINY_DATA, "logger=csv"], cwd=tmp_path, timeout=120)
+def test_bad_override_fails_before_training_listing_valid_choices(
+    run_cli, tiny_data, tmp_path: Path, override: str, words
+) -> None:
+    result = run_cli([override, *tiny_data, "logger=csv"], cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     for word in words:
         assert word in _output(result), _output(result)
@@ -33,10 +33,10 @@ def test_bad_override_fails_before_training_listing_valid_choices(tmp_path: Path
     assert not list(tmp_path.glob("logs/**/*.ckpt")) and not list(tmp_path.glob("logs/**/metrics.csv"))
 
 
-def test_multirun_of_two_jobs(tmp_path: Path) -> None:
+def test_multirun_of_two_jobs(run_cli, tiny_data, quiet, tmp_path: Path) -> None:
     """`-m` with two granularities: one directory, results.json and W&B run per job; the jobs share a group."""
     result = run_cli(
-        ["-m", "granularity.weight=layer,column", *TINY_DATA, *QUIET, "trainer.max_epochs=1", "logger=wandb"],
+        ["-m", "granularity.weight=layer,column", *tiny_data, *quiet, "trainer.max_epochs=1", "logger=wandb"],
         cwd=tmp_path,
     )
     assert result.returncode == 0, _output(result)
@@ -58,9 +58,9 @@ def test_multirun_of_two_jobs(tmp_path: Path) -> None:
     assert _output(result).count("[cimexp] resnet20/synthetic") == 2  # the one-line summary per job
 
 
-def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
+def test_ddp_sim_trains_with_two_cpu_processes(run_cli, tiny_data, quiet, tmp_path: Path) -> None:
     result = run_cli(
-        ["trainer=ddp_sim", *TINY_DATA, *QUIET, "trainer.max_epochs=2", "logger=csv"], cwd=tmp_path, timeout=400
+        ["trainer=ddp_sim", *tiny_data, *quiet, "trainer.max_epochs=2", "logger=csv"], cwd=tmp_path, timeout=400
     )
     assert result.returncode == 0, _output(result)
     out = _output(result)
@@ -74,9 +74,9 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_debug_profiles_run(tmp_path: Path) -> None:
+def test_debug_profiles_run(run_cli, tiny_data, tmp_path: Path) -> None:
     for profile in ("fdr", "limit"):
-        result = run_cli([f"debug={profile}", *TINY_DATA, "logger=csv"], cwd=tmp_path, timeout=300)
+        result = run_cli([f"debug={profile}", *tiny_data, "logger=csv"], cwd=tmp_path, timeout=300)
         assert result.returncode == 0, _output(result)
     assert len(list((tmp_path / "logs" / "debug" / "runs").iterdir())) == 2
 
@@ -86,7 +86,7 @@ CIFAR10 = os.environ.get("CIMEXP_DATA")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10 or not Path(CIFAR10, "train.npz").is_file(), reason="needs CIMEXP_DATA (CIFAR-10)")
-def test_paper_command_on_real_cifar10(tmp_path: Path) -> None:
+def test_paper_command_on_real_cifar10(run_cli, tmp_path: Path) -> None:
     """The README's training command on real CIFAR-10, cut to a few batches."""
     result = run_cli(
         [

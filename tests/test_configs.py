@@ -17,9 +17,8 @@ from torch import nn
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import CIMConv2d, cim_layers
 from cimexp.models import resnet20
-from cimexp.train import _instantiate_all, build_net, validate_config
+from cimexp.train import CONF_DIR, _instantiate_all, build_net, validate_config
 from cimexp.utils import resolved_config, slug
-from conftest import CONF_DIR, TINY_DATA
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -34,13 +33,15 @@ def test_every_group_is_in_the_defaults_list() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_resolves_and_instantiates(group: str, option: str, make_cfg, tmp_path: Path) -> None:
+def test_option_composes_resolves_and_instantiates(
+    group: str, option: str, make_cfg, tiny_data, tmp_path: Path
+) -> None:
     if group in ("hydra", "paths"):
-        cfg = make_cfg([*TINY_DATA])  # the only option of these groups is the default
+        cfg = make_cfg([*tiny_data])  # the only option of these groups is the default
     elif group in ("data", "experiment"):
         cfg = make_cfg([f"{group}={option}"])  # their own data; instantiating a data module reads no files
     else:
-        cfg = make_cfg([*TINY_DATA, f"{group}={option}"])
+        cfg = make_cfg([*tiny_data, f"{group}={option}"])
     config = resolved_config(cfg)  # every interpolation resolves
     assert config["paths"]["output_dir"] == str(tmp_path / "run")
 

@@ -21,7 +21,6 @@ from cimexp.data import BatchTransform, SyntheticDataModule
 from cimexp.models import resnet20
 from cimexp.module import ImageClassifier, weight_decay_split
 from cimexp.train import build_net, train
-from conftest import QUIET, TINY_DATA
 
 STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
 
@@ -35,8 +34,10 @@ class InOrderSynthetic(SyntheticDataModule):
         return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False, collate_fn=transform)
 
 
-def _run(make_cfg, overrides: list[str], subdir: str) -> tuple[dict, dict]:
-    return train(make_cfg([*TINY_DATA, *QUIET, *overrides], subdir))
+@pytest.fixture
+def run(make_cfg, tiny_data, quiet):
+    """``run(overrides, subdir)``: train on tiny synthetic data into ``tmp_path / subdir``."""
+    return lambda overrides, subdir: train(make_cfg([*tiny_data, *quiet, *overrides], subdir))
 
 
 def _state(objects: dict) -> dict[str, torch.Tensor]:
@@ -44,7 +45,7 @@ def _state(objects: dict) -> dict[str, torch.Tensor]:
 
 
 def test_train_logs_checkpoints_and_resumes_to_the_same_result(
-    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two epochs straight vs one epoch, then a resumed run from its last.ckpt: identical weights and metrics.
 
@@ -56,11 +57,11 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     set_summary = cimexp.train._wandb_summary
     monkeypatch.setattr(cimexp.train, "_wandb_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
     common = ["logger=many", f"scheduler.T_max={2 * STEPS_PER_EPOCH}", "data._target_=test_train.InOrderSynthetic"]
-    full_metrics, full = _run(make_cfg, [*common, "trainer.max_epochs=2"], "full")
-    first_metrics, first = _run(make_cfg, [*common, "trainer.max_epochs=1"], "first")
+    full_metrics, full = run([*common, "trainer.max_epochs=2"], "full")
+    first_metrics, first = run([*common, "trainer.max_epochs=1"], "first")
     first_dir = tmp_path / "first"
-    resumed_metrics, resumed = _run(
-        make_cfg, [*common, "trainer.max_epochs=2", f"ckpt_path={first_dir}/checkpoints/last.ckpt"], "resumed"
+    resumed_metrics, resumed = run(
+        [*common, "trainer.max_epochs=2", f"ckpt_path={first_dir}/checkpoints/last.ckpt"], "resumed"
     )
 
     # the resumed run continued at epoch 1 and ended where the uninterrupted run ended
@@ -112,13 +113,13 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     assert summaries[-1]["cim/cim_layers"] == 18 and summaries[-1]["epochs"] == 2
 
 
-def test_resume_from_run_directory_or_last(make_cfg, tmp_path: Path) -> None:
+def test_resume_from_run_directory_or_last(run, make_cfg, tiny_data, tmp_path: Path) -> None:
     """``ckpt_path=<run dir>`` and ``ckpt_path=last`` (in place) pick the run's last.ckpt; a float run's
     checkpoint initialises a CIM model."""
-    _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=1"], "run")
-    _, from_dir = _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=2", f"ckpt_path={tmp_path}/run"], "b")
+    run(["logger=none", "cim=none", "trainer.max_epochs=1"], "run")
+    _, from_dir = run(["logger=none", "cim=none", "trainer.max_epochs=2", f"ckpt_path={tmp_path}/run"], "b")
     assert from_dir["trainer"].current_epoch == 2
-    _, in_place = _run(make_cfg, ["logger=none", "cim=none", "trainer.max_epochs=2", "ckpt_path=last"], "run")
+    _, in_place = run(["logger=none", "cim=none", "trainer.max_epochs=2", "ckpt_path=last"], "run")
     assert in_place["trainer"].current_epoch == 2
     assert [r["epoch"] for r in in_place["results"]["history"]] == [0, 1]
     assert in_place["results"]["best"]["val/acc"] == max(r["val/acc"] for r in in_place["results"]["history"])
@@ -126,16 +127,16 @@ def test_resume_from_run_directory_or_last(make_cfg, tmp_path: Path) -> None:
     # a float checkpoint of this platform initialises a CIM model (model.init_from)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert all(key.startswith("model.") for key in torch.load(ckpt, weights_only=False)["state_dict"])
-    cim_net = build_net(make_cfg([*TINY_DATA, f"model.init_from={ckpt}"], "cim"), 10)
+    cim_net = build_net(make_cfg([*tiny_data, f"model.init_from={ckpt}"], "cim"), 10)
     float_net = in_place["module"].model
     assert isinstance(cim_net.layer3[2].conv2, CIMConv2d)
     assert torch.equal(cim_net.layer3[2].conv2.weight, float_net.layer3[2].conv2.weight)
 
 
-def test_float_baseline_and_seed_zero(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_float_baseline_and_seed_zero(run, monkeypatch: pytest.MonkeyPatch) -> None:
     seeds = []
     monkeypatch.setattr(cimexp.train.L, "seed_everything", lambda seed, workers: seeds.append(seed))
-    metrics, objects = _run(make_cfg, ["cim=none", "logger=csv", "trainer.max_epochs=1", "seed=0"], "float")
+    metrics, objects = run(["cim=none", "logger=csv", "trainer.max_epochs=1", "seed=0"], "float")
     assert seeds == [0]  # seed 0 is a seed
     assert not any(isinstance(m, CIMConv2d) for m in objects["module"].modules())
     assert objects["results"]["cim"] is None and objects["results"]["cim_summary"] is None
@@ -155,9 +156,8 @@ class PsumProbe(L.Callback):
         self.seen.append((trainer.current_epoch, quant.pop(), all(layer.psum_step_ready for layer in layers)))
 
 
-def test_two_stage_switches_psum_quant_at_stage1_epochs(make_cfg) -> None:
-    _, objects = _run(
-        make_cfg,
+def test_two_stage_switches_psum_quant_at_stage1_epochs(run) -> None:
+    _, objects = run(
         [
             "logger=none",
             "granularity=saxena_column",
@@ -202,8 +202,8 @@ def test_qat_schedule_unit() -> None:
     assert not no_psq.two_stage
 
 
-def test_no_weight_decay_on_step_sizes_norms_and_biases(make_cfg) -> None:
-    cfg = make_cfg([*TINY_DATA])
+def test_no_weight_decay_on_step_sizes_norms_and_biases(make_cfg, tiny_data) -> None:
+    cfg = make_cfg([*tiny_data])
     net = build_net(cfg, 10)
     decay, no_decay = weight_decay_split(net)
     assert decay and no_decay
@@ -216,10 +216,10 @@ def test_no_weight_decay_on_step_sizes_norms_and_biases(make_cfg) -> None:
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
 
 
-def test_init_from_loads_float_weights_into_the_cim_model(make_cfg, tmp_path: Path) -> None:
+def test_init_from_loads_float_weights_into_the_cim_model(make_cfg, tiny_data, tmp_path: Path) -> None:
     float_net = resnet20(num_classes=10)
     torch.save({"state_dict": {f"model.{k}": v for k, v in float_net.state_dict().items()}}, tmp_path / "f.ckpt")
-    net = build_net(make_cfg([*TINY_DATA, f"model.init_from={tmp_path}/f.ckpt"]), 10)
+    net = build_net(make_cfg([*tiny_data, f"model.init_from={tmp_path}/f.ckpt"]), 10)
     assert isinstance(net.layer1[0].conv1, CIMConv2d)
     assert torch.equal(net.layer1[0].conv1.weight, float_net.layer1[0].conv1.weight)
     assert torch.equal(net.fc.weight, float_net.fc.weight)
