@@ -130,8 +130,8 @@ class ResultsWriter(L.Callback):
     A record holds ``epoch``, ``step``, ``cum_train_time_s`` (from :class:`EpochTimer`, when present) and the
     epoch's validation metrics (``val/acc``, ``val/acc5``, ``val/loss``, ``val/acc_best``); training metrics per
     epoch are in the logger's files. While training, ``results.json``
-    has ``"status": "running"`` and the history so far; ``cimexp.train.train`` writes the final version through
-    :meth:`write`. Only global rank 0 writes.
+    has ``"status": "running"`` and the history so far; ``cimexp.train.train`` writes the final version (with
+    this history) to the same path. Only global rank 0 writes.
 
     Args:
         path: the results file, normally ``<run dir>/results.json``.
@@ -153,11 +153,7 @@ class ResultsWriter(L.Callback):
         record.update({k: _scalar(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")})
         self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
         if trainer.is_global_zero:
-            self.write({"status": "running"})
-
-    def write(self, results: dict[str, Any]) -> None:
-        """Write ``results`` plus the per-epoch ``history`` to :attr:`path` (atomically)."""
-        atomic_write_json(self.path, {**results, "history": self.history})
+            atomic_write_json(self.path, {"status": "running", "history": self.history})
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

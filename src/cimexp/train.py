@@ -7,10 +7,9 @@ checkout installed with ``pip install -e .`` (see README).
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import hydra
 import lightning as L
@@ -37,7 +36,7 @@ from cimexp.utils import (
     sweep_group,
 )
 
-log = logging.getLogger(__name__)
+CallbackT = TypeVar("CallbackT", bound=L.Callback)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """``conf/`` of the checkout this package is installed from (editable install)."""
@@ -165,12 +164,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         results = _results(cfg, config, git, trainer, module, datamodule, metrics, wall_time_s)
         if trainer.is_global_zero:
-            writer = next((cb for cb in callbacks if isinstance(cb, ResultsWriter)), None)
-            if writer is not None:
-                writer.write(results)
-                results["history"] = writer.history
-            else:
-                atomic_write_json(output_dir / "results.json", results)
+            writer = _find_callback(trainer, ResultsWriter)
+            atomic_write_json(writer.path if writer else output_dir / "results.json", results)
             _wandb_summary(loggers, results)
             print(_summary_line(results), flush=True)
     finally:
@@ -198,6 +193,10 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in node.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
+def _find_callback(trainer: L.Trainer, kind: type[CallbackT]) -> CallbackT | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
+
+
 def _results(
     cfg: DictConfig,
     config: dict[str, Any],
@@ -208,13 +207,13 @@ def _results(
     metrics: dict[str, float],
     wall_time_s: float,
 ) -> dict[str, Any]:
-    """The content of results.json (without the per-epoch history, which the ResultsWriter adds)."""
+    """The content of results.json."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     choices = {k: v for k, v in (hydra_cfg.runtime.choices if hydra_cfg else {}).items() if "hydra" not in k}
-    timer = next((cb for cb in trainer.callbacks if isinstance(cb, EpochTimer)), None)
-    schedule = next((cb for cb in trainer.callbacks if isinstance(cb, QATSchedule)), None)
+    timer = _find_callback(trainer, EpochTimer)
+    schedule = _find_callback(trainer, QATSchedule)
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    writer = next((cb for cb in trainer.callbacks if isinstance(cb, ResultsWriter)), None)
+    writer = _find_callback(trainer, ResultsWriter)
     history = writer.history if writer is not None else []
     best = max(history, key=lambda r: r.get("val/acc", float("-inf")), default=None)
     model = module.model
@@ -251,6 +250,7 @@ def _results(
             "last": (checkpoint.last_model_path or None) if checkpoint else None,
         },
         "cim_summary": cim_summary(model, _example_input(datamodule, model)) if is_cim else None,
+        "history": history,
     }
 
 
