@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     try:
-        for logger in loggers:
+        for logger in trainer.loggers:  # not `loggers`: fast_dev_run swaps them for a no-op logger
             logger.log_hyperparams(config)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -166,7 +166,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer.is_global_zero:
             writer = _find_callback(trainer, ResultsWriter)
             atomic_write_json(writer.path if writer else output_dir / "results.json", results)
-            _wandb_summary(loggers, results)
+            _wandb_summary(trainer.loggers, results)
             print(_summary_line(results), flush=True)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
