@@ -1,0 +1,146 @@
+"""The base Lightning DataModule shared by all datasets: batch sizes, seeded loaders, class-balanced subsets."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from cimexp.data.batch import BatchTransform
+
+
+class ImageDataModule(L.LightningDataModule, abc.ABC):
+    """Image classification data: a training split and an evaluation split, with reproducible loaders.
+
+    Subclasses set the class attributes ``name``, ``num_classes``, ``mean`` and ``std`` (per-channel
+    normalisation of pixels in ``[0, 1]``) and implement ``_load_splits``. By default the splits are
+    ``UInt8ImageDataset``s and ``BatchTransform`` augments and normalises whole batches; datasets that transform
+    per image (ImageNet) override ``_collate_fn``.
+
+    The loaders shuffle the training split with a generator seeded by ``seed`` and augment with another one, so
+    two modules with the same arguments yield the same batches, whatever the global RNG state.
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size; default ``batch_size``.
+        num_workers: DataLoader worker processes (0 is fastest for the in-memory datasets).
+        train_subset: if set, train on a fixed class-balanced subset of this many training images, drawn with
+            ``seed`` (for quick CPU recipes); see ``class_balanced_subset``.
+        seed: seed of the subset, the shuffling and the augmentation.
+        augment: augment training batches; if false, training batches are only normalised.
+    """
+
+    name: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_subset: int | None = None,
+        seed: int = 0,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{arg} must be a positive integer; got {value}")
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be a positive integer or None (full split); got {train_subset}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0; got {num_workers}")
+        # Passing this frame (instead of letting Lightning find it) avoids a self-referencing frame inside
+        # Lightning that keeps the caller's frame, and any DataLoader workers in it, alive until the next gc.
+        self.save_hyperparameters(frame=inspect.currentframe())
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_subset = train_subset
+        self.seed = seed
+        self.augment = augment
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @abc.abstractmethod
+    def _load_splits(self) -> tuple[Dataset, Dataset]:
+        """Return ``(train, evaluation)`` datasets; the training one has ``targets`` (labels, one per item)."""
+
+    def _collate_fn(self, train: bool) -> Callable | None:
+        """Collate function of the training (``train``) or evaluation loader; ``None`` is torch's default."""
+        return BatchTransform(self.mean, self.std, augment=train and self.augment, seed=self.seed + 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load both splits once (all stages share them) and apply ``train_subset``."""
+        if self.train_set is not None:
+            return
+        train_set, val_set = self._load_splits()
+        if self.train_subset is not None:
+            targets = torch.as_tensor(train_set.targets)
+            indices = class_balanced_subset(targets, self.train_subset, self.seed)
+            train_set = Subset(train_set, indices.tolist())
+        self.train_set, self.val_set = train_set, val_set
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are built")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            collate_fn=self._collate_fn(train),
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def class_balanced_subset(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of ``size`` items with (as nearly as possible) equally many of each class, drawn with ``seed``.
+
+    Each of the ``K`` classes present gets ``size // K`` items, and the ``size % K`` smallest class labels one
+    more; within a class the items are a seeded random choice.
+
+    Args:
+        targets: labels ``[N]``.
+        size: number of items to keep, ``1 <= size <= N``.
+        seed: seed of the choice (the same seed gives the same subset).
+
+    Returns:
+        Sorted indices ``[size]`` into ``targets``.
+
+    Raises:
+        ValueError: ``size`` exceeds ``N``, or a class has too few items for its share.
+    """
+    if not 1 <= size <= len(targets):
+        raise ValueError(f"subset size must be in [1, {len(targets)}] (the split size); got {size}")
+    classes = torch.unique(targets)
+    per_class, remainder = divmod(size, len(classes))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for rank, label in enumerate(classes.tolist()):
+        members = torch.nonzero(targets == label).squeeze(1)
+        share = per_class + (rank < remainder)
+        if share > len(members):
+            raise ValueError(
+                f"class {label} has {len(members)} items but a balanced subset of {size} needs {share} of each"
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:share]])
+    return torch.cat(chosen).sort().values

@@ -1,0 +1,162 @@
+"""Swap the convolutions of an existing model for CIM layers, and load float checkpoints into such models.
+
+``swap_convs`` is the one way to turn a float model into a CIM model: every plain ``nn.Conv2d`` (except the
+ones a name filter keeps in float) is rebuilt with a layer factory that is called exactly like ``nn.Conv2d``
+(e.g. ``functools.partial(CIMConv2d, array_size=128)``), and the float weights are copied over.
+``load_float_weights`` loads a float checkpoint into a model whose convs may already be CIM layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ConvFactory = Callable[..., nn.Module]
+"""Builds a conv layer; called like ``nn.Conv2d(in, out, kernel_size, stride=, padding=, dilation=, bias=)``."""
+
+_FLOAT_TENSOR_NAMES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+"""Last component of the state-dict keys that a float checkpoint must provide (conv, BN and linear tensors)."""
+
+
+def swap_convs(
+    model: nn.Module,
+    factory: ConvFactory,
+    skip: Sequence[str] = (),
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+) -> nn.Module:
+    """Replace every plain ``nn.Conv2d`` of ``model`` by ``factory(...)``, in place, copying the float weights.
+
+    A conv is replaced when all of these hold:
+
+    - its type is exactly ``nn.Conv2d`` (subclasses such as an already swapped CIM layer are never re-wrapped,
+      so calling ``swap_convs`` twice is harmless);
+    - its full dotted name (as in ``model.named_modules()``, e.g. ``"layer1.0.conv1"``) does not match any regex
+      of ``skip`` under ``re.fullmatch`` (so ``"conv1"`` keeps only the stem, not ``"layer1.0.conv1"``);
+    - ``filter_fn(module, name)`` is true, if ``filter_fn`` is given.
+
+    The replacement is built as ``factory(in_channels, out_channels, kernel_size, stride=, padding=, dilation=,
+    bias=)`` with the conv's own settings, gets the conv's device, dtype and train/eval mode, and receives a copy
+    of its ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]``.
+
+    Args:
+        model: the model to modify.
+        factory: layer factory called like ``nn.Conv2d``.
+        skip: regexes of module names to keep in float, matched with ``re.fullmatch``.
+        filter_fn: optional extra predicate ``(module, name) -> bool``; only convs for which it is true are swapped.
+
+    Returns:
+        ``model``, modified in place (or the replacement itself when ``model`` is a plain ``nn.Conv2d``).
+
+    Raises:
+        ValueError: a selected conv is grouped (``groups != 1``) or uses non-zero padding mode, which the factory
+            signature cannot express.
+    """
+    skip_patterns = [re.compile(pattern) for pattern in skip]
+    selected = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Conv2d
+        and not any(pattern.fullmatch(name) for pattern in skip_patterns)
+        and (filter_fn is None or filter_fn(module, name))
+    ]
+    for name, conv in selected:
+        replacement = _rebuild_conv(conv, factory, name)
+        if not name:
+            return replacement
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, replacement)
+    return model
+
+
+def _rebuild_conv(conv: nn.Conv2d, factory: ConvFactory, name: str) -> nn.Module:
+    label = repr(name) if name else "the root module"
+    if conv.groups != 1:
+        raise ValueError(
+            f"cannot swap conv {label}: groups={conv.groups}, but only groups=1 convs can be mapped to CIM arrays; "
+            "exclude it with skip=[...] or filter_fn"
+        )
+    if conv.padding_mode != "zeros":
+        raise ValueError(
+            f"cannot swap conv {label}: padding_mode={conv.padding_mode!r}; valid choices: 'zeros'; "
+            "exclude it with skip=[...] or filter_fn"
+        )
+    replacement = factory(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+    )
+    replacement.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    replacement.train(conv.training)
+    with torch.no_grad():
+        replacement.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            replacement.bias.copy_(conv.bias)
+    return replacement
+
+
+def load_float_weights(model: nn.Module, path: str | Path) -> int:
+    """Load a float checkpoint into ``model``, whose convs may already be CIM layers; return the tensor count.
+
+    The checkpoint is either a Lightning ``.ckpt`` (a dict with ``state_dict`` whose keys start with ``model.``,
+    the attribute under which the LightningModule holds the network) or a plain ``state_dict`` saved with
+    ``torch.save``. It is unpickled with ``weights_only=False`` (Lightning checkpoints hold config objects), so
+    load only checkpoints you trust.
+
+    CIM layers add parameters and buffers (step sizes) that a float checkpoint lacks; those keep their current
+    values. Everything else must match exactly: a checkpoint key the model does not have, or a float tensor of the
+    model (a key ending in ``weight``, ``bias``, ``running_mean``, ``running_var`` or ``num_batches_tracked``)
+    that the checkpoint lacks, is an error. Shapes must match (``load_state_dict`` checks them).
+
+    Args:
+        model: the network (not the LightningModule).
+        path: checkpoint file.
+
+    Returns:
+        Number of tensors loaded (also logged at INFO level).
+
+    Raises:
+        ValueError: unexpected checkpoint keys or missing float tensors; the model is left unchanged.
+    """
+    state_dict = _read_state_dict(Path(path))
+    model_keys = set(model.state_dict())
+    unexpected = sorted(set(state_dict) - model_keys)
+    missing = sorted(key for key in model_keys - set(state_dict) if key.rpartition(".")[2] in _FLOAT_TENSOR_NAMES)
+    if unexpected or missing:
+        raise ValueError(
+            f"float checkpoint {str(path)!r} does not fit the model: "
+            f"{len(unexpected)} unexpected checkpoint keys {_preview(unexpected)}, "
+            f"{len(missing)} float tensors of the model missing from it {_preview(missing)}"
+        )
+    model.load_state_dict(state_dict, strict=False)
+    log.info("loaded %d float tensors from %s", len(state_dict), path)
+    return len(state_dict)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}; "
+            "expected a Lightning checkpoint dict with 'state_dict' or a plain state_dict"
+        )
+    if "state_dict" not in checkpoint:
+        return checkpoint
+    prefix = "model."
+    return {key.removeprefix(prefix): value for key, value in checkpoint["state_dict"].items()}
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"[{shown}{more}]"

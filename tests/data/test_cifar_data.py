@@ -1,0 +1,162 @@
+"""CIFAR-10/100 DataModules on tiny fake copies: layout detection, errors, subsets and loaders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cimexp.data import CIFAR10DataModule, CIFAR100DataModule
+
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _as_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("subfolder", ["", "cifar10"])
+def test_reads_npz_layout(tmp_path, write_npz, subfolder):
+    arrays = write_npz(tmp_path / subfolder)
+    dm = CIFAR10DataModule(data_dir=tmp_path)
+    dm.setup()
+    assert torch.equal(dm.train_set.images, _as_nchw(arrays["train"][0]))
+    assert torch.equal(dm.val_set.targets, torch.from_numpy(arrays["test"][1]))
+    assert (dm.name, dm.num_classes) == ("cifar10", 10)
+
+
+@pytest.mark.parametrize("where", ["cifar-10-batches-py", "cifar10/cifar-10-batches-py", "itself"])
+def test_reads_torchvision_batches(tmp_path, write_batches, where):
+    folder = tmp_path / "cifar-10-batches-py" if where == "itself" else tmp_path / where
+    images, labels = write_batches(folder, CIFAR10_BATCHES)
+    dm = CIFAR10DataModule(data_dir=folder if where == "itself" else tmp_path)
+    dm.setup()
+    assert len(dm.train_set) == 50 and len(dm.val_set) == 10
+    assert torch.equal(dm.train_set.images, _as_nchw(images[:50]))
+    assert torch.equal(dm.val_set.images, _as_nchw(images[50:]))
+    assert torch.equal(dm.train_set.targets, torch.from_numpy(labels[:50]))
+
+
+def test_cifar100_reads_both_layouts(tmp_path, write_npz, write_batches):
+    write_npz(tmp_path / "npz" / "cifar100", num_classes=100, train=200, test=100)
+    dm = CIFAR100DataModule(data_dir=tmp_path / "npz")
+    dm.setup()
+    assert (dm.name, dm.num_classes, len(dm.train_set)) == ("cifar100", 100, 200)
+
+    _, labels = write_batches(tmp_path / "tv" / "cifar-100-python", ["train", "test"], "fine_labels", 100, 100)
+    dm = CIFAR100DataModule(data_dir=tmp_path / "tv")
+    dm.setup()
+    assert torch.equal(dm.val_set.targets, torch.from_numpy(labels[100:]))
+
+
+def test_missing_data_lists_every_path_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+    message = str(error.value)
+    assert "download=False" in message
+    for folder in ["", "/cifar10", "/cifar-10-batches-py", "/cifar10/cifar-10-batches-py"]:
+        assert f"{tmp_path}{folder}/{{" in message
+    assert "train.npz,test.npz" in message and "data_batch_1" in message
+    assert "CIMEXP_DATA" in message and "data.download=true" in message
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    def offline(root, train, download):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(CIFAR10DataModule, "torchvision_dataset", staticmethod(offline))
+    with pytest.raises(FileNotFoundError, match="download failed: no route to host"):
+        CIFAR10DataModule(data_dir=tmp_path, download=True).prepare_data()
+
+
+def test_download_goes_to_data_dir(tmp_path, monkeypatch, write_batches):
+    def fake_download(root, train, download):
+        write_batches(Path(root) / "cifar-10-batches-py", CIFAR10_BATCHES)
+
+    monkeypatch.setattr(CIFAR10DataModule, "torchvision_dataset", staticmethod(fake_download))
+    dm = CIFAR10DataModule(data_dir=tmp_path, download=True)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 50
+
+
+def test_rejects_labels_outside_the_classes(tmp_path, write_npz):
+    write_npz(tmp_path, num_classes=100, train=200, test=100)
+    with pytest.raises(ValueError, match=r"cifar10 labels must be in \[0, 10\)"):
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+
+
+def test_train_subset_is_balanced_and_seeded(tmp_path, write_npz):
+    write_npz(tmp_path, train=200)
+
+    def subset(seed: int) -> torch.Tensor:
+        dm = CIFAR10DataModule(data_dir=tmp_path, train_subset=30, seed=seed)
+        dm.setup()
+        return torch.tensor(dm.train_set.indices)
+
+    indices = subset(0)
+    labels = torch.arange(200) % 10
+    assert torch.bincount(labels[indices], minlength=10).tolist() == [3] * 10
+    assert torch.equal(indices, subset(0))
+    assert not torch.equal(indices, subset(1))
+
+
+def test_loaders_give_normalised_float_batches(tmp_path, write_npz):
+    write_npz(tmp_path)
+    dm = CIFAR10DataModule(data_dir=tmp_path, batch_size=16, eval_batch_size=20)
+    dm.setup()
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    val_images, _ = next(iter(dm.val_dataloader()))
+    expected = (dm.val_set.images.float() / 255 - torch.tensor(dm.mean).view(3, 1, 1)) / torch.tensor(dm.std).view(
+        3, 1, 1
+    )
+    torch.testing.assert_close(val_images, expected)
+
+
+def _train_epochs(data_dir: Path, seed: int, num_workers: int = 0, epochs: int = 1) -> list[torch.Tensor]:
+    """All training images of each epoch, in loader order: ``epochs`` tensors ``[N, 3, 32, 32]``."""
+    dm = CIFAR10DataModule(data_dir=data_dir, batch_size=8, seed=seed, num_workers=num_workers)
+    dm.setup()
+    loader = dm.train_dataloader()
+    return [torch.cat([images for images, _ in loader]) for _ in range(epochs)]
+
+
+def test_training_batches_are_seed_deterministic(tmp_path, write_npz):
+    write_npz(tmp_path)
+    torch.manual_seed(123)
+    first = _train_epochs(tmp_path, seed=0, epochs=2)
+    torch.manual_seed(456)
+    again = _train_epochs(tmp_path, seed=0, epochs=2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], _train_epochs(tmp_path, seed=1)[0])
+
+
+def test_worker_augmentation_is_seeded_and_changes_per_epoch(tmp_path, write_npz):
+    write_npz(tmp_path)
+    first = _train_epochs(tmp_path, seed=0, num_workers=1, epochs=2)
+    again = _train_epochs(tmp_path, seed=0, num_workers=1, epochs=2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[1])
+
+
+REAL_CIFAR10 = Path(os.environ.get("CIMEXP_DATA", "/work/shared/data/cifar10"))
+
+
+@pytest.mark.slow
+def test_real_cifar10_copy():
+    dm = CIFAR10DataModule(data_dir=REAL_CIFAR10)
+    try:
+        dm.setup()
+    except FileNotFoundError as error:
+        pytest.skip(f"real CIFAR-10 not available: {error}")
+    assert (len(dm.train_set), len(dm.val_set)) == (50_000, 10_000)
+    assert dm.train_set.targets[:5].tolist() == [6, 9, 9, 4, 1]
+    assert dm.val_set.targets[:5].tolist() == [3, 8, 8, 0, 6]
+    assert torch.bincount(dm.train_set.targets).tolist() == [5000] * 10
+    pixels = dm.train_set.images[:, 0, 0, :3]
+    assert pixels[0].tolist() == [59, 43, 50]

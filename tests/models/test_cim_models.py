@@ -1,0 +1,35 @@
+"""The networks with the real CIM layer: building, training step, and fine-tuning from a float checkpoint."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from cimexp.cim import CIMConv2d
+from cimexp.models import load_float_weights, resnet20, swap_convs
+
+
+def test_resnet20_with_cim_layer_runs_forward_backward():
+    torch.manual_seed(0)
+    model = resnet20(conv_layer=functools.partial(CIMConv2d, array_size=128))
+    assert sum(isinstance(m, CIMConv2d) for m in model.modules()) == 18
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert model.layer3[2].conv2.weight.grad is not None
+    assert model.layer3[2].conv2.weight_step.grad is not None
+
+
+def test_float_checkpoint_loads_into_cim_model(tmp_path):
+    float_model = resnet20()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in float_model.state_dict().items()}}, tmp_path / "f.ckpt")
+    cim_model = resnet20(conv_layer=CIMConv2d)
+    assert load_float_weights(cim_model, tmp_path / "f.ckpt") == len(float_model.state_dict())
+    assert torch.equal(cim_model.layer2[0].conv1.weight, float_model.layer2[0].conv1.weight)
+
+    swapped = swap_convs(resnet20(), functools.partial(CIMConv2d, adc_bits=3), skip=["conv1"])
+    load_float_weights(swapped, tmp_path / "f.ckpt")
+    assert isinstance(swapped.layer1[0].conv1, CIMConv2d) and swapped.layer1[0].conv1.adc_bits == 3
+    swapped.eval()
+    assert swapped(torch.randn(2, 3, 32, 32)).shape == (2, 10)
