@@ -161,7 +161,7 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
     assert imagenet.model._target_.endswith("resnet18") and imagenet.optimizer.weight_decay == 1e-4
     quick = make_cfg(["experiment=quick"])
     assert quick.trainer.max_epochs == 1 and quick.trainer.accelerator == "cpu"
-    assert quick.model.init_from.endswith("resnet20_cifar10_float.ckpt")
+    assert quick.model.init_from.endswith("resnet20_cifar10_float.pt")
 
 
 @pytest.mark.parametrize(

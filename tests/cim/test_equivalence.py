@@ -132,3 +132,46 @@ def test_grouped_and_block_diagonal_psums_agree(monkeypatch, n_tiles_in):
         results.append([layer(x).detach(), x.grad, *(p.grad for p in layer.parameters())])
     for grouped, dense in zip(*results, strict=True):
         torch.testing.assert_close(grouped, dense, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2, 3])
+@pytest.mark.parametrize("weight_encoding", ["twos_complement", "differential"])
+@pytest.mark.parametrize("granularity", [("column", "column"), ("layer", "array"), ("array", "layer")])
+def test_bit_serial_inputs(dac_bits, weight_encoding, granularity):
+    """dac_bits < a_bits: K = ceil(a_bits/dac_bits) input cycles, each through the ADCs, shifted and added
+    (dac_bits=3 of a_bits=4 leaves a 1-bit most significant cycle)."""
+    layer = _trained_layer(
+        20,
+        12,
+        3,
+        padding=1,
+        array_size=54,
+        dac_bits=dac_bits,
+        weight_encoding=weight_encoding,
+        weight_granularity=granularity[0],
+        psum_granularity=granularity[1],
+    )
+    program = layer.cim_program()
+    n_cycles = -(-4 // dac_bits)
+    assert program.dac_bits == dac_bits and program.input_shift.tolist() == [
+        2 ** (dac_bits * (n_cycles - 1 - k)) for k in range(n_cycles)
+    ]
+    x = torch.rand(2, 20, 7, 7, dtype=torch.float64)
+    _assert_matches_program(layer, x)
+    with cell_variation(layer, sigma=0.2, seed=3):
+        _assert_matches_program(layer, x)
+
+
+def test_bit_serial_without_adc_equals_one_cycle():
+    """Without partial-sum quantization the shift-and-add of input cycles is exact: the same output as one
+    multi-bit DAC cycle; with a 4-bit ADC the two differ (every 1-bit cycle is converted on its own)."""
+    outputs = {}
+    for psum_quant in (False, True):
+        for dac_bits in (4, 1):
+            torch.manual_seed(0)
+            layer = CIMConv2d(9, 6, 3, padding=1, array_size=27, dac_bits=dac_bits, psum_quant=psum_quant).double()
+            x = torch.rand(2, 9, 8, 8, dtype=torch.float64)
+            layer(x)  # initialises the steps from this batch
+            outputs[psum_quant, dac_bits] = layer.eval()(x).detach()
+    torch.testing.assert_close(outputs[False, 1], outputs[False, 4], rtol=0, atol=1e-12)
+    assert not torch.allclose(outputs[True, 1], outputs[True, 4])

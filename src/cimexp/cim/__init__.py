@@ -1,21 +1,33 @@
-"""The CIM layer as a library: ``CIMConv2d``, its chip programming (``CIMProgram``), variation and cost.
+"""The CIM layer as a library: ``CIMConv2d``, its chip programming (``CIMProgram``), variation, ADC
+non-idealities, partial-sum telemetry and cost.
 
 >>> from cimexp.cim import CIMConv2d
 >>> layer = CIMConv2d(64, 64, 3, padding=1, w_bits=4, a_bits=4, cell_bits=2, adc_bits=3, array_size=128,
 ...                   weight_granularity="column", psum_granularity="column")
 """
 
-from cimexp.cim.cost import cim_summary, dequant_ops, layer_cost
-from cimexp.cim.layer import CIMConv2d, calibrate, cim_layers, set_psum_quant
+from cimexp.cim.adc import ADCErrors, PsumStats
+from cimexp.cim.cost import CostModel, cim_summary, dequant_ops, layer_cost
+from cimexp.cim.layer import (
+    CIMConv2d,
+    calibrate,
+    cim_layers,
+    set_adc_errors,
+    set_psum_quant,
+    start_telemetry,
+    stop_telemetry,
+)
 from cimexp.cim.mapping import ArrayMapping
 from cimexp.cim.options import Granularity, WeightEncoding
 from cimexp.cim.program import CIMProgram, simulate
 from cimexp.cim.variation import cell_variation
 
 __all__ = [
+    "ADCErrors",
     "ArrayMapping",
     "CIMConv2d",
     "CIMProgram",
+    "CostModel",
     "Granularity",
     "WeightEncoding",
     "calibrate",
@@ -24,6 +36,10 @@ __all__ = [
     "cim_summary",
     "dequant_ops",
     "layer_cost",
+    "PsumStats",
+    "set_adc_errors",
     "set_psum_quant",
     "simulate",
+    "start_telemetry",
+    "stop_telemetry",
 ]

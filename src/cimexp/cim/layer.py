@@ -3,12 +3,16 @@
 Forward pass, per output position (paper Sec. II-A, III-A..C; shapes in :mod:`cimexp.cim.mapping`):
 
 1. DAC: ``a_int = clamp(round(x / s_a), 0, 2^a_bits - 1)`` (LSQ step ``s_a``; ``a_bits=None``: ``a_int = x``).
+   Bit-serial inputs (``dac_bits < a_bits``): ``a_int`` is applied in ``K = ceil(a_bits / dac_bits)`` cycles of
+   ``dac_bits`` bits, most significant first; every cycle's partial sums go through the ADC separately and the
+   cycles are shifted and added (``input_shift[k] = 2^(dac_bits*(K-1-k))``).
 2. Weights: one copy per (polarity, split), each quantized to ``w_bits`` with its column's LSQ step ``s_w``
    (shared across copies for layer/array granularity), then bit-sliced into cell codes (:func:`slice_bits`).
 3. Array MAC: every column's partial sum ``P = sum_r code * gain * a_int`` over the rows of its row tile.
 4. ADC: ``clamp(round(P / s_p), adc_min, adc_max)``. ``s_p`` is learned (LSQ) in the integer MAC domain of the
-   paper's eq. 2, so one psum step is one ADC reference setting; ``psum_quant=False`` skips the ADC.
-5. Shift-and-add + dequantization: ``y = sum_{p,t,s} polarity * shift_s * code * s_p * s_a * s_w``.
+   paper's eq. 2, so one psum step is one ADC reference setting; ``psum_quant=False`` skips the ADC. Optional
+   non-idealities (noise, offset, gain, DNL; :mod:`cimexp.cim.adc`) via :func:`set_adc_errors`.
+5. Shift-and-add + dequantization: ``y = sum_{k,p,t,s} input_shift_k * polarity * shift_s * code * s_p * s_a * s_w``.
 
 Fast path: all columns of all arrays come out of one grouped convolution (groups = row tiles, paper Fig. 5), and
 the ADC, dequantization and shift-and-add run in one fused autograd function. With ``psum_quant=False`` the
@@ -25,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cimexp.cim.mapping import ArrayMapping, slice_bits
+from cimexp.cim.adc import ADCErrors, ADCState, PsumStats, draw_adc_state, nonideal_adc_shift_add
+from cimexp.cim.mapping import ArrayMapping, input_shift, slice_bits, slice_inputs
 from cimexp.cim.options import Granularity, WeightEncoding, check_bits
 from cimexp.cim.program import CIMProgram
 from cimexp.cim.quant import (
@@ -48,7 +53,9 @@ class CIMConv2d(nn.Conv2d):
 
     Args (beyond ``nn.Conv2d``'s; ``groups`` must be 1):
         w_bits: signed integer weight bits (two's complement range, or symmetric for differential encoding).
-        a_bits: unsigned activation (DAC) bits; ``None`` disables activation quantization.
+        a_bits: unsigned activation bits; ``None`` disables activation quantization.
+        dac_bits: input bits applied per cycle (bit-serial inputs); ``None`` (default): ``a_bits``, one multi-bit
+            DAC value per inference as in the paper.
         cell_bits: bits stored per memory cell; a weight spans ``S = ceil(w_bits / cell_bits)`` cells.
         adc_bits: ADC resolution for every column's partial sum.
         array_size: N of the N x N arrays.
@@ -84,6 +91,7 @@ class CIMConv2d(nn.Conv2d):
         psum_granularity: str | Granularity = "column",
         psum_quant: bool = True,
         weight_encoding: str | WeightEncoding = "twos_complement",
+        dac_bits: int | None = None,
         groups: int = 1,
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
@@ -98,6 +106,7 @@ class CIMConv2d(nn.Conv2d):
         )
         self.w_bits = check_bits("w_bits", w_bits)
         self.a_bits = check_bits("a_bits", a_bits, allow_none=True)
+        self.dac_bits = _check_dac_bits(dac_bits, self.a_bits)
         self.cell_bits = check_bits("cell_bits", cell_bits)
         self.adc_bits = check_bits("adc_bits", adc_bits)
         self.weight_granularity = Granularity.parse(weight_granularity, "weight_granularity")
@@ -128,6 +137,10 @@ class CIMConv2d(nn.Conv2d):
         self.register_buffer("split_shift", torch.tensor(m.split_shift(), **const), persistent=False)
         self.register_buffer("polarity", torch.tensor(m.polarity(), **const), persistent=False)
         self.register_buffer("cell_gain", None, persistent=False)
+        shifts = input_shift(self.a_bits, self.dac_bits) if self.a_bits is not None else [1]
+        self.register_buffer("input_shift", torch.tensor(shifts, **const), persistent=False)
+        self.adc_state: ADCState | None = None  # non-ideal ADCs (set_adc_errors); None: ideal
+        self.psum_stats: PsumStats | None = None  # telemetry being recorded (start_telemetry); None: off
         self.weight_step_ready = False
         self.act_step_ready = self.a_bits is None
         self.psum_step_ready = False
@@ -178,7 +191,13 @@ class CIMConv2d(nn.Conv2d):
             f"weight_granularity={self.weight_granularity.name.lower()}, "
             f"psum_granularity={self.psum_granularity.name.lower()}, psum_quant={self.psum_quant}, "
             f"weight_encoding={self.weight_encoding.value}"
+            + ("" if self.n_input_cycles == 1 else f", dac_bits={self.dac_bits}")
         )
+
+    @property
+    def n_input_cycles(self) -> int:
+        """K: input cycles per inference (``ceil(a_bits / dac_bits)``; 1 without bit-serial inputs)."""
+        return self.input_shift.numel()
 
     # --- quantizers -------------------------------------------------------------------------------------------
     @property
@@ -250,15 +269,29 @@ class CIMConv2d(nn.Conv2d):
             w_eff = torch.einsum("tpsor,tpso->otr", cond, factor).reshape(self.out_channels, -1, kh, kw)
             out = F.conv2d(a_int, w_eff[:, : self.in_channels], None, self.stride, self.padding, self.dilation)
         else:
-            psum = self._column_psums(a_int, cond)  # [B, G, O, H_out, W_out]
+            n_cycles = self.n_input_cycles
+            if n_cycles > 1:  # bit-serial: the cycles run as extra batch entries through the same arrays
+                a_int = slice_inputs(a_int, self.dac_bits, n_cycles).flatten(0, 1)
+            psum = self._column_psums(a_int, cond)  # [K*B, G, O, H_out, W_out]
             out_hw = psum.shape[-2:]
             psum = psum.flatten(3)
             if not self.psum_step_ready:
                 self._init_psum_step(psum)
-            s_p = self._psum_step_full(psum.shape[-1]).permute(2, 0, 1, 3).reshape(-1, self.out_channels)
+            n_positions = psum.shape[-1] * n_cycles
+            s_p = self._psum_step_full(n_positions).permute(2, 0, 1, 3).reshape(-1, self.out_channels)  # [G, O]
+            factor = factor.reshape(-1, self.out_channels)
             qmin = self.adc_min.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)  # [G, 1]
             qmax = self.adc_max.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)
-            y = adc_shift_add(psum, s_p, factor.reshape(-1, self.out_channels), qmin, qmax)
+            if n_cycles > 1:  # cycles become extra column groups [B, K*G, O, L], scaled by their significance
+                psum = psum.unflatten(0, (n_cycles, -1)).transpose(0, 1).flatten(1, 2)
+                factor = (self.input_shift.reshape(-1, 1, 1) * factor).flatten(0, 1)
+                s_p, qmin, qmax = (v.repeat(n_cycles, 1) for v in (s_p, qmin, qmax))
+            if self.psum_stats is not None:
+                self.psum_stats.update(psum.detach() / s_p.detach().unsqueeze(-1), qmin, qmax)
+            if self.adc_state is None:
+                y = adc_shift_add(psum, s_p, factor, qmin, qmax)
+            else:
+                y = nonideal_adc_shift_add(psum, s_p, factor, qmin, qmax, self.adc_state, *self._adc_errors(n_cycles))
             out = y.reshape(y.shape[0], self.out_channels, *out_hw)
         if self.bias is not None:
             out = out + self.bias.reshape(1, -1, 1, 1)
@@ -283,6 +316,19 @@ class CIMConv2d(nn.Conv2d):
             weight, groups = weight.reshape(-1, cpt, kh, kw), n_tiles
         psum = F.conv2d(a_int, weight, None, self.stride, self.padding, self.dilation, groups)
         return psum.unflatten(1, (-1, self.out_channels))
+
+    def _adc_errors(self, n_cycles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The static ADC errors ``(offset, gain, dnl)`` in the ``[K*G, O(, thresholds)]`` order of the forward pass
+        (the same ADC converts every input cycle of a column)."""
+
+        def g_order(per_column: torch.Tensor | None) -> torch.Tensor | None:
+            if per_column is None:
+                return None
+            tile_major = per_column.permute(2, 0, 1, 3, *range(4, per_column.dim()))
+            return tile_major.flatten(0, 2).repeat(n_cycles, *([1] * (per_column.dim() - 3)))
+
+        state = self.adc_state
+        return g_order(state.offset), g_order(state.gain), g_order(state.dnl)
 
     # --- export -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -312,6 +358,8 @@ class CIMConv2d(nn.Conv2d):
             channels_per_tile=m.channels_per_tile,
             act_bits=self.a_bits,
             act_scale=s_a,
+            dac_bits=self.dac_bits,
+            input_shift=self.input_shift.to(**cpu),
             cell_codes=codes.to(**cpu),
             cell_gain=gain.to(**cpu),
             polarity=self.polarity.to(**cpu),
@@ -388,6 +436,20 @@ class CIMConv2d(nn.Conv2d):
         self.psum_step_ready = False
 
 
+def _check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:
+    """``dac_bits`` validated against ``a_bits`` (``None`` means one cycle of ``a_bits``)."""
+    if a_bits is None:
+        if dac_bits is not None:
+            raise ValueError(f"invalid dac_bits={dac_bits}: bit-serial inputs need quantized activations (a_bits=None)")
+        return None
+    if dac_bits is None:
+        return a_bits
+    check_bits("dac_bits", dac_bits)
+    if dac_bits > a_bits:
+        raise ValueError(f"invalid dac_bits={dac_bits}: must be <= a_bits={a_bits} (valid: 1..{a_bits} or None)")
+    return dac_bits
+
+
 def _subsample(samples: torch.Tensor, max_samples: int = 4096) -> torch.Tensor:
     """At most ``max_samples`` evenly strided rows of ``samples`` (step initialisation needs statistics only)."""
     stride = max(1, samples.shape[0] // max_samples)
@@ -441,3 +503,34 @@ def calibrate(model: nn.Module, *inputs: torch.Tensor, weights: bool = True) -> 
     finally:
         model.train(was_training)
     return len(layers)
+
+
+def set_adc_errors(model: nn.Module, errors: ADCErrors | None) -> int:
+    """Give every CIM layer of ``model`` non-ideal ADCs (:mod:`cimexp.cim.adc`); ``None`` or all-zero errors
+    restore ideal ADCs. Static errors are drawn per ADC, layer by layer in module order, from one generator seeded
+    with ``errors.seed``, and stay fixed until the next call. Returns the number of CIM layers set."""
+    layers = [layer for _, layer in cim_layers(model)]
+    ideal = errors is None or errors.ideal
+    generator = None if ideal else torch.Generator().manual_seed(int(errors.seed))
+    for layer in layers:
+        layer.adc_state = None if ideal else draw_adc_state(layer, errors, generator)
+    return len(layers)
+
+
+def start_telemetry(model: nn.Module, per_column: bool = False) -> int:
+    """Start recording ADC-input statistics (:class:`~cimexp.cim.adc.PsumStats`) in every CIM layer of ``model``
+    with fresh counters; per column too with ``per_column``. Returns the number of layers."""
+    layers = [layer for _, layer in cim_layers(model)]
+    for layer in layers:
+        layer.psum_stats = PsumStats(layer.adc_bits, per_column)
+    return len(layers)
+
+
+def stop_telemetry(model: nn.Module) -> dict[str, PsumStats]:
+    """Stop recording; returns ``{layer name: PsumStats}`` of the layers that converted anything."""
+    stats = {}
+    for name, layer in cim_layers(model):
+        if layer.psum_stats is not None and layer.psum_stats.conversions:
+            stats[name] = layer.psum_stats
+        layer.psum_stats = None
+    return stats

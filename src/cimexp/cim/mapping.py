@@ -174,6 +174,19 @@ class ArrayMapping:
             return (self.n_polarities, 1, self.n_row_tiles, self.n_col_tiles)
         return (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
 
+    def adc_index(self, adc_share: int = 1, device: torch.device | None = None) -> torch.Tensor:
+        """``[P, S, T, O]``: the ADC that converts each column, when ``adc_share`` adjacent columns of an array
+        share one ADC (column multiplexing). Within an array, output channel ``o`` occupies columns
+        ``(o % channels_per_array) * S + s``; ADCs are numbered array by array (polarity, row tile, column tile)."""
+        o = torch.arange(self.out_channels, device=device)
+        s = torch.arange(self.n_splits, device=device)
+        position = (o % self.channels_per_array).reshape(1, 1, 1, -1) * self.n_splits + s.reshape(1, -1, 1, 1)
+        p = torch.arange(self.n_polarities, device=device).reshape(-1, 1, 1, 1)
+        t = torch.arange(self.n_row_tiles, device=device).reshape(1, 1, -1, 1)
+        array = (p * self.n_row_tiles + t) * self.n_col_tiles + self.col_tile_index(device).reshape(1, 1, 1, -1)
+        adcs_per_array = math.ceil(self.array_size / adc_share)
+        return array * adcs_per_array + position // adc_share
+
     def col_tile_index(self, device: torch.device | None = None) -> torch.Tensor:
         """``[O]``: the column tile (array along the output axis) of every output channel."""
         return torch.arange(self.out_channels, device=device) // self.channels_per_array
@@ -241,6 +254,21 @@ class _SliceBits(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (shift,) = ctx.saved_tensors
         return grad / (shift * shift.shape[1]), None, None
+
+
+def input_shift(a_bits: int, dac_bits: int) -> list[int]:
+    """Significance of each input cycle of bit-serial inputs, most significant first:
+    ``2^(dac_bits * (K-1-k))`` for ``K = ceil(a_bits / dac_bits)`` cycles (``[1]`` when ``dac_bits = a_bits``)."""
+    n_cycles = math.ceil(a_bits / dac_bits)
+    return [2 ** (dac_bits * (n_cycles - 1 - k)) for k in range(n_cycles)]
+
+
+def slice_inputs(a_int: torch.Tensor, dac_bits: int, n_cycles: int) -> torch.Tensor:
+    """Split unsigned integer activations into ``n_cycles`` input slices of ``dac_bits`` bits, most significant
+    first: ``[*shape] -> [K, *shape]`` with ``a_int = sum_k 2^(dac_bits*(K-1-k)) * slice_k``. As for weights
+    (:func:`slice_bits`), each slice gets ``1/K`` of the straight-through gradient divided by its significance."""
+    copies = a_int.unsqueeze(0).expand(n_cycles, *a_int.shape).unsqueeze(0)  # [1, K, *shape]
+    return _SliceBits.apply(copies, dac_bits, False).squeeze(0)
 
 
 def _split_shift_view(n_splits: int, cell_bits: int, like: torch.Tensor) -> torch.Tensor:

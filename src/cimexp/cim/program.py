@@ -4,13 +4,16 @@ A :class:`CIMProgram` is everything a hardware designer needs to run the layer o
 conductance gains, scales, ADC ranges. Its contract, for any input ``x`` in eval mode::
 
     a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)        (a_int = x when act_bits is None)
-    y[o]  = sum_p polarity[p] * sum_s split_shift[s] * sum_t
-              Q(act_scale * weight_scale[p,s,t,o] * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_int[t,r])
+    a_k   = floor(a_int / input_shift[k]) mod 2^dac_bits         (input cycle k; a_0 = a_int when K = 1)
+    y[o]  = sum_k input_shift[k] * sum_p polarity[p] * sum_s split_shift[s] * sum_t
+              Q(act_scale * weight_scale[p,s,t,o] * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_k[t,r])
             + bias[o]
     Q(v)  = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
             (identity when psum_quant is False)
 
-where ``a_int[t, r]`` is the im2col input on row ``r`` of row tile ``t``. :func:`simulate` evaluates exactly this,
+where ``a_k[t, r]`` is the im2col input of cycle ``k`` on row ``r`` of row tile ``t``. Bit-serial inputs
+(``dac_bits < act_bits``) take ``K = ceil(act_bits / dac_bits)`` cycles, ``input_shift[k] = 2^(dac_bits*(K-1-k))``;
+with one cycle, ``input_shift = [1]``. :func:`simulate` evaluates exactly this,
 array by array; ``CIMConv2d`` is tested against it. ``psum_scale`` is in output units; the ADC's step in integer
 MAC units (its reference setting) is ``psum_scale / (act_scale * weight_scale)``, also stored as ``adc_step``.
 """
@@ -27,17 +30,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CONTRACT = """\
 a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None)
-y[o] = sum_p polarity[p] * sum_s split_shift[s] * sum_t Q(act_scale * weight_scale[p,s,t,o]
-         * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_int[t,r]) + bias[o]
+a_k = floor(a_int / input_shift[k]) mod 2^dac_bits        (input cycle k of K = len(input_shift))
+y[o] = sum_k input_shift[k] * sum_p polarity[p] * sum_s split_shift[s] * sum_t Q(act_scale * weight_scale[p,s,t,o]
+         * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_k[t,r]) + bias[o]
 Q(v) = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
-       (identity when psum_quant is False); a_int[t,r] = im2col input on row r of row tile t"""
+       (identity when psum_quant is False); a_k[t,r] = im2col input of cycle k on row r of row tile t"""
 """The program's meaning, written into every saved program's JSON."""
 
 _ARRAY_FIELDS = (
+    "input_shift",
     "cell_codes",
     "cell_gain",
     "polarity",
@@ -68,6 +73,8 @@ class CIMProgram:
     channels_per_tile: int
     act_bits: int | None
     act_scale: float
+    dac_bits: int | None  # input bits per cycle (= act_bits without bit-serial inputs)
+    input_shift: torch.Tensor  # [K] significance of each input cycle, most significant first ([1]: one cycle)
     cell_codes: torch.Tensor  # [P, S, T, R, O] integer-valued
     cell_gain: torch.Tensor  # [P, S, T, R, O] multiplicative conductance factor (ones without variation)
     polarity: torch.Tensor  # [P] +1 (two's complement) or +1, -1 (differential)
@@ -121,6 +128,8 @@ class CIMProgram:
         for key in ("kernel_size", "stride", "padding", "dilation"):
             kwargs[key] = tuple(kwargs[key])
         kwargs.update({name: arrays.get(name) for name in _ARRAY_FIELDS})
+        if meta.get("format_version", 1) < 2:  # before bit-serial inputs: one input cycle
+            kwargs["dac_bits"], kwargs["input_shift"] = kwargs["act_bits"], torch.ones(1)
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
@@ -144,10 +153,22 @@ def simulate(program: CIMProgram, x: torch.Tensor) -> torch.Tensor:
     """Run ``program`` on input ``x`` ``[B, C, H, W]`` exactly as the contract in this module's docstring says:
     literally, one array at a time and one ADC per column. Slow by design; the reference for ``CIMConv2d``."""
     p = program
+    a_int = x if p.act_bits is None else torch.clamp(torch.round(x / p.act_scale), 0, 2**p.act_bits - 1)
+    shifts = p.input_shift.tolist()
+    y = torch.zeros(())
+    for shift in shifts:  # input cycles, most significant first
+        a_k = a_int if len(shifts) == 1 else torch.remainder(torch.floor(a_int / shift), 2**p.dac_bits)
+        y = y + shift * _simulate_cycle(p, a_k)
+    if p.bias is not None:
+        y = y + p.bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def _simulate_cycle(p: CIMProgram, x: torch.Tensor) -> torch.Tensor:
+    """One input cycle ``x`` (integer codes ``[B, C, H, W]``) through every array: ``[B, O, H_out, W_out]``."""
     kh, kw = p.kernel_size
     n_pol, n_split, n_tiles, n_rows, n_out = p.cell_codes.shape
-    a_int = x if p.act_bits is None else torch.clamp(torch.round(x / p.act_scale), 0, 2**p.act_bits - 1)
-    cols = F.unfold(a_int, (kh, kw), dilation=p.dilation, padding=p.padding, stride=p.stride)  # [B, C*K, L]
+    cols = F.unfold(x, (kh, kw), dilation=p.dilation, padding=p.padding, stride=p.stride)  # [B, C*K, L]
     cols = F.pad(cols, (0, 0, 0, n_tiles * n_rows - cols.shape[1])).reshape(x.shape[0], n_tiles, n_rows, -1)
     h_out = (x.shape[2] + 2 * p.padding[0] - p.dilation[0] * (kh - 1) - 1) // p.stride[0] + 1
     w_out = (x.shape[3] + 2 * p.padding[1] - p.dilation[1] * (kw - 1) - 1) // p.stride[1] + 1
@@ -166,6 +187,4 @@ def simulate(program: CIMProgram, x: torch.Tensor) -> torch.Tensor:
                         code = torch.clamp(torch.round(v / scale), p.adc_min[pol, s], p.adc_max[pol, s])
                         v = code * scale
                     y[:, oc] += p.polarity[pol] * p.split_shift[s] * v
-    if p.bias is not None:
-        y += p.bias.reshape(1, -1, 1)
     return y.reshape(x.shape[0], n_out, h_out, w_out)
