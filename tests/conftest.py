@@ -44,12 +44,12 @@ def quiet() -> list[str]:
     return list(_QUIET)
 
 
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` with ``overrides`` and set Hydra's runtime config, like ``@hydra.main`` does;
-    the run directory and the log directory are ``output_dir``."""
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` and set Hydra's runtime config, like ``@hydra.main``
+    does; the run directory and the log directory are ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
@@ -60,13 +60,21 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """``make_cfg(overrides, subdir="run")`` -> a composed config writing into ``tmp_path / subdir``."""
+    """``make_cfg(overrides, subdir="run", config_name="train")`` -> a composed config writing into
+    ``tmp_path / subdir`` (``config_name="evaluate"`` for ``cimexp.evaluate``)."""
 
-    def _make(overrides: list[str], subdir: str = "run") -> DictConfig:
-        return compose_config(overrides, tmp_path / subdir)
+    def _make(overrides: list[str], subdir: str = "run", config_name: str = "train") -> DictConfig:
+        return compose_config(overrides, tmp_path / subdir, config_name)
 
     yield _make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def compose_app() -> Callable[..., DictConfig]:
+    """``compose_app(overrides, output_dir, config_name="train")``: ``make_cfg`` for any directory, usable from
+    module-scoped fixtures (clear ``GlobalHydra`` after use)."""
+    return compose_config
 
 
 @pytest.fixture(autouse=True)
@@ -78,14 +86,17 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_cli(args, cwd, timeout=300)``: ``python -m cimexp.train <args>`` as a user types it, from ``cwd``."""
+    """``run_cli(args, cwd, timeout=300, module="cimexp.train")``: ``python -m <module> <args>`` as a user types it,
+    from ``cwd``."""
     return _run_cli
 
 
-def _run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, module: str = "cimexp.train"
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "cimexp.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

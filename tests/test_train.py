@@ -54,8 +54,8 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     this checks the platform's part: model, CIM step sizes, optimizer, scheduler, loops and callback state.
     """
     summaries: list[dict] = []
-    set_summary = cimexp.train._wandb_summary
-    monkeypatch.setattr(cimexp.train, "_wandb_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
+    set_summary = cimexp.train._log_summary
+    monkeypatch.setattr(cimexp.train, "_log_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
     common = ["logger=many", f"scheduler.T_max={2 * STEPS_PER_EPOCH}", "data._target_=test_train.InOrderSynthetic"]
     full_metrics, full = run([*common, "trainer.max_epochs=2"], "full")
     first_metrics, first = run([*common, "trainer.max_epochs=1"], "first")

@@ -1,7 +1,9 @@
-"""Lightning callbacks of a cimexp run: the QAT schedule, training-time bookkeeping, results.json, reseeding.
+"""Lightning callbacks of a cimexp run: the QAT schedule, training-time bookkeeping, results.json, reseeding,
+partial-sum telemetry and variation-aware training.
 
-All of them keep their state in checkpoints (``state_dict``), so a resumed run continues the schedule, the
-cumulative training time and the per-epoch history where the killed run left them.
+The stateful ones keep their state in checkpoints (``state_dict``), so a resumed run continues the schedule, the
+cumulative training time and the per-epoch history where the killed run left them; telemetry and variation-aware
+training draw everything from ``(seed, global_step)`` and need no state.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from cimexp.cim import set_psum_quant
+from cimexp.cim import cim_layers, set_psum_quant, start_telemetry, stop_telemetry
+from cimexp.cim.variation import sample_cell_gain
 from cimexp.utils import atomic_write_json
 
 
@@ -183,6 +186,121 @@ class ReseedEachEpoch(L.Callback):
         random.seed(epoch_seed)
         np.random.seed(epoch_seed)
         torch.manual_seed(epoch_seed)
+
+
+class PsumTelemetry(L.Callback):
+    """Partial-sum telemetry of every CIM layer (:class:`cimexp.cim.adc.PsumStats`): clip rate, code utilisation
+    and the histogram of ADC inputs in LSB units of the learned step.
+
+    - Every ``every_n_steps`` optimizer steps the training batch of that step is recorded and logged to every
+      logger as ``telemetry/<layer>/{clip_rate,code_utilization}`` plus their means over the layers
+      ``telemetry/{clip_rate,code_utilization}``.
+    - With ``validation``, each validation epoch is recorded as a whole and logged the same way under
+      ``val_telemetry/``; W&B also gets every layer's histogram. The last epoch's per-layer summary is kept in
+      :attr:`last` (with per-column clip rates when ``per_column``) and goes into results.json.
+
+    Off (``every_n_steps=0``, ``validation=False``) it costs nothing: layers skip the statistics when no
+    recorder is attached. On, it adds a histogram and a bincount per layer and recorded batch.
+    """
+
+    def __init__(self, every_n_steps: int = 100, validation: bool = True, per_column: bool = False) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"invalid telemetry.every_n_steps={every_n_steps}; valid values: 0 (off) or >= 1")
+        self.every_n_steps = every_n_steps
+        self.validation = validation
+        self.per_column = per_column
+        self.last: dict[str, dict[str, Any]] = {}
+        self._recording = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._recording = start_telemetry(_net(pl_module), self.per_column) > 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._recording:
+            self._recording = False
+            self._log(trainer, "telemetry", stop_telemetry(_net(pl_module)))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.validation and not trainer.sanity_checking:
+            self._recording = start_telemetry(_net(pl_module), self.per_column) > 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._recording:
+            return
+        self._recording = False
+        stats = stop_telemetry(_net(pl_module))
+        if stats:
+            self.last = {name: _listed(s.summary()) for name, s in stats.items()}
+        self._log(trainer, "val_telemetry", stats)
+        _log_histograms(trainer, stats)
+
+    @staticmethod
+    def _log(trainer: L.Trainer, prefix: str, stats: dict[str, Any]) -> None:
+        if not stats:
+            return
+        metrics = {}
+        for key in ("clip_rate", "code_utilization"):
+            values = {name: s.summary()[key] for name, s in stats.items()}
+            metrics.update({f"{prefix}/{name}/{key}": v for name, v in values.items()})
+            metrics[f"{prefix}/{key}"] = sum(values.values()) / len(values)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _net(pl_module: L.LightningModule) -> torch.nn.Module:
+    """The network inside the LightningModule (``ImageClassifier.model``), so layer names read as in the model."""
+    return getattr(pl_module, "model", pl_module)
+
+
+def _log_histograms(trainer: L.Trainer, stats: dict[str, Any]) -> None:
+    """Every layer's ADC-input histogram to the W&B loggers (other loggers take scalars only)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not wandb_loggers or not stats:
+        return
+    import wandb
+
+    histograms = {
+        f"val_telemetry/{name}/psum_lsb": wandb.Histogram(
+            np_histogram=(s.histogram.numpy(), s.histogram_edges().numpy())
+        )
+        for name, s in stats.items()
+    }
+    for logger in wandb_loggers:
+        logger.experiment.log({**histograms, "trainer/global_step": trainer.global_step})
+
+
+def _listed(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in summary.items()}
+
+
+class VariationAwareTraining(L.Callback):
+    """Train under log-normal cell variation (the model of :func:`cimexp.cim.cell_variation`): before every
+    training step each CIM layer gets a fresh chip instance, ``exp(theta)``, ``theta ~ N(0, sigma^2)`` per cell,
+    drawn from a generator seeded with ``(seed, global_step)`` (so a resumed run draws the same chips); after the
+    step the gains are removed, so validation and checkpoints see the nominal chip. A no-op for ``sigma=0``."""
+
+    def __init__(self, sigma: float = 0.0, seed: int | None = 0) -> None:
+        if not sigma >= 0:
+            raise ValueError(f"invalid variation.train_sigma={sigma!r}; valid values: a float >= 0")
+        self.sigma = float(sigma)
+        self.seed = 0 if seed is None else int(seed)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if self.sigma == 0:
+            return
+        entropy = [self.seed % 2**32, trainer.global_step]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        for _, layer in cim_layers(pl_module):
+            layer.cell_gain = sample_cell_gain(layer, self.sigma, generator)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.sigma == 0:
+            return
+        for _, layer in cim_layers(pl_module):
+            layer.cell_gain = None
 
 
 def _scalar(value: Any) -> Any:

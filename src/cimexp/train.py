@@ -17,28 +17,33 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cimexp.callbacks import EpochTimer, QATSchedule, ResultsWriter
-from cimexp.cim import Granularity, cim_layers, cim_summary
+from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, ResultsWriter
+from cimexp.cim import ADCErrors, Granularity, cim_layers, cim_summary, set_adc_errors
+from cimexp.cim.cost import CostModel
 from cimexp.models import load_float_weights
 from cimexp.module import ImageClassifier
 from cimexp.utils import (
+    CHECKOUT_DIR,
     atomic_write_json,
+    finished_results,
     git_state,
     register_resolvers,
     resolve_ckpt_path,
     resolved_config,
     run_name,
     sweep_group,
+    unfinished_checkpoint,
 )
 
 CallbackT = TypeVar("CallbackT", bound=L.Callback)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = CHECKOUT_DIR / "conf"
 """``conf/`` of the checkout this package is installed from (editable install)."""
 
 register_resolvers()
@@ -57,6 +62,8 @@ def validate_config(cfg: DictConfig) -> None:
     """
     for key in ("weight", "psum"):
         Granularity.parse(cfg.granularity[key], f"granularity.{key}")
+    CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
+    adc_errors(cfg.adc)
     try:
         instantiate(cfg.cim)(8, 8, 3, padding=1)
     except (ValueError, TypeError) as error:
@@ -95,7 +102,13 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _relaunches_script(trainer: DictConfig) -> bool:
-    """Whether Lightning would start ranks > 0 by re-running ``sys.argv`` (DDP's default subprocess launcher)."""
+    """Whether Lightning would start ranks > 0 by re-running ``sys.argv`` (DDP's default subprocess launcher).
+
+    Not inside a SLURM job step with several tasks (e.g. ``hydra/launcher=slurm`` with ``tasks_per_node`` > 1):
+    SLURM starts every rank itself there.
+    """
+    if SLURMEnvironment.detect():
+        return False
     strategy = trainer.get("strategy")
     if isinstance(strategy, DictConfig):
         is_ddp = str(strategy.get("_target_", "")).endswith("DDPStrategy")
@@ -103,6 +116,12 @@ def _relaunches_script(trainer: DictConfig) -> bool:
     else:
         is_ddp = strategy == "ddp"
     return is_ddp and (trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) > 1)
+
+
+def adc_errors(adc: DictConfig) -> ADCErrors:
+    """The ADC non-idealities of an ``adc`` config node (``conf/adc_errors/``); a bad value raises ``ValueError``
+    naming it."""
+    return ADCErrors(**{name: adc[name] for name in ADCErrors.__dataclass_fields__})
 
 
 def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
@@ -119,6 +138,11 @@ def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train and validate as configured; write checkpoints, the resolved config, git state and results.json.
 
+    A run directory that already holds results from a finished run is not trained again (a re-launched sweep
+    skips its finished jobs), and one with a ``checkpoints/last.ckpt`` but unfinished results resumes from it (a
+    killed or requeued job continues). Both only when ``ckpt_path`` is unset: an explicit ``ckpt_path`` always
+    trains, e.g. ``hydra.run.dir=<run dir> ckpt_path=last trainer.max_epochs=<more>`` continues a finished run.
+
     Args:
         cfg: a config composed from ``conf/train.yaml``; Hydra's runtime config must be set (it is under
             ``@hydra.main``; tests call ``HydraConfig().set_config``).
@@ -126,14 +150,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     Returns:
         ``(metrics, objects)``: the final logged metrics as floats (``val/acc``, ``val/acc_best``, ``train/loss``,
         ...), and the objects built (``cfg``, ``datamodule``, ``module``, ``trainer``, ``callbacks``, ``loggers``,
-        ``results``).
+        ``results``). For a finished run directory: the stored ``final`` metrics, and ``cfg`` and ``results`` only.
     """
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path is None:
+        done = finished_results(output_dir, kind="train")
+        if done is not None:
+            print(f"[cimexp] finished before, not trained again: {output_dir}/results.json", flush=True)
+            return done["final"], {"cfg": cfg, "results": done}
+        ckpt_path = unfinished_checkpoint(output_dir)
+        if ckpt_path is not None:
+            print(f"[cimexp] resuming the unfinished run from {ckpt_path}", flush=True)
+
     validate_config(cfg)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
     config = resolved_config(cfg)
     git = git_state()
     if rank_zero_only.rank == 0:
@@ -143,6 +177,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule = instantiate(cfg.data)
     net = build_net(cfg, datamodule.num_classes)
+    set_adc_errors(net, adc_errors(cfg.adc))  # on from the first step: noise-aware training
     module = ImageClassifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -166,7 +201,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if trainer.is_global_zero:
             writer = _find_callback(trainer, ResultsWriter)
             atomic_write_json(writer.path if writer else output_dir / "results.json", results)
-            _wandb_summary(trainer.loggers, results)
+            _log_summary(trainer.loggers, results)
             print(_summary_line(results), flush=True)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
@@ -214,11 +249,13 @@ def _results(
     schedule = _find_callback(trainer, QATSchedule)
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     writer = _find_callback(trainer, ResultsWriter)
+    telemetry = _find_callback(trainer, PsumTelemetry)
     history = writer.history if writer is not None else []
     best = max(history, key=lambda r: r.get("val/acc", float("-inf")), default=None)
     model = module.model
     is_cim = any(True for _ in cim_layers(model))
     return {
+        "kind": "train",
         "status": "interrupted" if trainer.interrupted else "finished",
         "run_name": run_name(),
         "sweep_group": sweep_group(),
@@ -228,12 +265,10 @@ def _results(
         "git": git,
         "model": choices.get("model", config["model"]["_target_"]),
         "data": choices.get("data", config["data"]["_target_"]),
-        "cim": ({k: v for k, v in config["cim"].items() if not k.startswith("_")} if is_cim else None),
-        "schedule": {
-            "name": "two_stage" if schedule is not None and schedule.two_stage else "one_stage",
-            "stage1_epochs": schedule.stage1_epochs if schedule is not None else 0,
-            "stage2_started_epoch": schedule.stage2_started_epoch if schedule is not None else None,
-        },
+        "cim": cim_settings(config, model),
+        "schedule": schedule_summary(schedule),
+        "adc_errors": adc_errors(cfg.adc).to_dict(),
+        "variation": {"train_sigma": float(cfg.variation.train_sigma)},
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -249,25 +284,51 @@ def _results(
             "best": (checkpoint.best_model_path or None) if checkpoint else None,
             "last": (checkpoint.last_model_path or None) if checkpoint else None,
         },
-        "cim_summary": cim_summary(model, _example_input(datamodule, model)) if is_cim else None,
+        "cim_summary": cim_summary(model, example_input(datamodule, model), CostModel.from_config(cfg.cost))
+        if is_cim
+        else None,
+        "psum_telemetry": telemetry.last if telemetry is not None and telemetry.last else None,
         "history": history,
     }
 
 
-def _example_input(datamodule: L.LightningDataModule, model: torch.nn.Module) -> torch.Tensor:
+def cim_settings(config: dict[str, Any], model: torch.nn.Module) -> dict[str, Any] | None:
+    """The CIM layer settings of a run (its resolved ``cim`` node without ``_target_``/``_partial_``); ``None``
+    for a float model."""
+    if not any(True for _ in cim_layers(model)):
+        return None
+    return {k: v for k, v in config["cim"].items() if not k.startswith("_")}
+
+
+def schedule_summary(schedule: QATSchedule | None) -> dict[str, Any]:
+    """``{"name": "one_stage" | "two_stage", "stage1_epochs", "stage2_started_epoch"}`` of a QAT schedule."""
+    return {
+        "name": "two_stage" if schedule is not None and schedule.two_stage else "one_stage",
+        "stage1_epochs": schedule.stage1_epochs if schedule is not None else 0,
+        "stage2_started_epoch": schedule.stage2_started_epoch if schedule is not None else None,
+    }
+
+
+def example_input(datamodule: L.LightningDataModule, model: torch.nn.Module) -> torch.Tensor:
     """A zero batch of one image shaped like the evaluation data, on the model's device."""
     image = datamodule.val_set[0][0]
     device = next(model.parameters()).device
     return torch.zeros(1, *image.shape, device=device)
 
 
-def _wandb_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, Any]:
-    """Put the final/best metrics, times and CIM cost totals into the W&B run summary; returns them."""
+def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, Any]:
+    """Put the final/best metrics, times and CIM cost totals into the W&B run summary, and the cost totals
+    (``cim/adc_energy_pj``, ...) into every logger; returns the summary."""
     summary = {f"final/{k}": v for k, v in results["final"].items()}
     summary.update({f"best/{k}": v for k, v in results["best"].items() if v is not None})
     summary.update({k: results[k] for k in ("epochs", "wall_time_s", "train_time_s") if results[k] is not None})
     if results["cim_summary"] is not None:
-        summary.update({f"cim/{k}": v for k, v in results["cim_summary"]["total"].items()})
+        totals = {f"cim/{k}": v for k, v in results["cim_summary"]["total"].items()}
+        summary.update(totals)
+        numeric = {k: v for k, v in totals.items() if isinstance(v, int | float)}
+        for logger in loggers:
+            logger.log_metrics(numeric, step=results["global_step"])
+            logger.save()
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(summary)

@@ -17,6 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _SLUG_MAX_CHARS = 200
 
+CHECKOUT_DIR = Path(__file__).resolve().parents[2]
+"""Root of the checkout this package is installed from (editable install): holds ``conf/`` and ``experiments/``."""
+EXPERIMENTS_DIR = CHECKOUT_DIR / "experiments"
+"""The paper's sweeps (``experiments/sweep/<figure>/<preset>.yaml``) and quantization schemes
+(``experiments/scheme/``), on Hydra's search path through ``hydra.searchpath`` in the primary configs."""
+
 
 def slug(text: str, default: str = "default") -> str:
     """A directory-safe version of ``text`` (e.g. Hydra's override dirname), at most 200 characters.
@@ -51,6 +57,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cimexp.slug", slug, replace=True)
     OmegaConf.register_new_resolver("cimexp.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("cimexp.experiments_dir", lambda: str(EXPERIMENTS_DIR), replace=True)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -134,3 +141,29 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
             "(holding checkpoints/last.ckpt), or `last` together with hydra.run.dir=<the old run directory>."
         )
     return str(path)
+
+
+def finished_results(run_dir: str | Path, kind: str) -> dict[str, Any] | None:
+    """The results.json of ``run_dir`` if it records a finished run of ``kind`` (``train`` or ``evaluate``).
+
+    ``None`` when the file is missing, unreadable, or says ``"status": "running"`` / ``"interrupted"``. Results
+    written before ``kind`` was recorded count as ``train``. Re-launched sweep jobs use this to return their
+    stored metrics instead of running again.
+    """
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict) or results.get("status") != "finished":
+        return None
+    return results if results.get("kind", "train") == kind else None
+
+
+def unfinished_checkpoint(run_dir: str | Path) -> Path | None:
+    """``run_dir/checkpoints/last.ckpt`` if it exists: a run killed after its last completed epoch resumes from it.
+
+    Callers check :func:`finished_results` first; a finished run also has a last.ckpt.
+    """
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None

@@ -30,6 +30,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         num_workers: DataLoader worker processes (0 is fastest for the in-memory datasets).
         train_subset: if set, train on a fixed class-balanced subset of this many training images, drawn with
             ``seed`` (for quick CPU recipes); see ``class_balanced_subset``.
+        val_subset: if set, validate on a fixed class-balanced subset of this many evaluation images, drawn with
+            ``seed`` (quick variation sweeps); the same seed gives the same images.
         seed: seed of the subset, the shuffling and the augmentation.
         augment: augment training batches; if false, training batches are only normalised.
     """
@@ -46,6 +48,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         train_subset: int | None = None,
+        val_subset: int | None = None,
         seed: int = 0,
         augment: bool = True,
     ) -> None:
@@ -53,8 +56,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{arg} must be a positive integer; got {value}")
-        if train_subset is not None and train_subset < 1:
-            raise ValueError(f"train_subset must be a positive integer or None (full split); got {train_subset}")
+        for arg, value in (("train_subset", train_subset), ("val_subset", val_subset)):
+            if value is not None and value < 1:
+                raise ValueError(f"{arg} must be a positive integer or None (full split); got {value}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0; got {num_workers}")
         # Passing this frame (instead of letting Lightning find it) avoids a self-referencing frame inside
@@ -64,6 +68,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.train_subset = train_subset
+        self.val_subset = val_subset
         self.seed = seed
         self.augment = augment
         self.train_set: Dataset | None = None
@@ -78,15 +83,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         return BatchTransform(self.mean, self.std, augment=train and self.augment, seed=self.seed + 1)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load both splits once (all stages share them) and apply ``train_subset``."""
+        """Load both splits once (all stages share them) and apply ``train_subset`` and ``val_subset``."""
         if self.train_set is not None:
             return
         train_set, val_set = self._load_splits()
-        if self.train_subset is not None:
-            targets = torch.as_tensor(train_set.targets)
-            indices = class_balanced_subset(targets, self.train_subset, self.seed)
-            train_set = Subset(train_set, indices.tolist())
-        self.train_set, self.val_set = train_set, val_set
+        self.train_set = _balanced_subset(train_set, self.train_subset, self.seed)
+        self.val_set = _balanced_subset(val_set, self.val_subset, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
@@ -110,6 +112,14 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+def _balanced_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """``dataset`` itself if ``size`` is ``None``, else a ``Subset`` of ``class_balanced_subset`` of its ``targets``."""
+    if size is None:
+        return dataset
+    indices = class_balanced_subset(torch.as_tensor(dataset.targets), size, seed)
+    return Subset(dataset, indices.tolist())
 
 
 def class_balanced_subset(targets: torch.Tensor, size: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,371 @@
+"""Evaluate a trained network, clean and under memory-cell variation: ``python -m cimexp.evaluate ckpt=<path>``.
+
+``main`` is a thin Hydra entry point (``conf/evaluate.yaml``) over :func:`evaluate`, a plain function of a composed
+config. It loads a training checkpoint of this platform, rebuilds the network from the resolved training config
+stored in the checkpoint (``ImageClassifier`` saves it as the ``config`` hyperparameter), validates it on the
+evaluation split (= the test split, as in the paper) without variation ("clean") and inside
+``cell_variation(model, sigma, seed)`` with the configured ADC non-idealities ``adc.*`` ("final"), and writes
+``results.json`` into its own run directory::
+
+    python -m cimexp.evaluate ckpt=logs/train/runs/<run>/checkpoints/last.ckpt variation.sigma=0.1 variation.seed=0
+    python -m cimexp.evaluate -m ckpt=<run dir> variation.sigma=0,0.1,0.2 variation.seed=0,1,2
+    python -m cimexp.evaluate -m +sweep=variation/quick       # the paper's Fig. 10 (experiments/sweep/variation/)
+    python -m cimexp.evaluate -m ckpt=<run dir> adc.noise_lsb=0,0.5,1   # ADC noise at evaluation time
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from cimexp.callbacks import QATSchedule
+from cimexp.cim import CostModel, cell_variation, cim_layers, cim_summary, set_adc_errors
+from cimexp.module import ImageClassifier
+from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
+from cimexp.utils import (
+    atomic_write_json,
+    finished_results,
+    git_state,
+    register_resolvers,
+    resolved_config,
+    run_name,
+    sweep_group,
+)
+
+register_resolvers()
+
+METRICS = {"val/acc": "val/acc", "val/acc5": "val/acc_top5", "val/loss": "val/loss"}
+"""Validation metrics logged by ``ImageClassifier`` -> their names in the ``clean``/``final`` entries of
+results.json (top-1 and top-5 accuracy as fractions in [0, 1], mean cross-entropy)."""
+
+_CACHE_IGNORED_DATA_KEYS = ("batch_size", "eval_batch_size", "num_workers", "download", "augment", "train_subset")
+"""Data settings that cannot change the clean accuracy (CIM layers in eval mode are batch-independent)."""
+
+
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """What evaluation needs from a training checkpoint.
+
+    Attributes:
+        path: the ``.ckpt`` file.
+        config: the resolved training config (a plain dict, as in ``config_resolved.yaml``).
+        state_dict: the network's tensors, keys without the LightningModule's ``model.`` prefix.
+        callback_states: Lightning's per-callback states, by ``state_key`` (e.g. ``QATSchedule``).
+        train_results: the training run's results.json without its ``history``, or ``None`` when the checkpoint
+            is not inside a run directory that has one.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    callback_states: dict[str, Any]
+    train_results: dict[str, Any] | None
+
+
+def resolve_checkpoint(ckpt: str | Path) -> Path:
+    """The checkpoint file for ``ckpt``: a ``.ckpt`` file itself, or for a training run directory its
+    ``checkpoints/last.ckpt`` (the model at the end of training), else its ``checkpoints/best.ckpt``.
+
+    Raises:
+        FileNotFoundError: nothing there; the message lists the paths tried.
+    """
+    path = Path(ckpt).expanduser()
+    candidates = [path / "checkpoints" / "last.ckpt", path / "checkpoints" / "best.ckpt"] if path.is_dir() else [path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = ", ".join(repr(str(c)) for c in candidates)
+    raise FileNotFoundError(
+        f"ckpt={str(ckpt)!r}: no checkpoint at {tried}. Pass a training checkpoint (.ckpt) of cimexp or a training "
+        "run directory holding checkpoints/last.ckpt or checkpoints/best.ckpt."
+    )
+
+
+def load_checkpoint(ckpt: str | Path) -> TrainedCheckpoint:
+    """Read a training checkpoint of this platform (see :func:`resolve_checkpoint` for ``ckpt``).
+
+    The training config comes from the checkpoint's hyperparameters, or else from ``config_resolved.yaml`` of the
+    run directory holding ``checkpoints/``. The file is unpickled with ``weights_only=False`` (Lightning checkpoints
+    hold Python objects), so load only checkpoints you trust.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        ValueError: the file is not a Lightning checkpoint of a cimexp training run.
+    """
+    path = resolve_checkpoint(ckpt)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); pass one of cimexp.train")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    config = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if config is None and run_dir is not None and (run_dir / "config_resolved.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    if not isinstance(config, dict) or not {"model", "cim", "schedule"} <= config.keys():
+        raise ValueError(
+            f"{str(path)!r} holds no cimexp training config (neither the checkpoint's hyperparameters nor "
+            "config_resolved.yaml in its run directory): is it a checkpoint of `python -m cimexp.train`?"
+        )
+    prefix = "model."
+    state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    train_results = None
+    if run_dir is not None and (run_dir / "results.json").is_file():
+        train_results = json.loads((run_dir / "results.json").read_text())
+        train_results.pop("history", None)
+    return TrainedCheckpoint(path, config, state_dict, checkpoint.get("callbacks") or {}, train_results)
+
+
+def build_trained_net(checkpoint: TrainedCheckpoint, num_classes: int) -> torch.nn.Module:
+    """The checkpoint's network, built as in training (``cimexp.train.build_net``) with its trained tensors.
+
+    Raises:
+        ValueError: a CIM layer's step sizes were not initialised when the checkpoint was saved (saved before the
+            first training step, or in stage 1 of two-stage QAT, when the ADC steps do not exist yet): evaluating
+            would initialise them from the test data.
+    """
+    config = OmegaConf.create(checkpoint.config)
+    config.model.init_from = None  # the checkpoint holds every tensor
+    net = build_net(config, num_classes)
+    net.load_state_dict(checkpoint.state_dict)
+    uncalibrated = [
+        name
+        for name, layer in cim_layers(net)
+        if not (layer.weight_step_ready and layer.act_step_ready and (layer.psum_step_ready or not layer.psum_quant))
+    ]
+    if uncalibrated:
+        raise ValueError(
+            f"{str(checkpoint.path)!r}: the step sizes of {len(uncalibrated)} CIM layers (first: "
+            f"{uncalibrated[0]!r}) were not initialised when it was saved (before the first training step, or in "
+            "stage 1 of two-stage QAT, without ADC steps). Evaluate a checkpoint from the end of training "
+            "(<run dir>/checkpoints/last.ckpt)."
+        )
+    return net
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the evaluation settings before anything is loaded.
+
+    Raises:
+        ValueError: ``ckpt`` unset, a negative ``variation.sigma``, a bad ``adc.*`` error or ``cost.*`` setting,
+            or more than one device.
+    """
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
+        raise ValueError("ckpt=<path> is required: a training checkpoint (.ckpt) or a training run directory")
+    sigma = cfg.variation.sigma
+    if not isinstance(sigma, int | float) or sigma < 0:
+        raise ValueError(f"invalid variation.sigma={sigma!r}; valid values: a number >= 0")
+    adc_errors(cfg.adc)
+    CostModel.from_config(cfg.cost)
+    trainer = cfg.trainer
+    if trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) != 1 or trainer.get("strategy"):
+        raise ValueError(
+            f"evaluate runs on one device; got trainer.devices={trainer.get('devices')}, "
+            f"trainer.num_nodes={trainer.get('num_nodes', 1)}, trainer.strategy={trainer.get('strategy')}. "
+            "Use trainer=cpu or trainer=gpu (and a Hydra launcher to run sweep jobs in parallel)."
+        )
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Evaluate ``cfg.ckpt`` clean and under cell variation; write results.json, the resolved config and git state.
+
+    A run directory that already holds finished evaluation results is not evaluated again (re-launched sweeps skip
+    their finished jobs). The clean accuracy is read from ``cfg.clean_cache_dir`` when an earlier job computed it
+    for the same checkpoint file and evaluation data.
+
+    Args:
+        cfg: a config composed from ``conf/evaluate.yaml``; Hydra's runtime config must be set.
+
+    Returns:
+        ``(metrics, objects)``: ``clean/<metric>`` and ``final/<metric>`` (under variation) for the metrics of
+        :data:`METRICS`, and the objects built (``cfg``, ``results``, and unless skipped ``checkpoint``,
+        ``datamodule``, ``module``, ``trainer``, ``loggers``).
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    done = finished_results(output_dir, kind="evaluate")
+    if done is not None:
+        print(f"[cimexp] finished before, not evaluated again: {output_dir}/results.json", flush=True)
+        return _flat_metrics(done), {"cfg": cfg, "results": done}
+
+    validate_config(cfg)
+    start = time.perf_counter()
+    checkpoint = load_checkpoint(cfg.ckpt)
+    datamodule = instantiate(cfg.data)
+    trained_on = checkpoint.config["data"]["_target_"]
+    if trained_on != cfg.data._target_:
+        raise ValueError(
+            f"{str(checkpoint.path)!r} was trained on {trained_on} but data={cfg.data._target_}; "
+            "evaluate on the training dataset (e.g. data=cifar100 for a CIFAR-100 checkpoint)"
+        )
+    config = resolved_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
+    atomic_write_json(output_dir / "git.json", git_state())
+
+    net = build_trained_net(checkpoint, datamodule.num_classes)
+    module = ImageClassifier(net, optimizer=None, num_classes=datamodule.num_classes)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    loggers: list[Logger] = list(instantiate(cfg.logger, _convert_="all").values()) if cfg.get("logger") else []
+    sigma, variation_seed = float(cfg.variation.sigma), int(cfg.variation.seed)
+    try:
+        cache = _clean_cache_file(cfg, checkpoint.path)
+        clean = _read_cache(cache)
+        if clean is None:
+            clean = _validate(trainer, module, datamodule)
+            if cache is not None:
+                atomic_write_json(cache[0], {"key": cache[1], "clean": clean})
+        set_adc_errors(net, adc_errors(cfg.adc))
+        torch.manual_seed(int(cfg.adc.seed))  # the per-conversion ADC noise of this evaluation
+        with cell_variation(net, sigma, variation_seed):
+            final = _validate(trainer, module, datamodule)
+        set_adc_errors(net, None)
+
+        results = _results(cfg, checkpoint, net, datamodule, clean, final, time.perf_counter() - start)
+        atomic_write_json(output_dir / "results.json", results)
+        metrics = _flat_metrics(results)
+        for logger in loggers:
+            logger.log_hyperparams(config)
+            logger.log_metrics(metrics)
+            logger.save()
+        print(_summary_line(results), flush=True)
+    finally:
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb
+
+            wandb.finish()
+
+    objects = {
+        "cfg": cfg,
+        "checkpoint": checkpoint,
+        "datamodule": datamodule,
+        "module": module,
+        "trainer": trainer,
+        "loggers": loggers,
+        "results": results,
+    }
+    return metrics, objects
+
+
+def _validate(trainer: L.Trainer, module: ImageClassifier, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """One validation pass: the metrics of :data:`METRICS` under their results.json names."""
+    (logged,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {name: float(logged[key]) for key, name in METRICS.items()}
+
+
+def _clean_cache_file(cfg: DictConfig, ckpt: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(file, key)`` of the cached clean metrics of ``ckpt`` on the configured evaluation data; ``None`` when
+    caching is off. The key holds the checkpoint file's identity (path, size, modification time), the data settings
+    that choose the images, and the trainer settings that change the arithmetic or the number of batches."""
+    if cfg.get("clean_cache_dir") is None:
+        return None
+    stat = ckpt.stat()
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    key = {
+        "ckpt": str(ckpt.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "data": {k: v for k, v in data.items() if k not in _CACHE_IGNORED_DATA_KEYS},
+        "trainer": {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "limit_val_batches")},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.clean_cache_dir) / f"{ckpt.stem}-{digest}.json", key
+
+
+def _read_cache(cache: tuple[Path, dict[str, Any]] | None) -> dict[str, float] | None:
+    if cache is None:
+        return None
+    path, key = cache
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored["clean"] if stored.get("key") == key else None
+
+
+def _results(
+    cfg: DictConfig,
+    checkpoint: TrainedCheckpoint,
+    net: torch.nn.Module,
+    datamodule: L.LightningDataModule,
+    clean: dict[str, float],
+    final: dict[str, float],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The content of results.json (``"kind": "evaluate"``)."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    config = checkpoint.config
+    schedule = instantiate(config["schedule"])
+    if isinstance(schedule, QATSchedule) and schedule.state_key in checkpoint.callback_states:
+        schedule.load_state_dict(checkpoint.callback_states[schedule.state_key])
+    train_results = checkpoint.train_results
+    cim = cim_settings(config, net)
+    return {
+        "kind": "evaluate",
+        "status": "finished",
+        "run_name": run_name(),
+        "sweep_group": sweep_group(),
+        "run_dir": str(Path(cfg.paths.output_dir).resolve()),
+        "overrides": list(hydra_cfg.overrides.task) if hydra_cfg else [],
+        "ckpt": str(checkpoint.path.resolve()),
+        "cim": cim,
+        "schedule": schedule_summary(schedule),
+        "model": train_results["model"] if train_results else config["model"]["_target_"].rpartition(".")[2],
+        "data": hydra_cfg.runtime.choices.get("data", cfg.data._target_) if hydra_cfg else cfg.data._target_,
+        "seed": config.get("seed"),
+        "variation": {"sigma": float(cfg.variation.sigma), "seed": int(cfg.variation.seed)},
+        "adc_errors": adc_errors(cfg.adc).to_dict(),
+        "clean": clean,
+        "final": final,
+        "cim_summary": cim_summary(net, example_input(datamodule, net), CostModel.from_config(cfg.cost))
+        if cim is not None
+        else None,
+        "train_results": train_results,
+        "wall_time_s": wall_time_s,
+    }
+
+
+def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    return {f"{part}/{k}": v for part in ("clean", "final") for k, v in results[part].items()}
+
+
+def _summary_line(results: dict[str, Any]) -> str:
+    cim = results["cim"]
+    setting = "float" if cim is None else f"w:{cim['weight_granularity']}/p:{cim['psum_granularity']}"
+    if cim is not None and not cim["psum_quant"]:
+        setting += " (no psum quant)"
+    variation = results["variation"]
+    return (
+        f"[cimexp] evaluate {results['model']}/{results['data']} {setting} | "
+        f"clean val/acc {100 * results['clean']['val/acc']:.2f}% | sigma {variation['sigma']:g} seed "
+        f"{variation['seed']}{_errors_text(results['adc_errors'])}: val/acc {100 * results['final']['val/acc']:.2f}% | "
+        f"{results['run_dir']}/results.json"
+    )
+
+
+def _errors_text(errors: dict[str, Any]) -> str:
+    """`` adc noise 0.5 offset 0.2`` for the non-zero ADC errors, empty for ideal ADCs."""
+    names = {"noise_lsb": "noise", "offset_lsb": "offset", "gain_sigma": "gain", "dnl_lsb": "dnl"}
+    parts = [f"{short} {errors[key]:g}" for key, short in names.items() if errors[key]]
+    return f" adc {' '.join(parts)}" if parts else ""
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` (default ``final/val/acc``) for sweepers."""
+    metrics, _ = evaluate(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Reports over many runs: ``python -m cimexp.report <dirs>`` collects the ``results.json`` of training and
+evaluation runs into one tidy table and writes aggregated tables and the paper's figures.
+
+Modules, in the order data flows:
+
+- :mod:`~cimexp.report.collect`: ``results.json`` files -> the runs table (one row per finished run) and the
+  list of files skipped (unfinished, unreadable, malformed).
+- :mod:`~cimexp.report.tables`: runs table -> granularity grid (Fig. 7), variation (Fig. 10), training curves and
+  time-to-accuracy (Fig. 9), comparison with published numbers.
+- :mod:`~cimexp.report.figures`: the figures (granularity grid, dequantization ops, QAT curves, variation, ADC
+  energy), as matplotlib figures.
+- :mod:`~cimexp.report.publish`: all of it as a :class:`Report`, written to a directory (CSV, Markdown, PNG,
+  SVG), read back, or logged to W&B.
+- :mod:`~cimexp.report.cli`: the command line.
+
+In a notebook::
+
+    from cimexp.report import collect, make_report
+    runs, skipped = collect(["logs/train/multiruns"])
+    report = make_report(runs, skipped)
+    report.tables["granularity_grid"], report.figures["granularity_grid"]
+"""
+
+from cimexp.report.collect import collect, find_results, parse_results
+from cimexp.report.figures import (
+    adc_energy_figure,
+    dequant_figure,
+    granularity_grid_figure,
+    qat_figure,
+    save_figure,
+    variation_figure,
+)
+from cimexp.report.publish import Report, load_report, log_to_wandb, make_report, write_report
+from cimexp.report.tables import (
+    comparison_table,
+    grid_table,
+    history_table,
+    reference_table,
+    time_to_accuracy_table,
+    variation_table,
+)
+
+__all__ = [
+    "Report",
+    "adc_energy_figure",
+    "collect",
+    "comparison_table",
+    "dequant_figure",
+    "find_results",
+    "granularity_grid_figure",
+    "grid_table",
+    "history_table",
+    "load_report",
+    "log_to_wandb",
+    "make_report",
+    "parse_results",
+    "qat_figure",
+    "reference_table",
+    "save_figure",
+    "time_to_accuracy_table",
+    "variation_figure",
+    "variation_table",
+    "write_report",
+]

@@ -1,0 +1,388 @@
+"""The report's figures, in the paper's terms (Fig. 7 to 10, and ADC energy).
+
+They are drawn with matplotlib's object API (``matplotlib.figure.Figure``, no pyplot): the Agg renderer draws them
+without a display and without global state, and a notebook shows a returned figure inline. Each ``*_figure``
+function returns ``None`` when the table lacks the data it needs. Colours follow the weight granularity, markers
+and hatches the partial-sum granularity, in every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from cimexp.report.collect import (
+    CONDITION_COLUMNS,
+    FLOAT,
+    GRANULARITIES,
+    NO_PSQ,
+    SETTING_COLUMNS,
+    granularity_rank,
+)
+from cimexp.report.tables import (
+    PANEL_KEYS,
+    clip_rate_table,
+    curve_labels,
+    pareto_front,
+    scheme_stats,
+    train_runs,
+    variation_table,
+    varying,
+)
+
+ACC_LABEL = "Top-1 accuracy (%)"
+WEIGHT_COLORS = {"layer": "#4C72B0", "array": "#DD8452", "column": "#55A868"}
+PSUM_MARKERS = {"layer": "o", "array": "s", "column": "D", NO_PSQ: "X"}
+PSUM_HATCHES = {"layer": "", "array": "///", "column": "xxx"}
+FORMATS = ("png", "svg")
+
+
+def save_figure(figure: Figure, stem: str | Path) -> list[Path]:
+    """Write ``figure`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg``; returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    engine = figure.get_layout_engine()
+    paths = []
+    try:
+        for fmt in FORMATS:
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            figure.savefig(path, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+            paths.append(path)
+            figure.set_layout_engine("none")  # the first format placed the panels; the others reuse that layout
+    finally:
+        figure.set_layout_engine(engine)
+    return paths
+
+
+def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> Figure | None:
+    """Accuracy of the training runs for each weight x partial-sum granularity pair (the paper's Fig. 7).
+
+    Bars grouped by weight granularity (colour), one per partial-sum granularity (hatch), mean over seeds with the
+    std as error bar; coloured dashed lines: the same weight granularity without partial-sum quantization; black
+    dashed line: the float network; stars: published ``reference`` numbers. One panel per model and data set (and per
+    setting or schedule that varies). ``None`` without training runs that quantize partial sums.
+    """
+    train = train_runs(runs)
+    cim = train[train["weight_granularity"] != FLOAT]
+    psq = cim[cim["psum_quant"]]
+    if psq.empty:
+        return None
+    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    no_psq_keys = [k for k in panel_keys if k not in ("adc_bits", "schedule")]
+    bars = scheme_stats(psq, [*panel_keys, "weight_granularity", "psum_granularity"])
+    no_psq = scheme_stats(cim[~cim["psum_quant"]], [*no_psq_keys, "weight_granularity"])
+    floats = scheme_stats(train[train["weight_granularity"] == FLOAT], list(PANEL_KEYS))
+    weights = sorted(set(bars["weight_granularity"]), key=granularity_rank)  # the same slots in every panel
+    psums = [g for g in GRANULARITIES if g in set(bars["psum_granularity"])]
+    width = 0.8 / len(psums)
+    panels = list(bars.groupby(panel_keys, dropna=False, sort=False))
+    figure, axes = _panels(len(panels))
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        where = dict(zip(panel_keys, key, strict=True))
+        shown: list[float] = []
+        for i, weight in enumerate(weights):
+            for j, psum in enumerate(psums):
+                point = panel[(panel["weight_granularity"] == weight) & (panel["psum_granularity"] == psum)]
+                if point.empty:
+                    continue
+                x = i + (j - (len(psums) - 1) / 2) * width
+                mean, std = float(point["mean"].iloc[0]), point["std"].iloc[0]
+                container = ax.bar(
+                    x,
+                    mean,
+                    width * 0.92,
+                    yerr=std if pd.notna(std) else None,
+                    color=WEIGHT_COLORS.get(weight, "gray"),
+                    hatch=PSUM_HATCHES[psum],
+                    edgecolor="white",
+                    linewidth=0.5,
+                    capsize=2,
+                )
+                ax.bar_label(container, fmt="%.2f", fontsize=7, rotation=90, padding=2)
+                shown += [mean] if pd.isna(std) else [mean - std, mean + std]
+                ref = _reference_acc(reference, where, weight, psum)
+                if ref is not None:
+                    ax.plot(x, ref, marker="*", color="black", markersize=9, linestyle="none", label="published")
+                    shown.append(ref)
+            baseline = _match(no_psq, where, no_psq_keys, weight_granularity=weight)
+            if baseline is not None:
+                ax.hlines(
+                    baseline,
+                    i - 0.45,
+                    i + 0.45,
+                    colors=WEIGHT_COLORS.get(weight, "gray"),
+                    linestyles="--",
+                    label=f"{weight} weights w/o PSQ",
+                )
+                shown.append(baseline)
+        float_acc = _match(floats, where, PANEL_KEYS)
+        if float_acc is not None:
+            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float")
+            shown.append(float_acc)
+        ax.set_xticks(range(len(weights)), weights)
+        ax.set_xlim(-0.5, len(weights) - 0.5)
+        ax.set_xlabel("Weight granularity")
+        ax.set_ylabel(ACC_LABEL)
+        ax.set_title(_title(where), fontsize=10)
+        _zoom(ax, shown, headroom=0.45)
+    hatches = [Patch(facecolor="lightgray", edgecolor="white", hatch=PSUM_HATCHES[p]) for p in GRANULARITIES]
+    _legend(figure, axes, hatches, [f"{p} partial sums" for p in GRANULARITIES])
+    return figure
+
+
+def dequant_figure(runs: pd.DataFrame) -> Figure | None:
+    """Accuracy versus dequantization operations per layer (log x), one marker per granularity pair (the paper's
+    Fig. 8): colour = weight granularity, marker = partial-sum granularity, mean over seeds with std error bars;
+    black dashed line: the float network. ``None`` without quantized training runs that have a cost summary."""
+    train = train_runs(runs)
+    psq = train[(train["weight_granularity"] != FLOAT) & train["psum_quant"] & train["dequant_ops_per_layer"].notna()]
+    if psq.empty:
+        return None
+    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    points = scheme_stats(psq, [*panel_keys, "weight_granularity", "psum_granularity"], x="dequant_ops_per_layer")
+    floats = scheme_stats(train[train["weight_granularity"] == FLOAT], list(PANEL_KEYS))
+    panels = list(points.groupby(panel_keys, dropna=False, sort=False))
+    figure, axes = _panels(len(panels))
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        where = dict(zip(panel_keys, key, strict=True))
+        panel = panel.sort_values(["weight_granularity", "psum_granularity"], key=lambda c: c.map(granularity_rank))
+        for _, point in panel.iterrows():
+            weight, psum = point["weight_granularity"], point["psum_granularity"]
+            ax.errorbar(
+                point["x"],
+                point["mean"],
+                yerr=point["std"] if pd.notna(point["std"]) else None,
+                marker=PSUM_MARKERS[psum],
+                color=WEIGHT_COLORS.get(weight, "gray"),
+                markersize=8,
+                linestyle="none",
+                capsize=2,
+                label=f"{weight}/{psum}",
+            )
+        float_acc = _match(floats, where, PANEL_KEYS)
+        if float_acc is not None:
+            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float")
+        ax.set_xscale("log")
+        ax.set_xlabel("Dequantization operations per layer")
+        ax.set_ylabel(ACC_LABEL)
+        ax.set_title(_title(where), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend(figure, axes, title="weight/partial-sum granularity")
+    return figure
+
+
+def qat_figure(history: pd.DataFrame) -> Figure | None:
+    """Training curves (the paper's Fig. 9): accuracy versus cumulative training time (validation excluded) and
+    versus epoch, one line per training run (dashed: two-stage QAT), a star at each run's best. One row of two
+    panels per model and data set. ``None`` without per-epoch history."""
+    if history.empty:
+        return None
+    labels = curve_labels(history)
+    panels = list(history.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    figure = Figure(figsize=(11, 3.8 * len(panels)), layout="constrained")
+    axes = figure.subplots(len(panels), 2, squeeze=False)
+    for (ax_time, ax_epoch), (key, panel) in zip(axes, panels, strict=True):
+        for index, (run_dir, curve) in enumerate(panel.groupby("run_dir", sort=False)):
+            curve = curve.sort_values("epoch")
+            style = {
+                "color": f"C{index % 10}",
+                "linestyle": "--" if curve["schedule"].iloc[0] == "two_stage" else "-",
+                "label": labels[run_dir],
+            }
+            best = curve.loc[curve["acc"].idxmax()]
+            ax_time.plot(curve["cum_train_time_s"] / 60.0, curve["acc"], marker=".", **style)
+            ax_time.plot(best["cum_train_time_s"] / 60.0, best["acc"], marker="*", markersize=10, color=style["color"])
+            ax_epoch.plot(curve["epoch"], curve["acc"], marker=".", **style)
+            ax_epoch.plot(best["epoch"], best["acc"], marker="*", markersize=10, color=style["color"])
+        title = _title(dict(zip(PANEL_KEYS, key, strict=True)))
+        for ax, xlabel in ((ax_time, "Cumulative training time (min)"), (ax_epoch, "Epoch")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ACC_LABEL)
+            ax.set_title(title, fontsize=10)
+            ax.grid(True, alpha=0.3)
+        ax_epoch.legend(fontsize=7, loc="lower right")
+    return figure
+
+
+def variation_figure(runs: pd.DataFrame) -> Figure | None:
+    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the evaluation runs (variation
+    and training seeds) versus sigma, a band of +-1 std, one line per scheme. One panel per model and data set.
+    ``None`` without evaluation runs."""
+    table = variation_table(runs)
+    if table.empty:
+        return None
+    line_keys = [c for c in table.columns if c not in (*PANEL_KEYS, "sigma", "acc_mean", "acc_std", "n")]
+    panels = list(table.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    figure, axes = _panels(len(panels), width=5.5)
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        label_keys = [k for k in line_keys if k not in ("scheme", "weight_granularity", "psum_granularity")]
+        for index, (line_key, line) in enumerate(panel.groupby(line_keys, dropna=False, sort=False)):
+            line = line.sort_values("sigma")
+            values = dict(zip(line_keys, line_key, strict=True))
+            label = ", ".join([str(values["scheme"]), *(f"{k}={values[k]}" for k in label_keys)])
+            std = line["acc_std"].fillna(0.0)
+            color = f"C{index % 10}"
+            ax.plot(line["sigma"], line["acc_mean"], marker="o", color=color, label=label)
+            ax.fill_between(line["sigma"], line["acc_mean"] - std, line["acc_mean"] + std, color=color, alpha=0.2)
+        ax.set_xlabel("Log-normal variation σ")
+        ax.set_ylabel(ACC_LABEL)
+        ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    return figure
+
+
+def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
+    """Accuracy versus ADC energy per image (nJ, from ``adc_energy_pj``) of the training runs that quantize partial
+    sums (without, the ADCs are simulated as lossless: their accuracy is not what that energy buys), mean over
+    seeds per configuration, with the Pareto front (lower energy, higher accuracy). Points are labelled with their
+    ADC bits when those vary. ``None`` when no such run has an ADC energy."""
+    if "adc_energy_pj" not in runs:
+        return None
+    train = train_runs(runs)
+    costed = train[train["psum_quant"] & pd.to_numeric(train["adc_energy_pj"], errors="coerce").notna()]
+    if costed.empty:
+        return None
+    costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
+    config = [*SETTING_COLUMNS, "schedule", "weight_granularity", "psum_granularity"]
+    points = scheme_stats(costed, [*PANEL_KEYS, *config], x="adc_energy_nj")
+    annotate = "adc_bits" in varying(costed, ["adc_bits"])
+    panels = list(points.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    figure, axes = _panels(len(panels), width=5.5)
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        for _, point in panel.iterrows():
+            weight, psum = point["weight_granularity"], point["psum_granularity"]
+            ax.plot(
+                point["x"],
+                point["mean"],
+                marker=PSUM_MARKERS.get(psum, "o"),
+                color=WEIGHT_COLORS.get(weight, "gray"),
+                markersize=7,
+                linestyle="none",
+                label=f"{weight}/{psum}",
+            )
+            if annotate:
+                xy = (point["x"], point["mean"])
+                ax.annotate(f"{point['adc_bits']}b", xy, xytext=(4, 2), textcoords="offset points", fontsize=7)
+        front = panel[pareto_front(panel["x"], panel["mean"])].sort_values("x")
+        ax.plot(front["x"], front["mean"], color="black", linewidth=1, drawstyle="steps-post", label="Pareto front")
+        if panel["x"].max() > 10 * panel["x"].min() > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel("ADC energy per image (nJ)")
+        ax.set_ylabel(ACC_LABEL)
+        ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend(figure, axes, title="weight/partial-sum granularity")
+    return figure
+
+
+def clip_rate_figure(runs: pd.DataFrame) -> Figure | None:
+    """ADC clip rate per CIM layer (network order) of the training runs with partial-sum telemetry, one line per
+    scheme, for the schemes whose weight and partial-sum granularities are layer or column (layer vs column
+    granularity; all schemes when none of those is there). ``None`` without telemetry."""
+    table = clip_rate_table(runs)
+    if table.empty:
+        return None
+    focus = table["weight_granularity"].isin(["layer", "column"]) & table["psum_granularity"].isin(["layer", "column"])
+    table = table[focus] if focus.any() else table
+    panel_keys = [*PANEL_KEYS, *varying(table, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    panels = list(table.groupby(panel_keys, dropna=False, sort=False))
+    figure, axes = _panels(len(panels), width=6.0)
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        for (weight, psum), line in panel.groupby(["weight_granularity", "psum_granularity"], sort=False):
+            ax.plot(
+                line["layer_index"],
+                line["clip_rate_pct"],
+                marker=PSUM_MARKERS.get(psum, "o"),
+                color=WEIGHT_COLORS.get(weight, "gray"),
+                linestyle="-" if psum == "column" else "--",
+                label=f"{weight}/{psum}",
+            )
+        ax.set_xlabel("CIM layer (network order)")
+        ax.set_ylabel("ADC clip rate (% of conversions)")
+        ax.set_title(_title(dict(zip(panel_keys, key if isinstance(key, tuple) else (key,), strict=True))), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend(figure, axes, title="weight/partial-sum granularity")
+    return figure
+
+
+def _panels(count: int, width: float = 4.8, height: float = 3.8, max_columns: int = 3) -> tuple[Figure, list[Axes]]:
+    """A figure with ``count`` panels, at most ``max_columns`` per row."""
+    columns = min(count, max_columns)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[count:]:
+        figure.delaxes(ax)
+    return figure, axes[:count]
+
+
+def _legend(
+    figure: Figure,
+    axes: Sequence[Axes],
+    extra_handles: Sequence[Any] = (),
+    extra_labels: Sequence[str] = (),
+    title: str | None = None,
+) -> None:
+    """One legend below all panels with each label once."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    for handle, label in zip(extra_handles, extra_labels, strict=True):
+        entries.setdefault(label, handle)
+    if entries:
+        figure.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=min(len(entries), 4),
+            fontsize=8,
+            title=title,
+            title_fontsize=8,
+        )
+
+
+def _title(where: dict[str, Any]) -> str:
+    """``resnet20 / cifar10`` plus ``key=value`` for the other panel keys."""
+    head = " / ".join(str(where[k]) for k in PANEL_KEYS if k in where)
+    rest = [f"{k}={v}" for k, v in where.items() if k not in PANEL_KEYS]
+    return ", ".join([head, *rest])
+
+
+def _match(stats: pd.DataFrame, where: dict[str, Any], keys: Sequence[str], **fixed: Any) -> float | None:
+    """The ``mean`` of the ``stats`` row whose ``keys`` equal those in ``where`` and ``fixed``; None if none."""
+    mask = pd.Series(True, index=stats.index)
+    for key, value in [*((k, where[k]) for k in keys), *fixed.items()]:
+        mask &= stats[key].isna() if pd.isna(value) else stats[key] == value
+    rows = stats[mask]
+    return None if rows.empty else float(rows["mean"].iloc[0])
+
+
+def _reference_acc(reference: pd.DataFrame | None, where: dict[str, Any], weight: str, psum: str) -> float | None:
+    if reference is None or reference.empty:
+        return None
+    match = reference[
+        (reference["model"] == where["model"])
+        & (reference["dataset"] == where["dataset"])
+        & (reference["weight_granularity"] == weight)
+        & (reference["psum_granularity"] == psum)
+    ]
+    return None if match.empty else float(match["acc"].iloc[0])
+
+
+def _zoom(ax: Axes, values: Sequence[float], headroom: float) -> None:
+    """Y limits around ``values`` (bars start below, as in the paper), with room above for the value labels."""
+    values = [v for v in values if pd.notna(v)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    span = max(high - low, 0.1 * abs(high), 1.0)
+    ax.set_ylim(max(0.0, low - 0.5 * span), high + headroom * span)

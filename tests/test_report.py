@@ -1,0 +1,430 @@
+"""`python -m cimexp.report` and its pure parts, on a small fake tree of results.json files whose numbers are known."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from cimexp.report import (
+    collect,
+    find_results,
+    grid_table,
+    history_table,
+    load_report,
+    log_to_wandb,
+    make_report,
+    reference_table,
+    time_to_accuracy_table,
+    variation_table,
+    write_report,
+)
+from cimexp.report.cli import main
+from cimexp.report.collect import COLUMNS
+from cimexp.report.publish import FIGURES
+from cimexp.report.tables import NO_PSQ_COLUMN, PAPER_REFERENCE, clip_rate_table, comparison_table, pareto_front
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "report.ipynb"
+CIM_LAYERS = 18
+DEQUANT_PER_LAYER = {"layer/layer": 1, "layer/column": 1000, "column/array": 1000, "column/column": 1000}
+ADC_ENERGY_PJ = {"layer/layer": 5000.0, "layer/column": 9000.0, "column/column": 9000.0}
+
+
+def _cim(weight: str, psum: str, psum_quant: bool = True) -> dict[str, Any]:
+    return {
+        "w_bits": 4,
+        "a_bits": 4,
+        "cell_bits": 2,
+        "adc_bits": 4,
+        "array_size": 128,
+        "weight_granularity": weight,
+        "psum_granularity": psum,
+        "psum_quant": psum_quant,
+        "weight_encoding": "twos_complement",
+    }
+
+
+def _summary(weight: str, psum: str, psum_quant: bool = True) -> dict[str, Any]:
+    total: dict[str, Any] = {"dequant_ops": DEQUANT_PER_LAYER.get(f"{weight}/{psum}", 100) * CIM_LAYERS}
+    total.update({"arrays": 57, "adc_conversions": 56320, "cim_layers": CIM_LAYERS})
+    if psum_quant and f"{weight}/{psum}" in ADC_ENERGY_PJ:
+        cost_model = {"name": "zigzag", "adc_share": 1, "source": "test"}
+        total.update(
+            {"adc_energy_pj": ADC_ENERGY_PJ[f"{weight}/{psum}"], "adc_model": "zigzag", "cost_model": cost_model}
+        )
+    return {"layers": [], "total": total}
+
+
+def train_results(
+    dataset: str,
+    weight: str | None,
+    psum: str | None,
+    acc: float,
+    seed: int = 0,
+    psum_quant: bool = True,
+    schedule: str = "one_stage",
+    history: list[tuple[float, float]] | None = None,
+) -> dict[str, Any]:
+    """A finished training run's results.json (train.py's schema); ``weight=None`` is the float network.
+    ``history``: ``(cum_train_time_s, val/acc)`` per epoch."""
+    is_cim = weight is not None
+    records = [
+        {"epoch": epoch, "step": 10 * (epoch + 1), "cum_train_time_s": time_s, "val/acc": val_acc, "val/loss": 1.0}
+        for epoch, (time_s, val_acc) in enumerate(history or [])
+    ]
+    return {
+        "kind": "train",
+        "status": "finished",
+        "run_name": f"{weight}/{psum}",
+        "sweep_group": "sweep",
+        "run_dir": "/somewhere/else",
+        "overrides": [],
+        "choices": {},
+        "git": {"commit": "abc", "dirty": False},
+        "model": "resnet20",
+        "data": dataset,
+        "cim": _cim(weight, psum, psum_quant) if is_cim else None,
+        "schedule": {"name": schedule, "stage1_epochs": 2 if schedule == "two_stage" else 0},
+        "seed": seed,
+        "epochs": max(len(records), 1),
+        "global_step": 40,
+        "wall_time_s": 100.0,
+        "train_time_s": records[-1]["cum_train_time_s"] if records else 90.0,
+        "final": {"val/acc": acc, "val/acc5": 0.99, "val/loss": 0.5, "train/loss": 0.4},
+        "best": {"val/acc": max([acc] + [r["val/acc"] for r in records]), "epoch": 0, "cum_train_time_s": 90.0},
+        "checkpoints": {"best": None, "last": None},
+        "cim_summary": _summary(weight, psum, psum_quant) if is_cim else None,
+        "history": records,
+    }
+
+
+def evaluate_results(weight: str, psum: str, sigma: float, seed: int, acc: float, with_train: bool) -> dict[str, Any]:
+    """A finished evaluation run's results.json (cimexp.evaluate's schema)."""
+    trained = train_results("cifar10", weight, psum, 0.9)
+    trained.pop("history")
+    return {
+        "kind": "evaluate",
+        "status": "finished",
+        "run_name": f"sigma={sigma}",
+        "sweep_group": "variation",
+        "run_dir": "/elsewhere",
+        "overrides": [],
+        "ckpt": f"/ckpts/{weight}_{psum}.ckpt",
+        "cim": _cim(weight, psum),
+        "schedule": {"name": "one_stage", "stage1_epochs": 0, "stage2_started_epoch": None},
+        "model": "resnet20",
+        "data": "cifar10",
+        "seed": 7,
+        "variation": {"sigma": sigma, "seed": seed},
+        "clean": {"val/acc": 0.9, "val/acc_top5": 0.99, "val/loss": 0.4},
+        "final": {"val/acc": acc, "val/acc_top5": 0.98, "val/loss": 0.6},
+        "cim_summary": _summary(weight, psum),
+        "train_results": trained if with_train else None,
+        "wall_time_s": 3.0,
+    }
+
+
+GRID_RUNS = [  # cifar10, one-stage QAT: (weight, psum, psum_quant, seed, acc)
+    ("layer", "layer", True, 0, 0.80),
+    ("layer", "layer", True, 1, 0.82),
+    ("layer", "column", True, 0, 0.85),
+    ("column", "array", True, 0, 0.86),
+    ("column", "column", True, 0, 0.88),
+    ("layer", "column", False, 0, 0.89),
+    ("column", "column", False, 0, 0.90),
+]
+VARIATION_ACC = {  # (scheme, sigma) -> accuracy of variation seeds 0 and 1
+    ("column/column", 0.0): (0.88, 0.88),
+    ("column/column", 0.1): (0.87, 0.85),
+    ("column/column", 0.2): (0.80, 0.76),
+    ("layer/layer", 0.0): (0.81, 0.81),
+    ("layer/layer", 0.1): (0.75, 0.73),
+    ("layer/layer", 0.2): (0.60, 0.50),
+}
+CLIP_RATES = {"layer": (0.10, 0.20, 0.30), "array": (0.05, 0.1, 0.1), "column": (0.01, 0.02, 0.03)}
+"""Per-layer ADC clip rates in the grid runs' psum_telemetry, by partial-sum granularity."""
+ONE_STAGE_CURVE = [(60.0, 0.50), (120.0, 0.70), (180.0, 0.85), (240.0, 0.88)]
+TWO_STAGE_CURVE = [(50.0, 0.60), (100.0, 0.75), (150.0, 0.80), (200.0, 0.85)]
+N_TRAIN = len(GRID_RUNS) + 1 + 2
+N_EVALUATE = 2 * len(VARIATION_ACC)
+
+
+def make_results_tree(root: Path) -> Path:
+    """A results tree like ``logs/``: a cifar10 granularity multirun with a float run, a cifar100 QAT comparison
+    (one- vs two-stage, with histories), a variation sweep of evaluation runs, and four bad files."""
+
+    def write(relative: str, content: Any) -> None:
+        path = root / relative / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+    for i, (weight, psum, psum_quant, seed, acc) in enumerate(GRID_RUNS):
+        results = train_results("cifar10", weight, psum, acc, seed, psum_quant)
+        if psum_quant:
+            rates = CLIP_RATES[psum]
+            results["psum_telemetry"] = {
+                f"layer{j}.conv": {"clip_rate": rate, "code_utilization": 0.75, "conversions": 1000}
+                for j, rate in enumerate(rates)
+            }
+        write(f"train/multiruns/grid/{i}", results)
+    write("train/runs/float", train_results("cifar10", None, None, 0.91))
+    one_stage = train_results("cifar100", "column", "column", 0.88, history=ONE_STAGE_CURVE)
+    two_stage = train_results("cifar100", "layer", "column", 0.85, schedule="two_stage", history=TWO_STAGE_CURVE)
+    write("train/multiruns/qat/0", one_stage)
+    write("train/multiruns/qat/1", two_stage)
+    for i, ((scheme, sigma), accs) in enumerate(VARIATION_ACC.items()):
+        weight, psum = scheme.split("/")
+        for seed, acc in enumerate(accs):
+            write(f"evaluate/multiruns/var/{i}_{seed}", evaluate_results(weight, psum, sigma, seed, acc, seed == 0))
+    write("train/runs/truncated", '{"status": "finished", "final": {"val/acc"')
+    write("train/runs/running", {"status": "running", "history": []})
+    no_final = train_results("cifar10", "layer", "layer", 0.8)
+    del no_final["final"]
+    write("train/runs/no_final", no_final)
+    write("train/runs/percent", train_results("cifar10", "layer", "layer", 80.0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_results_tree(tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture(scope="module")
+def collected(tree: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return collect([tree])
+
+
+@pytest.fixture(scope="module")
+def report_dir(tree: Path, collected, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs, skipped = collected
+    out = tmp_path_factory.mktemp("report")
+    write_report(make_report(runs, skipped, reference=reference_table(["paper"])), out)
+    return out
+
+
+def test_collect_one_row_per_finished_run_with_the_table_columns(collected, tree: Path) -> None:
+    runs, _ = collected
+    assert list(runs.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert (runs["kind"] == "train").sum() == N_TRAIN and (runs["kind"] == "evaluate").sum() == N_EVALUATE
+    assert runs["run_dir"].map(lambda d: (Path(d) / "results.json").is_file()).all()  # where the file is found
+
+    grid_row = runs[(runs["dataset"] == "cifar10") & (runs["scheme"] == "layer/column") & (runs["kind"] == "train")]
+    row = grid_row.iloc[0]
+    assert row["acc"] == pytest.approx(85.0) and row["acc_best"] == pytest.approx(85.0)
+    assert row["acc_top5"] == pytest.approx(99.0)
+    assert (row["weight_granularity"], row["psum_granularity"], row["psum_quant"]) == ("layer", "column", True)
+    assert (row["w_bits"], row["a_bits"], row["cell_bits"], row["adc_bits"], row["array_size"]) == (4, 4, 2, 4, 128)
+    assert row["weight_encoding"] == "twos_complement" and row["schedule"] == "one_stage"
+    assert row["dequant_ops"] == 1000 * CIM_LAYERS and row["dequant_ops_per_layer"] == pytest.approx(1000)
+    assert row["sigma"] == 0.0 and row["seed"] == 0 and row["epochs"] == 1 and row["train_time_s"] == 90.0
+    assert row["adc_energy_pj"] == 9000.0 and row["adc_model"] == "zigzag"
+    assert json.loads(row["cost_model"]) == {"name": "zigzag", "adc_share": 1, "source": "test"}
+
+    no_psq = runs[(runs["scheme"] == "layer w/o PSQ")].iloc[0]
+    assert no_psq["psum_granularity"] == "none" and not no_psq["psum_quant"]
+    assert pd.isna(no_psq["adc_energy_pj"]) and pd.isna(no_psq["cost_model"])  # no cost keys in its file
+
+    fp = runs[runs["scheme"] == "float"].iloc[0]
+    assert (fp["weight_granularity"], fp["psum_granularity"]) == ("float", "float") and fp["acc"] == 91.0
+    assert pd.isna(fp["adc_bits"]) and pd.isna(fp["dequant_ops_per_layer"])
+
+    evaluated = runs[(runs["kind"] == "evaluate") & (runs["scheme"] == "column/column") & (runs["sigma"] == 0.1)]
+    assert sorted(evaluated["acc"]) == pytest.approx([85.0, 87.0])
+    assert sorted(evaluated["seed"]) == [0, 1] and set(evaluated["train_seed"]) == {7}
+    assert set(evaluated["acc_clean"]) == {90.0}
+    with_train = evaluated[evaluated["seed"] == 0].iloc[0]
+    without_train = evaluated[evaluated["seed"] == 1].iloc[0]
+    assert with_train["epochs"] == 1 and with_train["train_time_s"] == 90.0 and with_train["acc_best"] == 90.0
+    assert pd.isna(without_train["epochs"]) and pd.isna(without_train["train_time_s"])
+    assert with_train["ckpt"] == "/ckpts/column_column.ckpt"
+
+
+def test_collect_skips_and_lists_bad_files_without_crashing(collected) -> None:
+    _, skipped = collected
+    reasons = {Path(path).parent.name: reason for path, reason in zip(skipped["path"], skipped["reason"], strict=True)}
+    assert set(reasons) == {"truncated", "running", "no_final", "percent"}
+    assert reasons["running"] == "unfinished: status='running'"
+    assert reasons["truncated"].startswith("malformed (JSONDecodeError)")
+    assert "missing key 'final'" in reasons["no_final"]
+    assert "final.val/acc=80.0 is not an accuracy fraction" in reasons["percent"]
+
+
+def test_find_results_names_a_missing_path_and_deduplicates(tree: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.*neither a directory nor a results.json"):
+        find_results([tree / "nope"])
+    grid = tree / "train" / "multiruns" / "grid"
+    assert len(find_results([grid, grid / "0", grid / "0" / "results.json"])) == len(GRID_RUNS)
+
+
+def test_grid_table_pivots_weight_by_psum_with_no_psq_and_float(collected) -> None:
+    grid = grid_table(collected[0])
+    assert grid.index.names == ["model", "dataset", "schedule", "weight_granularity"]  # cifar100 has two-stage
+    assert list(grid.columns) == ["layer", "array", "column", NO_PSQ_COLUMN, "float"]
+    layer = grid.loc[("resnet20", "cifar10", "one_stage", "layer")]
+    assert layer["layer"] == pytest.approx(81.0)  # mean of seeds 0 and 1
+    assert layer["column"] == pytest.approx(85.0) and pd.isna(layer["array"])
+    assert layer[NO_PSQ_COLUMN] == pytest.approx(89.0) and layer["float"] == pytest.approx(91.0)
+    column = grid.loc[("resnet20", "cifar10", "one_stage", "column")]
+    assert (column["array"], column["column"], column[NO_PSQ_COLUMN]) == pytest.approx((86.0, 88.0, 90.0))
+    two_stage = grid.loc[("resnet20", "cifar100", "two_stage", "layer")]
+    assert two_stage["column"] == pytest.approx(85.0) and pd.isna(two_stage["float"])
+    assert list(grid.index.get_level_values("weight_granularity")[:2]) == ["layer", "column"]
+
+
+def test_variation_table_mean_and_std_over_seeds(collected) -> None:
+    table = variation_table(collected[0]).set_index(["scheme", "sigma"])
+    assert len(table) == len(VARIATION_ACC)
+    for (scheme, sigma), accs in VARIATION_ACC.items():
+        values = pd.Series(accs) * 100
+        assert table.loc[(scheme, sigma), "acc_mean"] == pytest.approx(values.mean())
+        assert table.loc[(scheme, sigma), "acc_std"] == pytest.approx(values.std())
+        assert table.loc[(scheme, sigma), "n"] == 2
+    assert table.loc[("layer/layer", 0.2), "acc_std"] == pytest.approx(math.sqrt(50.0))
+
+
+def test_clip_rate_table_from_psum_telemetry(collected) -> None:
+    runs, _ = collected
+    table = clip_rate_table(runs)
+    layer_layer = table[table["scheme"] == "layer/layer"]
+    assert layer_layer["layer"].tolist() == ["layer0.conv", "layer1.conv", "layer2.conv"]
+    assert layer_layer["clip_rate_pct"].tolist() == pytest.approx([10.0, 20.0, 30.0])  # mean of the two seeds
+    column = runs[(runs["scheme"] == "column/column") & (runs["kind"] == "train") & (runs["dataset"] == "cifar10")]
+    assert column["clip_rate"].tolist() == pytest.approx([0.02])
+    assert runs.loc[~runs["psum_quant"].astype(bool), "clip_rate"].isna().all()
+    assert (runs["noise_lsb"] == 0).all() and (runs["train_sigma"] == 0).all()
+
+
+def test_history_and_time_to_accuracy(collected) -> None:
+    history = history_table(collected[0])
+    assert len(history) == len(ONE_STAGE_CURVE) + len(TWO_STAGE_CURVE)
+    assert sorted(history["acc"].unique())[-1] == pytest.approx(88.0)
+    table = time_to_accuracy_table(history)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["curve_a"], row["curve_b"]) == ("layer/column, two-stage", "column/column, one-stage")
+    assert (row["best_a"], row["best_b"], row["target_acc"]) == pytest.approx((85.0, 88.0, 85.0))
+    assert (row["epoch_a"], row["epoch_b"]) == (3, 2)  # the one-stage run reaches 85% one epoch earlier
+    assert (row["time_a_min"], row["time_b_min"]) == pytest.approx((200 / 60, 180 / 60))
+    assert row["faster"] == "column/column, one-stage" and row["time_saved_pct"] == pytest.approx(10.0)
+
+
+def test_pareto_front_keeps_points_nothing_cheaper_beats() -> None:
+    x = pd.Series([1.0, 2.0, 2.0, 3.0, 0.5], index=list("abcde"))
+    y = pd.Series([80.0, 85.0, 90.0, 89.0, 70.0], index=list("abcde"))
+    assert pareto_front(x, y).to_dict() == {"a": True, "b": False, "c": True, "d": False, "e": True}
+
+
+def test_reference_numbers_and_comparison(collected, tmp_path: Path) -> None:
+    reference = reference_table(["paper"])
+    assert len(reference) == len(PAPER_REFERENCE)
+    comparison = comparison_table(collected[0], reference)
+    ours = comparison[(comparison["dataset"] == "cifar10") & (comparison["weight_granularity"] == "float")].iloc[0]
+    assert ours["acc"] == pytest.approx(91.0) and ours["reference_acc"] == pytest.approx(90.70)
+    assert ours["delta"] == pytest.approx(0.30)
+    csv = tmp_path / "mine.csv"
+    csv.write_text("model,dataset,weight_granularity,acc\nresnet20,cifar10,layer,80\n")
+    with pytest.raises(ValueError, match="lacks the columns psum_granularity"):
+        reference_table([csv])
+    with pytest.raises(FileNotFoundError, match="`paper`"):
+        reference_table(["papr"])
+
+
+def test_write_report_writes_tables_figures_and_reads_back(report_dir: Path, collected) -> None:
+    runs, skipped = collected
+    for name in ["runs", "skipped", "granularity_grid", "variation", "qat_time_to_accuracy", "reference_comparison"]:
+        assert (report_dir / f"{name}.csv").stat().st_size > 0 and (report_dir / f"{name}.md").is_file(), name
+    for name in FIGURES:
+        png, svg = report_dir / f"{name}.png", report_dir / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text(), name
+    markdown = (report_dir / "report.md").read_text()
+    assert "![granularity_grid](granularity_grid.png)" in markdown and "truncated/results.json" in markdown
+    assert "| layer/column, two-stage |" in (report_dir / "qat_time_to_accuracy.md").read_text()
+
+    loaded = load_report(report_dir)
+    assert len(loaded.runs) == len(runs) and len(loaded.skipped) == len(skipped)
+    pd.testing.assert_frame_equal(loaded.tables["granularity_grid"], make_report(runs).tables["granularity_grid"])
+    pd.testing.assert_frame_equal(loaded.tables["variation"], variation_table(runs), check_dtype=False)
+    assert set(loaded.figures) == set(FIGURES)
+
+
+def test_figures_are_drawn_only_with_data_and_stale_ones_removed(collected, report_dir: Path, tmp_path: Path) -> None:
+    runs, _ = collected
+    shutil.copytree(report_dir, tmp_path, dirs_exist_ok=True)  # a full report from before
+    floats_only = runs[runs["scheme"] == "float"]
+    report = make_report(floats_only)
+    assert report.figures == {} and set(report.tables) == set()
+    write_report(report, tmp_path)
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "variation.csv").exists()
+    assert "Not drawn: needs evaluation runs" in (tmp_path / "report.md").read_text()
+    empty, _ = collect([tmp_path])  # a directory without results.json
+    assert empty.empty and make_report(empty).figures == {}
+
+
+def test_cli_writes_the_report_and_lists_skipped_files(tree: Path) -> None:
+    """Two directories (the variation sweep; the float run next to the bad files), the report in the default place."""
+    variation, single_runs = tree / "evaluate", tree / "train" / "runs"
+    command = [sys.executable, "-m", "cimexp.report", str(variation), str(single_runs), "--reference", "paper"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"{N_EVALUATE + 1} finished runs (1 training, {N_EVALUATE} evaluation)" in result.stdout
+    assert "4 results files skipped" in result.stdout and "status='running'" in result.stdout
+    assert "figure variation: drawn" in result.stdout
+    assert "figure qat: not drawn, needs training runs with a per-epoch history" in result.stdout
+    out = variation / "report"
+    assert (out / "variation.png").is_file() and (out / "variation.svg").is_file()
+    assert not (out / "qat.png").exists()
+    comparison = pd.read_csv(out / "reference_comparison.csv")  # only cifar10's published numbers
+    assert set(comparison["dataset"]) == {"cifar10"} and comparison["acc"].notna().sum() == 1
+
+
+def test_cli_errors_name_the_bad_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "missing' is neither a directory" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1  # nothing to report
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_log_to_wandb_offline_stores_tables_and_images(collected, tmp_path: Path) -> None:
+    runs, skipped = collected
+    evaluated = runs[runs["kind"] == "evaluate"]  # two figures (fewer to render): variation, and QAT curves
+    report = make_report(evaluated, skipped, history=history_table(runs))
+    assert set(report.figures) == {"qat", "variation"}
+    run_dir = log_to_wandb(report, mode="offline", save_dir=tmp_path)
+    assert run_dir is not None and run_dir.name.startswith("offline-run-") and run_dir.is_relative_to(tmp_path)
+    assert list(run_dir.glob("*.wandb"))
+    media = [p.name for p in (run_dir / "files" / "media").rglob("*") if p.is_file()]
+    for name in report.figures:
+        assert any(m.startswith(f"{name}_") and m.endswith(".png") for m in media), (name, media)
+    for name in ["runs", "skipped", "variation", "qat_time_to_accuracy"]:
+        assert any(m.startswith(f"{name}_") and m.endswith(".table.json") for m in media), (name, media)
+    for plot in ["qat_time", "variation"]:  # the native line plots' tables (qat_epoch shares qat_time's)
+        assert any(m.startswith(f"{plot}_table_") for m in media), (plot, media)
+    assert log_to_wandb(report, mode="disabled") is None
+
+
+def test_notebook_runs_on_a_results_directory(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("CIMEXP_RESULTS", str(tree))
+    monkeypatch.delenv("CIMEXP_REPORT_DIR", raising=False)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": REPO}}
+    ).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(images) == len(FIGURES)
+    text = "".join(output.get("text", "") for output in outputs)
+    assert f"{N_TRAIN + N_EVALUATE} finished runs" in text and os.path.join("running", "results.json") in text

@@ -1,0 +1,305 @@
+"""The paper's sweeps (experiments/sweep/): every job composes and validates, deterministic job directories, the
+variation sweeps find the grid's checkpoints, re-launched jobs skip or resume, launchers, ``data.val_subset``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, read_write
+
+import cimexp.evaluate
+import cimexp.train
+from cimexp.data import SyntheticDataModule
+from cimexp.models import resnet20
+from cimexp.train import train, validate_config
+from cimexp.utils import EXPERIMENTS_DIR, resolved_config
+
+SWEEPS = sorted(
+    str(p.relative_to(EXPERIMENTS_DIR / "sweep").with_suffix("")) for p in EXPERIMENTS_DIR.glob("sweep/*/*.yaml")
+)
+EVALUATE_SWEEPS = ("variation/", "adc_noise/")
+JOBS = {
+    "granularity_grid/quick": 13,
+    "granularity_grid/full": 26,
+    "dequant/quick": 13,
+    "dequant/full": 13,
+    "qat_schedules/quick": 4,
+    "qat_schedules/full": 4,
+    "variation/quick": 72,
+    "variation/full": 120,
+    "imagenet_table3/full": 6,
+    "adc_energy/quick": 8,
+    "noise_aware/quick": 2,
+    "variation_aware/quick": 2,
+    "adc_noise/quick": 24,
+}
+
+
+def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> list[tuple[DictConfig, Path]]:
+    """``(config, job directory)`` of every job of ``+sweep=<sweep>`` as Hydra's basic sweeper launches them (its
+    params, then the command-line overrides ``extra``); Hydra's runtime config is left set to the last job's.
+
+    Evaluation sweeps: only the jobs of the first ``variation.sigma`` and ``variation.seed`` (these change no config
+    but their own value, and composing costs ~0.1 s a job).
+    """
+    config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
+    master = compose([f"+sweep={sweep}", *extra], output_dir, config_name)
+    params = {key: value for key, value in master.hydra.sweeper.params.items()}
+    for key in ("variation.sigma", "variation.seed"):
+        if key in params and not any(o.startswith(f"{key}=") for o in extra):
+            params[key] = params[key].split(",")[0]
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + [f"+sweep={sweep}", *extra])
+    (batch,) = BasicSweeper.split_arguments(overrides, None)
+    jobs = []
+    for job_overrides in batch:
+        cfg = compose(job_overrides, output_dir, config_name)
+        with read_write(cfg.hydra):
+            cfg.hydra.mode = RunMode.MULTIRUN
+        HydraConfig().set_config(cfg)
+        job_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+        with read_write(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(job_dir)
+        HydraConfig().set_config(cfg)
+        jobs.append((cfg, job_dir))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory, compose_app) -> dict[str, list[tuple[dict, Path]]]:
+    """Every sweep's jobs (see ``sweep_jobs``), each validated as its entry point does before any data is loaded:
+    ``{sweep: [(resolved config, job directory), ...]}``. The quick presets fine-tune from a float checkpoint given
+    by ``$CIMEXP_FLOAT_CKPT``."""
+    root = tmp_path_factory.mktemp("sweeps")
+    torch.save(resnet20(num_classes=10).state_dict(), root / "float.pt")
+    jobs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIMEXP_FLOAT_CKPT", str(root / "float.pt"))
+        for sweep in SWEEPS:
+            jobs[sweep] = []
+            for cfg, job_dir in sweep_jobs(compose_app, root, sweep):
+                HydraConfig().set_config(cfg)
+                if sweep.startswith(EVALUATE_SWEEPS):
+                    cimexp.evaluate.validate_config(cfg)
+                else:
+                    validate_config(cfg)
+                jobs[sweep].append((resolved_config(cfg), job_dir))
+    GlobalHydra.instance().clear()
+    return jobs
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, tmp_path_factory) -> None:
+    jobs = composed[sweep]
+    sigmas_x_seeds = {"variation/quick": 6 * 3, "variation/full": 6 * 5}.get(sweep, 1)
+    assert len(jobs) * sigmas_x_seeds == JOBS[sweep]
+    name, preset = sweep.split("/")
+    dirs = [job_dir for _, job_dir in jobs]
+    assert len(set(dirs)) == len(dirs)  # one directory per job, named by its overrides only
+    for config, job_dir in jobs:
+        grid = "granularity_grid" if name == "dequant" else name
+        assert job_dir.parent == Path(config["paths"]["log_dir"]) / "sweeps" / grid / preset
+        assert "sweep=" not in job_dir.name and "=" in job_dir.name
+        if sweep.startswith(EVALUATE_SWEEPS):
+            assert config["variation"] == {"sigma": 0, "seed": 0}
+        elif preset == "quick":
+            assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
+        else:
+            assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
+    assert set(JOBS) == set(SWEEPS)
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_variation_sweep_reads_the_granularity_grid_checkpoints(preset: str, composed) -> None:
+    grid = {
+        f"{c['granularity']['weight']}_{c['granularity']['psum']}": job_dir
+        for c, job_dir in composed[f"granularity_grid/{preset}"]
+        if c["data"]["_target_"].endswith("CIFAR10DataModule")
+        and c["cim"]["_target_"].endswith("CIMConv2d")
+        and c["granularity"]["psum_quant"]
+    }
+    read = {c["grid_scheme"]: Path(c["ckpt"]) for c, _ in composed[f"variation/{preset}"]}
+    assert read == {s: grid[s] for s in ("layer_layer", "layer_array", "layer_column", "column_column")}
+
+
+def test_adc_noise_sweep_reads_plain_and_noise_aware_checkpoints(composed) -> None:
+    def same_granularity(config: dict) -> bool:
+        granularity = config["granularity"]
+        is_cim = config["cim"]["_target_"].endswith("CIMConv2d") and granularity["psum_quant"]
+        return is_cim and granularity["weight"] == granularity["psum"] in ("layer", "column")
+
+    plain = {d for c, d in composed["granularity_grid/quick"] if same_granularity(c)}
+    noise_aware = {d for _, d in composed["noise_aware/quick"]}
+    assert len(plain) == len(noise_aware) == 2
+    assert {Path(c["ckpt"]) for c, _ in composed["adc_noise/quick"]} == plain | noise_aware
+    assert {c["adc"]["noise_lsb"] for c, _ in composed["noise_aware/quick"]} == {0.5}
+    assert {c["variation"]["train_sigma"] for c, _ in composed["variation_aware/quick"]} == {0.2}
+    adc_bits = {(c["granularity"]["weight"], c["cim"]["adc_bits"]) for c, _ in composed["adc_energy/quick"]}
+    assert adc_bits == {(w, b) for w in ("layer", "column") for b in (2, 3, 4, 5)}
+
+
+def test_dequant_reuses_the_granularity_grid_runs(composed) -> None:
+    assert {d for _, d in composed["dequant/quick"]} == {d for _, d in composed["granularity_grid/quick"]}
+    dequant_full = {d for c, d in composed["dequant/full"]}
+    assert dequant_full < {d for _, d in composed["granularity_grid/full"]}
+    assert {c["data"]["_target_"] for c, _ in composed["dequant/full"]} == {"cimexp.data.CIFAR100DataModule"}
+
+
+def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: Path) -> None:
+    grid = [c for c, _ in composed["granularity_grid/quick"]]
+    schemes = {(c["cim"]["_target_"], *c["granularity"].values()) for c in grid}
+    assert len(schemes) == 13
+    assert sum(c["cim"]["_target_"] == "torch.nn.Conv2d" for c in grid) == 1
+    assert sum(not c["granularity"]["psum_quant"] for c in grid) == 3  # the w/o-PSQ line per weight granularity
+    qat = [c for c, _ in composed["qat_schedules/quick"]]
+    cases = {(c["granularity"]["weight"], c["granularity"]["psum"], c["schedule"]["stage1_epochs"]) for c in qat}
+    assert cases == {(w, "column", s) for w in ("column", "layer") for s in (0, 3)}
+    assert {c["trainer"]["max_epochs"] for c in qat} == {6} and {c["data"]["val_subset"] for c in qat} == {2000}
+    table3 = [c for c, _ in composed["imagenet_table3/full"]]
+    assert {c["model"]["_target_"] for c in table3} == {"cimexp.models.resnet18"}
+    assert {c["schedule"]["stage1_epochs"] for c in table3} == {0}  # one-stage QAT, as in the paper's Sec. IV-A
+    assert {c["data"]["val_subset"] for c, _ in composed["variation/quick"]} == {2000}
+    master = compose_app(["+sweep=variation/quick"], tmp_path, "evaluate").hydra.sweeper.params
+    assert master["variation.sigma"] == "0,0.1,0.2,0.3,0.4,0.5" and master["variation.seed"] == "0,1,2"
+    GlobalHydra.instance().clear()
+
+
+def test_sweep_command_line_overrides_pick_jobs(compose_app, tmp_path: Path) -> None:
+    """A swept key given on the command line replaces the sweep's values: one job of a sweep."""
+    ((_, job_dir),) = sweep_jobs(
+        compose_app, tmp_path, "qat_schedules/quick", ("+scheme=layer_column", "schedule.stage1_epochs=3")
+    )
+    assert job_dir.name == "+scheme=layer_column,schedule.stage1_epochs=3"
+    extra = ("grid_scheme=layer_array", "variation.sigma=0.3", "variation.seed=1")
+    ((_, job_dir),) = sweep_jobs(compose_app, tmp_path, "variation/quick", extra)
+    assert job_dir.name == "grid_scheme=layer_array,variation.seed=1,variation.sigma=0.3"
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "slurm"])
+def test_launchers_compose(launcher: str, make_cfg) -> None:
+    cfg = make_cfg(["+sweep=granularity_grid/full", f"hydra/launcher={launcher}"])
+    target = {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher"}[launcher]
+    assert cfg.hydra.launcher._target_.endswith(target)
+    OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+
+
+def test_ddp_in_a_multirun_is_fine_under_slurm(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM starts the DDP ranks itself (tasks_per_node), so Lightning does not re-run the command line."""
+    cfg = make_cfg(["trainer=ddp_sim"])
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    with pytest.raises(ValueError, match="multirun"):
+        validate_config(cfg)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "cimexp")
+    validate_config(cfg)
+
+
+TINY = ["data=synthetic", "data.image_size=8", "data.train_size=16", "data.val_size=16", "data.batch_size=8"]
+QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+FLOAT = ["cim=none"]  # skipping and resuming do not depend on the layers; CIM step calibration costs seconds
+
+
+def test_relaunched_job_skips_when_finished_and_resumes_when_killed(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "job"
+    train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "job"))
+    finished = json.loads((run_dir / "results.json").read_text())
+    assert finished["kind"] == "train" and finished["status"] == "finished"
+
+    # launched again: the stored metrics, nothing trained or written
+    stamp = (run_dir / "results.json").stat().st_mtime_ns
+    with monkeypatch.context() as patch:
+        patch.setattr(cimexp.train, "validate_config", lambda cfg: pytest.fail("a finished job ran again"))
+        again_metrics, again = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "job"))
+    assert again_metrics == finished["final"] and again.keys() == {"cfg", "results"}
+    assert again["results"] == finished and (run_dir / "results.json").stat().st_mtime_ns == stamp
+
+    # killed in epoch 1 (its last.ckpt is from epoch 0, results.json says running): launched again, it resumes
+    killed = tmp_path / "killed"
+    first_metrics, _ = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=1"], "killed"))
+    (killed / "results.json").write_text(json.dumps({"status": "running", "history": []}))
+    _, resumed = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "killed"))
+    assert resumed["trainer"].current_epoch == 2 and resumed["trainer"].global_step == 4
+    history = resumed["results"]["history"]
+    assert [r["epoch"] for r in history] == [0, 1] and history[0]["val/acc"] == first_metrics["val/acc"]
+    assert json.loads((killed / "results.json").read_text())["status"] == "finished"
+
+    # an explicit ckpt_path always trains: continue a finished run for more epochs in place
+    _, more = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=3", "ckpt_path=last"], "job"))
+    assert more["trainer"].current_epoch == 3
+    GlobalHydra.instance().clear()
+
+
+def test_val_subset_is_class_balanced_and_seeded() -> None:
+    def subset(seed: int) -> torch.Tensor:
+        dm = SyntheticDataModule(image_size=4, train_size=20, val_size=200, val_subset=30, seed=seed)
+        dm.setup()
+        return torch.as_tensor(dm.val_set.indices)
+
+    dm = SyntheticDataModule(image_size=4, train_size=20, val_size=200, val_subset=30, seed=0)
+    dm.setup()
+    labels = torch.stack([dm.val_set[i][1] for i in range(len(dm.val_set))])
+    assert len(dm.val_set) == 30 and torch.bincount(labels).tolist() == [3] * 10
+    assert len(dm.train_set) == 20  # the training split is untouched
+    assert torch.equal(subset(0), subset(0)) and not torch.equal(subset(0), subset(1))
+    with pytest.raises(ValueError, match="val_subset must be a positive integer"):
+        SyntheticDataModule(val_subset=0)
+
+
+# --- slow tier: each sweep's quick preset, one job, on synthetic data, as users type it --------------------------
+
+SYNTHETIC = ["data=synthetic", "data.image_size=8", "data.train_size=32", "data.val_size=16", "data.batch_size=16"]
+SMALL = ["data.train_subset=null", "data.val_subset=null", "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+@pytest.mark.slow
+def test_quick_presets_run_one_job_each_on_synthetic_data(run_cli, tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    # the quick presets find the float checkpoint below the launch directory
+    torch.save(resnet20(num_classes=10).state_dict(), tmp_path / "checkpoints" / "resnet20_cifar10_float.pt")
+
+    def run(args: list[str], module: str = "cimexp.train") -> str:
+        result = run_cli(args, cwd=tmp_path, timeout=600, module=module)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout + result.stderr
+
+    sweeps = tmp_path / "logs" / "sweeps"
+    job = ["+scheme=column_column", *SYNTHETIC, *SMALL]
+    run(["-m", "+sweep=granularity_grid/quick", *job])
+    (grid_job,) = [path.parent for path in (sweeps / "granularity_grid" / "quick").glob("*/results.json")]
+    assert grid_job.name.startswith("+scheme=column_column,")
+    grid = json.loads((grid_job / "results.json").read_text())
+    assert grid["kind"] == "train" and grid["cim"]["weight_granularity"] == "column" and grid["global_step"] == 2
+
+    assert "finished before, not trained again" in run(["-m", "+sweep=dequant/quick", *job])  # same directory
+
+    run(["-m", "+sweep=qat_schedules/quick", "+scheme=layer_column", "schedule.stage1_epochs=1",
+         "trainer.max_epochs=2", *SYNTHETIC, *SMALL])  # fmt: skip
+    (qat_job,) = [path.parent for path in (sweeps / "qat_schedules" / "quick").glob("*/results.json")]
+    qat = json.loads((qat_job / "results.json").read_text())
+    assert qat["schedule"] == {"name": "two_stage", "stage1_epochs": 1, "stage2_started_epoch": 1}
+    assert [r["epoch"] for r in qat["history"]] == [0, 1]
+
+    variation = ["grid_scheme=column_column", "variation.sigma=0.2", "variation.seed=1", f"ckpt='{grid_job}'"]
+    run(["-m", "+sweep=variation/quick", *variation, *SYNTHETIC, "data.val_subset=null"], module="cimexp.evaluate")
+    (evaluation,) = (sweeps / "variation" / "quick").glob("*/results.json")
+    results = json.loads(evaluation.read_text())
+    assert results["variation"] == {"sigma": 0.2, "seed": 1}
+    assert results["train_results"]["run_dir"] == grid["run_dir"]
+
+    run(["-m", "+sweep=imagenet_table3/full", "+scheme=layer_array", "trainer=cpu", "trainer.max_epochs=1",
+         *SYNTHETIC, *SMALL])  # fmt: skip
+    (table3,) = (sweeps / "imagenet_table3" / "full").glob("*/results.json")
+    assert json.loads(table3.read_text())["model"] == "resnet18"
