@@ -42,6 +42,13 @@ def test_noise_aware_bit_serial_training_with_telemetry(run, tmp_path: Path) -> 
     assert {"telemetry/clip_rate", "val_telemetry/clip_rate", "cim/adc_energy_pj", "cim/adc_conversions"} <= columns
 
 
+def test_validation_telemetry_records_the_first_val_batches(run) -> None:
+    _, objects = run(["logger=none", "telemetry.val_batches=1", "telemetry.every_n_steps=0"], "one")
+    per_image = {row["name"]: row["adc_conversions"] for row in objects["results"]["cim_summary"]["layers"]}
+    telemetry = objects["results"]["psum_telemetry"]
+    assert {name: s["conversions"] for name, s in telemetry.items()} == {n: 8 * c for n, c in per_image.items()}
+
+
 def test_telemetry_off_records_nothing(run) -> None:
     _, objects = run(["logger=none", "telemetry.every_n_steps=0", "telemetry.validation=false"], "off")
     assert objects["results"]["psum_telemetry"] is None

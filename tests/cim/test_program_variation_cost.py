@@ -122,7 +122,7 @@ FIG4 = {
 @pytest.mark.parametrize(("weight", "psum"), list(itertools.product(("layer", "array", "column"), repeat=2)))
 def test_dequant_ops_follow_fig4(weight, psum):
     layer = CIMConv2d(64, 64, 3, padding=1, weight_granularity=weight, psum_granularity=psum)
-    assert dequant_ops(layer) == FIG4[weight, psum]
+    assert dequant_ops(layer) == layer.dequant_ops() == FIG4[weight, psum]
     differential = CIMConv2d(
         64, 64, 3, padding=1, weight_granularity=weight, psum_granularity=psum, weight_encoding="differential"
     )

@@ -24,7 +24,7 @@ histogram, per layer and optionally per column (:class:`PsumTelemetry`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -122,62 +122,76 @@ def nonideal_adc_shift_add(
 
 @dataclass
 class PsumStats:
-    """Accumulated ADC-input statistics of one layer (LSB units); see :meth:`summary`."""
+    """Accumulated ADC-input statistics of one layer, exact and in one pass over each batch; see :meth:`summary`.
+
+    Every conversion's input ``v`` (LSB units) is rounded, as the ADC does, and counted in a 1-LSB histogram over
+    ``[-2^b, 2^b]`` (values beyond land in the edge bins), kept separately for signed- and unsigned-range columns.
+    Clip counts and used codes follow exactly from these integer bins: a rounded value below ``adc_min`` or above
+    ``adc_max`` clips.
+    """
 
     adc_bits: int
     per_column: bool = False
-    hist_range: float = field(init=False)
     conversions: int = 0
-    clip_low: float = 0.0
-    clip_high: float = 0.0
-    code_counts: torch.Tensor | None = None  # [2^b] conversions per code (code - adc_min)
-    histogram: torch.Tensor | None = None  # [bins] of v over [-hist_range, hist_range]
+    counts: torch.Tensor | None = None  # [2, 2^(b+1) + 1]: rounded values -2^b..2^b, unsigned / signed columns
     column_clips: torch.Tensor | None = None  # [G, O] clipped conversions per column
     column_conversions: int = 0
 
-    HIST_BINS_PER_LSB = 2
-
-    def __post_init__(self) -> None:
-        self.hist_range = float(2**self.adc_bits)
+    @property
+    def hist_range(self) -> int:
+        return 2**self.adc_bits
 
     @torch.no_grad()
     def update(self, v: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> None:
         """Add one batch of ADC inputs ``v`` ``[B, G, O, L]`` (LSB units) with code ranges ``[G, 1]``."""
+        r = self.hist_range
         rounded = torch.round(v)
-        lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
-        low, high = rounded < lo, rounded > hi
+        signed = (qmin < 0).to(torch.int32).reshape(1, -1, 1, 1)  # the two code ranges of a layer
+        key = rounded.clamp_(-r, r).to(torch.int32).add_(r).add_(signed * (2 * r + 1))
+        counts = torch.bincount(key.flatten(), minlength=2 * (2 * r + 1)).reshape(2, -1).cpu()
+        self.counts = counts if self.counts is None else self.counts + counts
         self.conversions += v.numel()
-        self.clip_low += float(low.sum())
-        self.clip_high += float(high.sum())
-        codes = (torch.minimum(torch.maximum(rounded, lo), hi) - lo).flatten().long()
-        counts = torch.bincount(codes, minlength=2**self.adc_bits).cpu()
-        self.code_counts = counts if self.code_counts is None else self.code_counts + counts
-        bins = int(2 * self.hist_range * self.HIST_BINS_PER_LSB)
-        edge = self.hist_range - 1e-6  # out-of-range values land in the edge bins
-        hist = torch.histc(v.float().clamp(-edge, edge), bins=bins, min=-self.hist_range, max=self.hist_range)
-        self.histogram = hist.cpu() if self.histogram is None else self.histogram + hist.cpu()
         if self.per_column:
-            clips = (low | high).sum((0, 3)).cpu()
+            lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
+            clipped = torch.round(v)
+            clips = ((clipped < lo) | (clipped > hi)).sum((0, 3)).cpu()
             self.column_clips = clips if self.column_clips is None else self.column_clips + clips
             self.column_conversions += v.shape[0] * v.shape[3]
+
+    @property
+    def histogram(self) -> torch.Tensor | None:
+        """Conversions per rounded ADC input ``-2^b .. 2^b`` (1-LSB bins, edges :meth:`histogram_edges`)."""
+        return None if self.counts is None else self.counts.sum(0)
+
+    def histogram_edges(self) -> torch.Tensor:
+        r = self.hist_range
+        return torch.arange(-r, r + 2, dtype=torch.float32) - 0.5
 
     def summary(self) -> dict[str, Any]:
         """Scalars: ``clip_rate``, ``clip_low``, ``clip_high`` (shares of conversions), ``code_utilization`` (share
         of the ``2^b`` codes used at least once), ``conversions``; plus ``column_clip_rate`` ``[G, O]`` when
         recorded per column."""
         n = max(self.conversions, 1)
-        used = int((self.code_counts > 0).sum()) if self.code_counts is not None else 0
+        r, codes = self.hist_range, 2**self.adc_bits
+        low = high = 0
+        used = torch.zeros(codes, dtype=torch.bool)
+        if self.counts is not None:
+            for signed, counts in enumerate(self.counts):
+                qmin = -(codes // 2) if signed else 0
+                qmax = qmin + codes - 1
+                low += int(counts[: qmin + r].sum())
+                high += int(counts[qmax + r + 1 :].sum())
+                in_range = counts[qmin + r : qmax + r + 1].clone()
+                in_range[0] += counts[: qmin + r].sum()  # clipped conversions read adc_min / adc_max
+                in_range[-1] += counts[qmax + r + 1 :].sum()
+                used |= in_range > 0
         out: dict[str, Any] = {
             "conversions": self.conversions,
-            "clip_rate": (self.clip_low + self.clip_high) / n,
-            "clip_low": self.clip_low / n,
-            "clip_high": self.clip_high / n,
-            "code_utilization": used / 2**self.adc_bits,
+            "clip_rate": (low + high) / n,
+            "clip_low": low / n,
+            "clip_high": high / n,
+            "code_utilization": int(used.sum()) / codes,
         }
         if self.column_clips is not None:
             out["column_clip_rate"] = self.column_clips / max(self.column_conversions, 1)
         return out
-
-    def histogram_edges(self) -> torch.Tensor:
-        bins = int(2 * self.hist_range * self.HIST_BINS_PER_LSB)
-        return torch.linspace(-self.hist_range, self.hist_range, bins + 1)

@@ -194,6 +194,12 @@ class CIMConv2d(nn.Conv2d):
             + ("" if self.n_input_cycles == 1 else f", dac_bits={self.dac_bits}")
         )
 
+    def dequant_ops(self) -> int:
+        """Dequantization multiplies per output position (paper Fig. 4; :func:`cimexp.cim.cost.dequant_ops`)."""
+        from cimexp.cim.cost import dequant_ops  # cost.py builds on this module
+
+        return dequant_ops(self)
+
     @property
     def n_input_cycles(self) -> int:
         """K: input cycles per inference (``ceil(a_bits / dac_bits)``; 1 without bit-serial inputs)."""
