@@ -28,7 +28,7 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from cimexp.callbacks import QATSchedule
@@ -37,6 +37,7 @@ from cimexp.module import ImageClassifier
 from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
 from cimexp.utils import (
     atomic_write_json,
+    finish_wandb,
     finished_results,
     git_state,
     register_resolvers,
@@ -225,11 +226,15 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             clean = _validate(trainer, module, datamodule)
             if cache is not None:
                 atomic_write_json(cache[0], {"key": cache[1], "clean": clean})
-        set_adc_errors(net, adc_errors(cfg.adc))
-        torch.manual_seed(int(cfg.adc.seed))  # the per-conversion ADC noise of this evaluation
-        with cell_variation(net, sigma, variation_seed):
-            final = _validate(trainer, module, datamodule)
-        set_adc_errors(net, None)
+        errors = adc_errors(cfg.adc)
+        if sigma == 0 and errors.ideal:  # the clean chip: nothing to evaluate again
+            final = dict(clean)
+        else:
+            set_adc_errors(net, errors)
+            torch.manual_seed(int(cfg.adc.seed))  # the per-conversion ADC noise of this evaluation
+            with cell_variation(net, sigma, variation_seed):
+                final = _validate(trainer, module, datamodule)
+            set_adc_errors(net, None)
 
         results = _results(cfg, checkpoint, net, datamodule, clean, final, time.perf_counter() - start)
         atomic_write_json(output_dir / "results.json", results)
@@ -240,10 +245,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             logger.save()
         print(_summary_line(results), flush=True)
     finally:
-        if any(isinstance(logger, WandbLogger) for logger in loggers):
-            import wandb
-
-            wandb.finish()
+        finish_wandb(loggers)
 
     objects = {
         "cfg": cfg,

@@ -31,6 +31,7 @@ from cimexp.module import ImageClassifier
 from cimexp.utils import (
     CHECKOUT_DIR,
     atomic_write_json,
+    finish_wandb,
     finished_results,
     git_state,
     register_resolvers,
@@ -204,10 +205,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             _log_summary(trainer.loggers, results)
             print(_summary_line(results), flush=True)
     finally:
-        if any(isinstance(logger, WandbLogger) for logger in loggers):
-            import wandb
-
-            wandb.finish()
+        finish_wandb(loggers)
 
     objects = {
         "cfg": cfg,

@@ -167,3 +167,14 @@ def unfinished_checkpoint(run_dir: str | Path) -> Path | None:
     """
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """End the W&B run when ``loggers`` include W&B: the jobs of a multirun share one process, and each must log
+    to a run of its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
