@@ -30,7 +30,14 @@ from cimexp.report import (
 from cimexp.report.cli import main
 from cimexp.report.collect import COLUMNS
 from cimexp.report.publish import FIGURES
-from cimexp.report.tables import NO_PSQ_COLUMN, PAPER_REFERENCE, clip_rate_table, comparison_table, pareto_front
+from cimexp.report.tables import (
+    NO_PSQ_COLUMN,
+    PAPER_REFERENCE,
+    adc_energy_table,
+    clip_rate_table,
+    comparison_table,
+    pareto_front,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "report.ipynb"
@@ -290,6 +297,17 @@ def test_variation_table_mean_and_std_over_seeds(collected) -> None:
         assert table.loc[(scheme, sigma), "acc_std"] == pytest.approx(values.std())
         assert table.loc[(scheme, sigma), "n"] == 2
     assert table.loc[("layer/layer", 0.2), "acc_std"] == pytest.approx(math.sqrt(50.0))
+
+
+def test_adc_energy_table_is_relative_to_column_column_at_4_bits(collected) -> None:
+    runs, _ = collected
+    table = adc_energy_table(runs).set_index(["dataset", "scheme"])
+    cifar10 = table.loc["cifar10"]
+    assert cifar10.loc["column/column", "energy_rel"] == 1.0 and cifar10.loc["column/column", "acc_delta"] == 0.0
+    assert cifar10.loc["layer/layer", "energy_rel"] == pytest.approx(5000 / 9000)
+    assert cifar10.loc["layer/layer", "acc_delta"] == pytest.approx(81.0 - 88.0)  # seeds 0.80 and 0.82 averaged
+    assert cifar10["reference"].unique().tolist() == ["column/column, 4-bit ADC"]
+    assert cifar10["pareto"].tolist() == [True, False, True]  # layer/layer (cheapest), layer/column, column/column
 
 
 def test_clip_rate_table_from_psum_telemetry(collected) -> None:

@@ -147,6 +147,48 @@ def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+ENERGY_REFERENCE = {"weight_granularity": "column", "psum_granularity": "column", "adc_bits": 4}
+"""The configuration ADC energy and accuracy are compared with: the paper's column/column with 4-bit ADCs."""
+
+
+def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy against ADC energy per image of the training runs that quantize partial sums (seeds averaged), absolute
+    and relative to a reference configuration per model and data set: :data:`ENERGY_REFERENCE` when it is among the
+    runs, else the costliest configuration.
+
+    Columns: the group keys (``model``, ``dataset``, settings and conditions that vary, ``adc_bits``, ``scheme``,
+    ``weight_granularity``, ``psum_granularity``), ``acc`` (mean top-1 %), ``n``, ``adc_energy_nj``,
+    ``energy_rel`` (x the reference's energy), ``acc_delta`` (points against the reference), ``reference`` (the
+    reference's scheme and ADC bits) and ``pareto`` (no configuration of the panel is as cheap or cheaper and more
+    accurate). Empty without such runs.
+    """
+    if "adc_energy_pj" not in runs:
+        return pd.DataFrame()
+    train = train_runs(runs)
+    costed = train[train["psum_quant"].astype(bool) & pd.to_numeric(train["adc_energy_pj"], errors="coerce").notna()]
+    if costed.empty:
+        return pd.DataFrame()
+    costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
+    settings = [c for c in varying(costed, [*SETTING_COLUMNS, *CONDITION_COLUMNS]) if c != "adc_bits"]
+    keys = [*PANEL_KEYS, *settings, "adc_bits", "scheme", "weight_granularity", "psum_granularity"]
+    points = scheme_stats(costed, keys, x="adc_energy_nj").rename(columns={"mean": "acc", "x": "adc_energy_nj"})
+    panels = []
+    for _, panel in points.groupby(list(PANEL_KEYS), dropna=False, sort=False):
+        is_reference = pd.Series(True, index=panel.index)
+        for key, value in ENERGY_REFERENCE.items():
+            is_reference &= panel[key] == value
+        reference = panel[is_reference].iloc[0] if is_reference.any() else panel.loc[panel["adc_energy_nj"].idxmax()]
+        panel = panel.assign(
+            energy_rel=panel["adc_energy_nj"] / reference["adc_energy_nj"],
+            acc_delta=panel["acc"] - reference["acc"],
+            reference=f"{reference['scheme']}, {reference['adc_bits']}-bit ADC",
+            pareto=pareto_front(panel["adc_energy_nj"], panel["acc"]),
+        )
+        panels.append(panel.drop(columns=["std"]))
+    table = pd.concat(panels).sort_values([*PANEL_KEYS, "adc_energy_nj"], kind="stable")
+    return table.reset_index(drop=True)
+
+
 def clip_rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     """ADC clip rate (% of conversions that saturate at ``adc_min`` / ``adc_max``) per CIM layer, from the last
     validation epoch of each training run that recorded partial-sum telemetry; seeds averaged. The mechanism behind
