@@ -21,6 +21,7 @@ from cimexp.data import BatchTransform, SyntheticDataModule
 from cimexp.models import resnet20
 from cimexp.module import ImageClassifier, weight_decay_split
 from cimexp.train import build_net, train
+from cimexp.utils import finished_results
 
 STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
 
@@ -174,6 +175,19 @@ def test_two_stage_switches_psum_quant_at_stage1_epochs(run) -> None:
 
 def _tiny_cim_net() -> torch.nn.Module:
     return resnet20(conv_layer=CIMConv2d)
+
+
+def test_run_status_marks_non_finite_results_as_diverged(tmp_path: Path) -> None:
+    nan = float("nan")
+    assert cimexp.train.run_status(False, {"val/acc": 0.8, "train/loss": 0.4}) == "finished"
+    assert cimexp.train.run_status(False, {"val/acc": 0.1, "train/loss": nan}) == "diverged"
+    assert cimexp.train.run_status(False, {"val/loss": float("inf"), "lr": 0.1}) == "diverged"
+    assert cimexp.train.run_status(True, {"train/loss": nan}) == "interrupted"
+    # a diverged run is done: a re-launched sweep returns it instead of training again
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "train", "status": "diverged", "final": {}}))
+    assert finished_results(tmp_path, kind="train")["status"] == "diverged"
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "train", "status": "running"}))
+    assert finished_results(tmp_path, kind="train") is None
 
 
 def test_qat_schedule_unit() -> None:

@@ -7,6 +7,7 @@ checkout installed with ``pip install -e .`` (see README).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -254,7 +255,7 @@ def _results(
     is_cim = any(True for _ in cim_layers(model))
     return {
         "kind": "train",
-        "status": "interrupted" if trainer.interrupted else "finished",
+        "status": run_status(trainer.interrupted, metrics),
         "run_name": run_name(),
         "sweep_group": sweep_group(),
         "run_dir": str(Path(cfg.paths.output_dir).resolve()),
@@ -288,6 +289,16 @@ def _results(
         "psum_telemetry": telemetry.last if telemetry is not None and telemetry.last else None,
         "history": history,
     }
+
+
+def run_status(interrupted: bool, metrics: dict[str, float]) -> str:
+    """``"interrupted"`` (stopped early), ``"diverged"`` (ran to the end, but a final loss or accuracy is not
+    finite, e.g. NaN), else ``"finished"``. A diverged run counts as done (a re-launched sweep does not retrain
+    it), and reports list it with the skipped runs."""
+    if interrupted:
+        return "interrupted"
+    watched = [v for k, v in metrics.items() if k.endswith(("loss", "loss_epoch", "acc"))]
+    return "diverged" if any(not math.isfinite(v) for v in watched) else "finished"
 
 
 def cim_settings(config: dict[str, Any], model: torch.nn.Module) -> dict[str, Any] | None:

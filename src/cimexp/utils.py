@@ -146,16 +146,17 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
 def finished_results(run_dir: str | Path, kind: str) -> dict[str, Any] | None:
     """The results.json of ``run_dir`` if it records a finished run of ``kind`` (``train`` or ``evaluate``).
 
-    ``None`` when the file is missing, unreadable, or says ``"status": "running"`` / ``"interrupted"``. Results
-    written before ``kind`` was recorded count as ``train``. Re-launched sweep jobs use this to return their
-    stored metrics instead of running again.
+    ``None`` when the file is missing, unreadable, or says ``"status": "running"`` / ``"interrupted"``; a run
+    that ran to its end with a non-finite loss (``"diverged"``) counts as finished. Results written before
+    ``kind`` was recorded count as ``train``. Re-launched sweep jobs use this to return their stored metrics
+    instead of running again.
     """
     path = Path(run_dir) / "results.json"
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(results, dict) or results.get("status") != "finished":
+    if not isinstance(results, dict) or results.get("status") not in ("finished", "diverged"):
         return None
     return results if results.get("kind", "train") == kind else None
 

@@ -138,7 +138,8 @@ def collect(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every ``results.json`` below ``paths`` into a table of finished runs, and list the files skipped.
 
     A file is skipped, never fatal, when it cannot be read or parsed, lacks a required field, or belongs to a
-    run that is not finished (``status: "running"`` while training, ``"interrupted"``).
+    run that is not finished (``status: "running"`` while training, ``"interrupted"``, ``"diverged"``: a
+    non-finite loss at the end).
 
     Returns:
         ``(runs, skipped)``: ``runs`` has one row per finished run with the :data:`COLUMNS` (then any extra
