@@ -253,9 +253,10 @@ class PsumTelemetry(L.Callback):
     def _log(trainer: L.Trainer, prefix: str, stats: dict[str, Any]) -> None:
         if not stats:
             return
+        summaries = {name: s.summary() for name, s in stats.items()}
         metrics = {}
         for key in ("clip_rate", "code_utilization"):
-            values = {name: s.summary()[key] for name, s in stats.items()}
+            values = {name: summary[key] for name, summary in summaries.items()}
             metrics.update({f"{prefix}/{name}/{key}": v for name, v in values.items()})
             metrics[f"{prefix}/{key}"] = sum(values.values()) / len(values)
         for logger in trainer.loggers:

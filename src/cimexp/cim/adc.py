@@ -146,17 +146,16 @@ class PsumStats:
         """Add one batch of ADC inputs ``v`` ``[B, G, O, L]`` (LSB units) with code ranges ``[G, 1]``."""
         r = self.hist_range
         rounded = torch.round(v)
+        if self.per_column:
+            lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
+            clips = ((rounded < lo) | (rounded > hi)).sum((0, 3)).cpu()
+            self.column_clips = clips if self.column_clips is None else self.column_clips + clips
+            self.column_conversions += v.shape[0] * v.shape[3]
         signed = (qmin < 0).to(torch.int32).reshape(1, -1, 1, 1)  # the two code ranges of a layer
         key = rounded.clamp_(-r, r).to(torch.int32).add_(r).add_(signed * (2 * r + 1))
         counts = torch.bincount(key.flatten(), minlength=2 * (2 * r + 1)).reshape(2, -1).cpu()
         self.counts = counts if self.counts is None else self.counts + counts
         self.conversions += v.numel()
-        if self.per_column:
-            lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
-            clipped = torch.round(v)
-            clips = ((clipped < lo) | (clipped > hi)).sum((0, 3)).cpu()
-            self.column_clips = clips if self.column_clips is None else self.column_clips + clips
-            self.column_conversions += v.shape[0] * v.shape[3]
 
     @property
     def histogram(self) -> torch.Tensor | None:
