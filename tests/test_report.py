@@ -34,6 +34,7 @@ from cimexp.report.tables import (
     NO_PSQ_COLUMN,
     PAPER_REFERENCE,
     adc_energy_table,
+    adc_noise_table,
     clip_rate_table,
     comparison_table,
     pareto_front,
@@ -308,6 +309,34 @@ def test_adc_energy_table_is_relative_to_column_column_at_4_bits(collected) -> N
     assert cifar10.loc["layer/layer", "acc_delta"] == pytest.approx(81.0 - 88.0)  # seeds 0.80 and 0.82 averaged
     assert cifar10["reference"].unique().tolist() == ["column/column, 4-bit ADC"]
     assert cifar10["pareto"].tolist() == [True, False, True]  # layer/layer (cheapest), layer/column, column/column
+
+
+def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Path, collected) -> None:
+    accs = {  # (scheme, noise-aware training, evaluation noise) -> accuracy of noise seeds 0 and 1
+        ("layer/layer", False, 0.0): (0.80, 0.80),
+        ("layer/layer", False, 1.0): (0.50, 0.40),
+        ("layer/layer", True, 0.0): (0.78, 0.78),
+        ("layer/layer", True, 1.0): (0.70, 0.68),
+        ("column/column", False, 0.0): (0.85, 0.85),
+        ("column/column", False, 1.0): (0.60, 0.62),
+    }
+    for i, ((scheme, noise_aware, noise), pair) in enumerate(accs.items()):
+        weight, psum = scheme.split("/")
+        for seed, acc in enumerate(pair):
+            record = evaluate_results(weight, psum, 0.0, 0, acc, with_train=True)
+            record["adc_errors"] = {"noise_lsb": noise, "seed": seed}
+            record["train_results"]["adc_errors"] = {"noise_lsb": 0.5 if noise_aware else 0.0}
+            path = tmp_path / f"{i}_{seed}" / "results.json"
+            path.parent.mkdir()
+            path.write_text(json.dumps(record))
+    runs, _ = collect([tmp_path])
+    table = adc_noise_table(runs).set_index(["scheme", "train_noise_lsb"])
+    assert table.loc[("layer/layer", 0.0), "noise=1 LSB"] == pytest.approx(45.0)
+    assert table.loc[("layer/layer", 0.5), "noise=1 LSB"] == pytest.approx(69.0)
+    assert table.loc[("column/column", 0.0), "noise=0 LSB"] == pytest.approx(85.0)
+    assert table["n"].tolist() == [2, 2, 2]
+    assert table.index.tolist() == [("layer/layer", 0.0), ("layer/layer", 0.5), ("column/column", 0.0)]
+    assert adc_noise_table(collected[0]).empty  # the variation sweep has one noise level
 
 
 def test_clip_rate_table_from_psum_telemetry(collected) -> None:

@@ -147,6 +147,25 @@ def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def adc_noise_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy under ADC noise, with and without noise-aware training: mean top-1 (%) of the evaluation runs without
+    cell variation (``sigma == 0``) over their noise seeds, one row per model, data set, scheme and training noise
+    (``train_noise_lsb``: 0 for plain training), one column ``noise=<n> LSB`` per evaluation noise ``noise_lsb``;
+    ``n``: the fewest runs behind a cell. Empty unless these runs cover more than one noise level.
+    """
+    evaluated = runs[(runs["kind"] == "evaluate") & (runs["sigma"] == 0)]
+    if evaluated["noise_lsb"].nunique() < 2:
+        return pd.DataFrame()
+    settings = varying(evaluated, [*SETTING_COLUMNS, "schedule", "train_sigma"])
+    keys = [*PANEL_KEYS, *settings, "scheme", "weight_granularity", "psum_granularity", "train_noise_lsb"]
+    stats = scheme_stats(evaluated, [*keys, "noise_lsb"])
+    table = stats.pivot(index=keys, columns="noise_lsb", values="mean")
+    table.columns = [f"noise={level:g} LSB" for level in table.columns]
+    table["n"] = stats.groupby(keys, dropna=False)["n"].min()
+    table = table.reset_index().sort_values(keys, key=_granularity_key, kind="stable")
+    return table.reset_index(drop=True)
+
+
 ENERGY_REFERENCE = {"weight_granularity": "column", "psum_granularity": "column", "adc_bits": 4}
 """The configuration ADC energy and accuracy are compared with: the paper's column/column with 4-bit ADCs."""
 
