@@ -119,6 +119,12 @@ def test_clean_equals_sigma_zero_and_variation_changes_accuracy(
     assert noisy["results"]["final"]["val/acc"] < results["clean"]["val/acc"] - 0.1
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
+    # sigma = 0 in a new run directory: clean and final both from the cache, no validation, no data loaded
+    _, cached = run_eval([f"ckpt={trained_run}", "variation.sigma=0"], "zero_cached")
+    assert validations == [1, 1]
+    assert cached["results"]["final"] == cached["results"]["clean"] == results["clean"]
+    assert cached["results"]["cim_summary"] == results["cim_summary"]
+
     # the same job again: finished before, so nothing is evaluated
     again_metrics, again = run_eval([f"ckpt={trained_run}", "variation.sigma=0", "variation.seed=3"], "zero")
     assert validations == [1, 1] and again_metrics == metrics and again["results"] == results

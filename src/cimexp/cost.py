@@ -3,8 +3,8 @@
 ``python -m cimexp.train``, e.g. ``python -m cimexp.cost adc=5bit granularity=kim cost.adc_model=isaac``.
 
 The network is built from the same composed config as training (:func:`cimexp.train.build_net`, float weights not
-loaded); no data are read: the input size comes from the data module's ``image_size``, or the dataset's standard
-size. The numbers are those of results.json's ``cim_summary`` (:func:`cimexp.cim.cost.cim_summary`).
+loaded); no data are read: the input size is the data module's ``image_size``. The numbers are those of
+results.json's ``cim_summary`` (:func:`cimexp.cim.cost.cim_summary`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
@@ -23,10 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from cimexp.cim import cim_layers, cim_summary
 from cimexp.cim.cost import CostModel
-from cimexp.train import CONF_DIR, build_net
-
-IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
-"""Input height and width per data module ``name`` (ImageNet: the 224 x 224 evaluation crop)."""
+from cimexp.train import CONF_DIR, build_net, example_input
 
 USAGE = __doc__.split("\n\n")[0]
 
@@ -43,20 +39,19 @@ def cost_summary(cfg: DictConfig) -> dict[str, Any] | None:
     ``data`` and ``input_size``; ``None`` without CIM layers (``cim=none``)."""
     cost = CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))
     datamodule = instantiate(cfg.data)  # reads no files before setup()
-    size = getattr(datamodule, "image_size", None) or IMAGE_SIZE.get(datamodule.name)
-    if size is None:
-        raise ValueError(
-            f"unknown input size of data module {datamodule.name!r}: give it an `image_size` attribute or add it "
-            f"to cimexp.cost.IMAGE_SIZE (known: {', '.join(IMAGE_SIZE)})"
-        )
     net_cfg = copy.deepcopy(cfg)
     with open_dict(net_cfg):
         net_cfg.model.init_from = None  # costs do not depend on the weights
     net = build_net(net_cfg, datamodule.num_classes)
     if not any(True for _ in cim_layers(net)):
         return None
-    summary = cim_summary(net, torch.zeros(1, 3, size, size), cost)
-    return {"model": cfg.model._target_.rsplit(".", 1)[-1], "data": datamodule.name, "input_size": size, **summary}
+    summary = cim_summary(net, example_input(datamodule, net), cost)
+    return {
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "data": datamodule.name,
+        "input_size": datamodule.image_size,
+        **summary,
+    }
 
 
 _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any], str], ...] = (  # header, value of a row, format

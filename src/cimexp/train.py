@@ -319,10 +319,11 @@ def schedule_summary(schedule: QATSchedule | None) -> dict[str, Any]:
 
 
 def example_input(datamodule: L.LightningDataModule, model: torch.nn.Module) -> torch.Tensor:
-    """A zero batch of one image shaped like the evaluation data, on the model's device."""
-    image = datamodule.val_set[0][0]
+    """A zero batch of one image ``[1, 3, S, S]`` (``S`` = the data module's ``image_size``), on the model's
+    device; reads no data, so it works before ``setup()`` (e.g. for ``python -m cimexp.cost``)."""
+    size = datamodule.image_size
     device = next(model.parameters()).device
-    return torch.zeros(1, *image.shape, device=device)
+    return torch.zeros(1, 3, size, size, device=device)
 
 
 def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, Any]:

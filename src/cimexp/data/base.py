@@ -16,8 +16,9 @@ from cimexp.data.batch import BatchTransform
 class ImageDataModule(L.LightningDataModule, abc.ABC):
     """Image classification data: a training split and an evaluation split, with reproducible loaders.
 
-    Subclasses set the class attributes ``name``, ``num_classes``, ``mean`` and ``std`` (per-channel
-    normalisation of pixels in ``[0, 1]``) and implement ``_load_splits``. By default the splits are
+    Subclasses set the class attributes ``name``, ``num_classes``, ``image_size`` (height = width of the model
+    input, known before any file is read), ``mean`` and ``std`` (per-channel normalisation of pixels in
+    ``[0, 1]``) and implement ``_load_splits``. By default the splits are
     ``UInt8ImageDataset``s and ``BatchTransform`` augments and normalises whole batches; datasets that transform
     per image (ImageNet) override ``_collate_fn``.
 
@@ -38,6 +39,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
 
     name: str
     num_classes: int
+    image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 

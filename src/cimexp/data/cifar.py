@@ -39,6 +39,7 @@ class _CIFARDataModule(ImageDataModule):
     batch as tensor ops; all batches are normalised with the training-set channel mean/std.
     """
 
+    image_size = 32
     folder: str
     batches_folder: str
     train_batches: tuple[str, ...]

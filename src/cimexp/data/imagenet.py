@@ -26,6 +26,7 @@ class ImageNetDataModule(ImageDataModule):
     """
 
     name = "imagenet"
+    image_size = 224  # the crop
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
