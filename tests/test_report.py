@@ -337,6 +337,7 @@ def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Pa
     assert table["n"].tolist() == [2, 2, 2]
     assert table.index.tolist() == [("layer/layer", 0.0), ("layer/layer", 0.5), ("column/column", 0.0)]
     assert adc_noise_table(collected[0]).empty  # the variation sweep has one noise level
+    assert variation_table(runs).empty  # and this sweep one sigma: no Fig. 10 of a single point
 
 
 def test_clip_rate_table_from_psum_telemetry(collected) -> None:

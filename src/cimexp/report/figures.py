@@ -214,7 +214,7 @@ def qat_figure(history: pd.DataFrame) -> Figure | None:
 def variation_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the evaluation runs (variation
     and training seeds) versus sigma, a band of +-1 std, one line per scheme. One panel per model and data set.
-    ``None`` without evaluation runs."""
+    ``None`` unless evaluation runs cover more than one sigma."""
     table = variation_table(runs)
     if table.empty:
         return None

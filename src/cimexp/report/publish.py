@@ -58,7 +58,7 @@ FIGURES = {
     "granularity_grid": "training runs with partial-sum quantization",
     "dequant": "training runs with partial-sum quantization and a cim_summary",
     "qat": "training runs with a per-epoch history",
-    "variation": "evaluation runs (python -m cimexp.evaluate)",
+    "variation": "evaluation runs at two or more variation sigmas (python -m cimexp.evaluate)",
     "adc_energy": "training runs whose cim_summary.total has adc_energy_pj",
     "clip_rate": "training runs with partial-sum telemetry (psum_telemetry in results.json)",
 }

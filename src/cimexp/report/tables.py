@@ -128,11 +128,11 @@ def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs (variation seeds, and training seeds when several) per model, data set, scheme and sigma.
 
     Columns: the group keys (``model``, ``dataset``, settings and ``schedule`` when they vary, ``scheme``,
-    ``weight_granularity``, ``psum_granularity``, ``sigma``), ``acc_mean``, ``acc_std``, ``n``. Empty without
-    evaluation runs.
+    ``weight_granularity``, ``psum_granularity``, ``sigma``), ``acc_mean``, ``acc_std``, ``n``. Empty unless the
+    evaluation runs cover more than one sigma (an ADC-noise sweep at sigma 0 alone is :func:`adc_noise_table`'s).
     """
     evaluated = runs[runs["kind"] == "evaluate"]
-    if evaluated.empty:
+    if evaluated["sigma"].nunique() < 2:
         return pd.DataFrame()
     keys = [
         *PANEL_KEYS,
