@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from cimexp.report import (
+    adc_energy_figure,
     collect,
     find_results,
     grid_table,
@@ -309,6 +310,26 @@ def test_adc_energy_table_is_relative_to_column_column_at_4_bits(collected) -> N
     assert cifar10.loc["layer/layer", "acc_delta"] == pytest.approx(81.0 - 88.0)  # seeds 0.80 and 0.82 averaged
     assert cifar10["reference"].unique().tolist() == ["column/column, 4-bit ADC"]
     assert cifar10["pareto"].tolist() == [True, False, True]  # layer/layer (cheapest), layer/column, column/column
+
+
+def test_adc_energy_compares_configurations_trained_under_the_same_conditions(tmp_path: Path) -> None:
+    for name, (weight, psum, acc, noise) in {
+        "ll": ("layer", "layer", 0.80, 0.0),
+        "cc": ("column", "column", 0.88, 0.0),
+        "ll_noise_aware": ("layer", "layer", 0.70, 0.5),
+    }.items():
+        record = train_results("cifar10", weight, psum, acc)
+        record["adc_errors"] = {"noise_lsb": noise}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    runs, _ = collect([tmp_path])
+    table = adc_energy_table(runs).set_index(["noise_lsb", "scheme"])
+    assert table.loc[(0.0, "layer/layer"), "acc_delta"] == pytest.approx(-8.0)  # against plain column/column
+    assert table.loc[(0.0, "layer/layer"), "pareto"] and table.loc[(0.0, "column/column"), "pareto"]
+    noise_aware = table.loc[(0.5, "layer/layer")]  # alone in its panel: its own reference, not column/column's
+    assert noise_aware["reference"] == "layer/layer, 4-bit ADC" and noise_aware["acc_delta"] == 0.0
+    assert noise_aware["pareto"]  # not dominated by the plain runs it is not comparable with
+    assert len(adc_energy_figure(runs).axes) == 2  # one panel per condition (plain, noise-aware)
 
 
 def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Path, collected) -> None:

@@ -242,8 +242,9 @@ def variation_figure(runs: pd.DataFrame) -> Figure | None:
 def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy versus ADC energy per image (nJ, from ``adc_energy_pj``) of the training runs that quantize partial
     sums (without, the ADCs are simulated as lossless: their accuracy is not what that energy buys), mean over
-    seeds per configuration, with the Pareto front (lower energy, higher accuracy). Points are labelled with their
-    ADC bits when those vary. ``None`` when no such run has an ADC energy."""
+    seeds per configuration, with the Pareto front (lower energy, higher accuracy). One panel per model, data set
+    and varying training/evaluation condition (as :func:`adc_energy_table`). Points are labelled with their ADC bits
+    when those vary. ``None`` when no such run has an ADC energy."""
     if "adc_energy_pj" not in runs:
         return None
     train = train_runs(runs)
@@ -251,10 +252,11 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     if costed.empty:
         return None
     costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
-    config = [*SETTING_COLUMNS, "schedule", "weight_granularity", "psum_granularity"]
-    points = scheme_stats(costed, [*PANEL_KEYS, *config], x="adc_energy_nj")
+    panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
+    config = [*SETTING_COLUMNS, "weight_granularity", "psum_granularity"]
+    points = scheme_stats(costed, [*panel_keys, *config], x="adc_energy_nj")
     annotate = "adc_bits" in varying(costed, ["adc_bits"])
-    panels = list(points.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    panels = list(points.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
     for ax, (key, panel) in zip(axes, panels, strict=True):
         for _, point in panel.iterrows():
@@ -277,7 +279,7 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
             ax.set_xscale("log")
         ax.set_xlabel("ADC energy per image (nJ)")
         ax.set_ylabel(ACC_LABEL)
-        ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
+        ax.set_title(_title(dict(zip(panel_keys, key, strict=True))), fontsize=10)
         ax.grid(True, alpha=0.3)
     _legend(figure, axes, title="weight/partial-sum granularity")
     return figure

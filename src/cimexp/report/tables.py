@@ -172,14 +172,15 @@ ENERGY_REFERENCE = {"weight_granularity": "column", "psum_granularity": "column"
 
 def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Accuracy against ADC energy per image of the training runs that quantize partial sums (seeds averaged), absolute
-    and relative to a reference configuration per model and data set: :data:`ENERGY_REFERENCE` when it is among the
-    runs, else the costliest configuration.
+    and relative to a reference configuration per panel (model, data set, and the training/evaluation conditions of
+    :data:`CONDITION_COLUMNS` that vary: a noise-aware run is not compared with a plain one):
+    :data:`ENERGY_REFERENCE` when it is in the panel, else the panel's costliest configuration.
 
     Columns: the group keys (``model``, ``dataset``, settings and conditions that vary, ``adc_bits``, ``scheme``,
     ``weight_granularity``, ``psum_granularity``), ``acc`` (mean top-1 %), ``n``, ``adc_energy_nj``,
     ``energy_rel`` (x the reference's energy), ``acc_delta`` (points against the reference), ``reference`` (the
     reference's scheme and ADC bits) and ``pareto`` (no configuration of the panel is as cheap or cheaper and more
-    accurate). Empty without such runs.
+    accurate). Sorted by panel, then energy. Empty without such runs.
     """
     if "adc_energy_pj" not in runs:
         return pd.DataFrame()
@@ -188,11 +189,12 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
     if costed.empty:
         return pd.DataFrame()
     costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
-    settings = [c for c in varying(costed, [*SETTING_COLUMNS, *CONDITION_COLUMNS]) if c != "adc_bits"]
-    keys = [*PANEL_KEYS, *settings, "adc_bits", "scheme", "weight_granularity", "psum_granularity"]
+    panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
+    settings = [c for c in varying(costed, SETTING_COLUMNS) if c != "adc_bits"]
+    keys = [*panel_keys, *settings, "adc_bits", "scheme", "weight_granularity", "psum_granularity"]
     points = scheme_stats(costed, keys, x="adc_energy_nj").rename(columns={"mean": "acc", "x": "adc_energy_nj"})
     panels = []
-    for _, panel in points.groupby(list(PANEL_KEYS), dropna=False, sort=False):
+    for _, panel in points.groupby(panel_keys, dropna=False, sort=False):
         is_reference = pd.Series(True, index=panel.index)
         for key, value in ENERGY_REFERENCE.items():
             is_reference &= panel[key] == value
@@ -204,7 +206,7 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
             pareto=pareto_front(panel["adc_energy_nj"], panel["acc"]),
         )
         panels.append(panel.drop(columns=["std"]))
-    table = pd.concat(panels).sort_values([*PANEL_KEYS, "adc_energy_nj"], kind="stable")
+    table = pd.concat(panels).sort_values([*panel_keys, "adc_energy_nj"], kind="stable")
     return table.reset_index(drop=True)
 
 
