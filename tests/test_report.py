@@ -39,6 +39,7 @@ from cimexp.report.tables import (
     clip_rate_table,
     comparison_table,
     pareto_front,
+    varying,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,6 +333,20 @@ def test_adc_energy_compares_configurations_trained_under_the_same_conditions(tm
     assert len(adc_energy_figure(runs).axes) == 2  # one panel per condition (plain, noise-aware)
 
 
+def test_dac_by_adc_sweep_points_name_both_bit_widths(tmp_path: Path) -> None:
+    for dac_bits, adc_bits in ((None, 4), (1, 4), (1, 2)):  # None: one 4-bit DAC value (a_bits)
+        record = train_results("cifar10", "column", "column", 0.8)
+        record["cim"].update(dac_bits=dac_bits, adc_bits=adc_bits)
+        name = f"dac{dac_bits}_adc{adc_bits}"
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    runs, _ = collect([tmp_path])
+    assert sorted(runs["dac_bits"]) == [1, 1, 4]
+    assert len(adc_energy_table(runs)) == 3 and "dac_bits" in adc_energy_table(runs)
+    labels = {text.get_text() for text in adc_energy_figure(runs).axes[0].texts}
+    assert labels == {"DAC 4b, ADC 4b", "DAC 1b, ADC 4b", "DAC 1b, ADC 2b"}
+
+
 def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Path, collected) -> None:
     accs = {  # (scheme, noise-aware training, evaluation noise) -> accuracy of noise seeds 0 and 1
         ("layer/layer", False, 0.0): (0.80, 0.80),
@@ -391,6 +406,11 @@ def test_pareto_front_keeps_points_nothing_cheaper_beats() -> None:
     x = pd.Series([1.0, 2.0, 2.0, 3.0, 0.5], index=list("abcde"))
     y = pd.Series([80.0, 85.0, 90.0, 89.0, 70.0], index=list("abcde"))
     assert pareto_front(x, y).to_dict() == {"a": True, "b": False, "c": True, "d": False, "e": True}
+
+
+def test_a_float_network_does_not_make_cim_settings_vary() -> None:
+    frame = pd.DataFrame({"w_bits": [4, 4, None], "adc_bits": [3, 4, None], "scheme": ["a", "b", "float"]})
+    assert varying(frame, ["w_bits", "adc_bits", "missing"]) == ["adc_bits"]
 
 
 def test_reference_numbers_and_comparison(collected, tmp_path: Path) -> None:

@@ -271,12 +271,15 @@ def _scheme(cim: dict[str, Any] | None) -> dict[str, Any]:
     for name, value in (("weight_granularity", weight), ("psum_granularity", psum)):
         if value not in (*GRANULARITIES, NO_PSQ):
             raise ValueError(f"cim.{name}={value!r} is not one of {', '.join(GRANULARITIES)}")
+    settings = {key: cim.get(key) for key in SETTING_COLUMNS}
+    if settings["dac_bits"] is None:  # unset: the whole activation in one DAC cycle
+        settings["dac_bits"] = settings["a_bits"]
     return {
         "scheme": scheme_name(weight, psum),
         "weight_granularity": weight,
         "psum_granularity": psum,
         "psum_quant": psum_quant,
-        **{key: cim.get(key) for key in SETTING_COLUMNS},
+        **settings,
     }
 
 

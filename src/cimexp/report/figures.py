@@ -243,8 +243,8 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy versus ADC energy per image (nJ, from ``adc_energy_pj``) of the training runs that quantize partial
     sums (without, the ADCs are simulated as lossless: their accuracy is not what that energy buys), mean over
     seeds per configuration, with the Pareto front (lower energy, higher accuracy). One panel per model, data set
-    and varying training/evaluation condition (as :func:`adc_energy_table`). Points are labelled with their ADC bits
-    when those vary. ``None`` when no such run has an ADC energy."""
+    and varying training/evaluation condition (as :func:`adc_energy_table`). Points are labelled with their DAC and
+    ADC bits where those vary (a ``dac_bits`` x ``adc_bits`` sweep). ``None`` when no such run has an ADC energy."""
     if "adc_energy_pj" not in runs:
         return None
     train = train_runs(runs)
@@ -255,7 +255,7 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
     config = [*SETTING_COLUMNS, "weight_granularity", "psum_granularity"]
     points = scheme_stats(costed, [*panel_keys, *config], x="adc_energy_nj")
-    annotate = "adc_bits" in varying(costed, ["adc_bits"])
+    annotate = varying(costed, ["dac_bits", "adc_bits"])
     panels = list(points.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
     for ax, (key, panel) in zip(axes, panels, strict=True):
@@ -271,8 +271,8 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
                 label=f"{weight}/{psum}",
             )
             if annotate:
-                xy = (point["x"], point["mean"])
-                ax.annotate(f"{point['adc_bits']}b", xy, xytext=(4, 2), textcoords="offset points", fontsize=7)
+                text = ", ".join(f"{'DAC' if key == 'dac_bits' else 'ADC'} {point[key]:g}b" for key in annotate)
+                ax.annotate(text, (point["x"], point["mean"]), xytext=(4, 2), textcoords="offset points", fontsize=7)
         front = panel[pareto_front(panel["x"], panel["mean"])].sort_values("x")
         ax.plot(front["x"], front["mean"], color="black", linewidth=1, drawstyle="steps-post", label="Pareto front")
         if panel["x"].max() > 10 * panel["x"].min() > 0:

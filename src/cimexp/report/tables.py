@@ -58,8 +58,9 @@ ResNet-20), trained for many more epochs than a CPU run."""
 
 
 def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """The ``columns`` of ``frame`` that take more than one value (empty counts as a value)."""
-    return [c for c in columns if c in frame and frame[c].nunique(dropna=False) > 1]
+    """The ``columns`` of ``frame`` that take more than one value among the rows that have one (a float network
+    has no CIM settings: its empty ones do not make a setting vary)."""
+    return [c for c in columns if c in frame and frame[c].nunique() > 1]
 
 
 def train_runs(runs: pd.DataFrame) -> pd.DataFrame:
