@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +169,17 @@ N_TRAIN = len(GRID_RUNS) + 1 + 2
 N_EVALUATE = 2 * len(VARIATION_ACC)
 
 
+def write_results(root: Path, relative: str, content: dict[str, Any] | str) -> None:
+    """``content`` (a record, or raw text) as ``root/relative/results.json``."""
+    path = root / relative / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
 def make_results_tree(root: Path) -> Path:
     """A results tree like ``logs/``: a cifar10 granularity multirun with a float run, a cifar100 QAT comparison
     (one- vs two-stage, with histories), a variation sweep of evaluation runs, and four bad files."""
-
-    def write(relative: str, content: Any) -> None:
-        path = root / relative / "results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content if isinstance(content, str) else json.dumps(content))
-
+    write = partial(write_results, root)
     for i, (weight, psum, psum_quant, seed, acc) in enumerate(GRID_RUNS):
         results = train_results("cifar10", weight, psum, acc, seed, psum_quant)
         if psum_quant:
@@ -321,8 +324,7 @@ def test_adc_energy_compares_configurations_trained_under_the_same_conditions(tm
     }.items():
         record = train_results("cifar10", weight, psum, acc)
         record["adc_errors"] = {"noise_lsb": noise}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps(record))
+        write_results(tmp_path, name, record)
     runs, _ = collect([tmp_path])
     table = adc_energy_table(runs).set_index(["noise_lsb", "scheme"])
     assert table.loc[(0.0, "layer/layer"), "acc_delta"] == pytest.approx(-8.0)  # against plain column/column
@@ -337,9 +339,7 @@ def test_dac_by_adc_sweep_points_name_both_bit_widths(tmp_path: Path) -> None:
     for dac_bits, adc_bits in ((None, 4), (1, 4), (1, 2)):  # None: one 4-bit DAC value (a_bits)
         record = train_results("cifar10", "column", "column", 0.8)
         record["cim"].update(dac_bits=dac_bits, adc_bits=adc_bits)
-        name = f"dac{dac_bits}_adc{adc_bits}"
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps(record))
+        write_results(tmp_path, f"dac{dac_bits}_adc{adc_bits}", record)
     runs, _ = collect([tmp_path])
     assert sorted(runs["dac_bits"]) == [1, 1, 4]
     assert len(adc_energy_table(runs)) == 3 and "dac_bits" in adc_energy_table(runs)
@@ -362,9 +362,7 @@ def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Pa
             record = evaluate_results(weight, psum, 0.0, 0, acc, with_train=True)
             record["adc_errors"] = {"noise_lsb": noise, "seed": seed}
             record["train_results"]["adc_errors"] = {"noise_lsb": 0.5 if noise_aware else 0.0}
-            path = tmp_path / f"{i}_{seed}" / "results.json"
-            path.parent.mkdir()
-            path.write_text(json.dumps(record))
+            write_results(tmp_path, f"{i}_{seed}", record)
     runs, _ = collect([tmp_path])
     table = adc_noise_table(runs).set_index(["scheme", "train_noise_lsb"])
     assert table.loc[("layer/layer", 0.0), "noise=1 LSB"] == pytest.approx(45.0)

@@ -28,9 +28,9 @@ from cimexp.report.collect import (
 )
 from cimexp.report.tables import (
     PANEL_KEYS,
+    adc_energy_table,
     clip_rate_table,
     curve_labels,
-    pareto_front,
     scheme_stats,
     train_runs,
     variation_table,
@@ -240,42 +240,31 @@ def variation_figure(runs: pd.DataFrame) -> Figure | None:
 
 
 def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
-    """Accuracy versus ADC energy per image (nJ, from ``adc_energy_pj``) of the training runs that quantize partial
-    sums (without, the ADCs are simulated as lossless: their accuracy is not what that energy buys), mean over
-    seeds per configuration, with the Pareto front (lower energy, higher accuracy). One panel per model, data set
-    and varying training/evaluation condition (as :func:`adc_energy_table`). Points are labelled with their DAC and
-    ADC bits where those vary (a ``dac_bits`` x ``adc_bits`` sweep). ``None`` when no such run has an ADC energy."""
-    if "adc_energy_pj" not in runs:
+    """Accuracy versus ADC energy per image, the points and Pareto fronts of :func:`adc_energy_table` (training runs
+    that quantize partial sums, seeds averaged): one panel per model, data set and varying training/evaluation
+    condition. Points are labelled with their DAC and ADC bits where those vary (a ``dac_bits`` x ``adc_bits``
+    sweep). ``None`` when no such run has an ADC energy."""
+    table = adc_energy_table(runs)
+    if table.empty:
         return None
-    train = train_runs(runs)
-    costed = train[train["psum_quant"] & pd.to_numeric(train["adc_energy_pj"], errors="coerce").notna()]
-    if costed.empty:
-        return None
-    costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
-    panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
-    config = [*SETTING_COLUMNS, "weight_granularity", "psum_granularity"]
-    points = scheme_stats(costed, [*panel_keys, *config], x="adc_energy_nj")
-    annotate = varying(costed, ["dac_bits", "adc_bits"])
-    panels = list(points.groupby(panel_keys, dropna=False, sort=False))
+    panel_keys = [key for key in (*PANEL_KEYS, *CONDITION_COLUMNS) if key in table]
+    annotate = varying(table, ["dac_bits", "adc_bits"])
+    panels = list(table.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
     for ax, (key, panel) in zip(axes, panels, strict=True):
         for _, point in panel.iterrows():
             weight, psum = point["weight_granularity"], point["psum_granularity"]
-            ax.plot(
-                point["x"],
-                point["mean"],
-                marker=PSUM_MARKERS.get(psum, "o"),
-                color=WEIGHT_COLORS.get(weight, "gray"),
-                markersize=7,
-                linestyle="none",
-                label=f"{weight}/{psum}",
-            )
+            xy = (point["adc_energy_nj"], point["acc"])
+            marker, color = PSUM_MARKERS.get(psum, "o"), WEIGHT_COLORS.get(weight, "gray")
+            ax.plot(*xy, marker=marker, color=color, markersize=7, linestyle="none", label=f"{weight}/{psum}")
             if annotate:
-                text = ", ".join(f"{'DAC' if key == 'dac_bits' else 'ADC'} {point[key]:g}b" for key in annotate)
-                ax.annotate(text, (point["x"], point["mean"]), xytext=(4, 2), textcoords="offset points", fontsize=7)
-        front = panel[pareto_front(panel["x"], panel["mean"])].sort_values("x")
-        ax.plot(front["x"], front["mean"], color="black", linewidth=1, drawstyle="steps-post", label="Pareto front")
-        if panel["x"].max() > 10 * panel["x"].min() > 0:
+                text = ", ".join(f"{'DAC' if name == 'dac_bits' else 'ADC'} {point[name]:g}b" for name in annotate)
+                ax.annotate(text, xy, xytext=(4, 2), textcoords="offset points", fontsize=7)
+        energy = panel["adc_energy_nj"]
+        front = panel[panel["pareto"]].sort_values("adc_energy_nj")
+        style = {"color": "black", "linewidth": 1, "drawstyle": "steps-post"}
+        ax.plot(front["adc_energy_nj"], front["acc"], **style, label="Pareto front")
+        if energy.max() > 10 * energy.min() > 0:
             ax.set_xscale("log")
         ax.set_xlabel("ADC energy per image (nJ)")
         ax.set_ylabel(ACC_LABEL)
