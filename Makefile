@@ -1,7 +1,7 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train bench lint granularity_grid dequant qat_schedules variation imagenet_table3 sweeps \
-	adc_energy noise_aware variation_aware adc_noise
+.PHONY: help install test test-slow train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise
 
 # The project's virtual environment when there is one, else the python on PATH.
 PYTHON ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
@@ -28,6 +28,9 @@ train: ## Train ResNet-20 on CIFAR-10 with the paper's CIM settings; overrides i
 
 bench: ## Benchmark the CIM layer (python -m cimexp.bench); options in ARGS="..."
 	$(PYTHON) -m cimexp.bench $(ARGS)
+
+bench-net: ## Benchmark a ResNet-20 training step, float vs CIM schemes (cimexp.bench --net); options in ARGS="..."
+	$(PYTHON) -m cimexp.bench --net $(ARGS)
 
 lint: ## Ruff lint and format check
 	$(PYTHON) -m ruff check .
@@ -61,3 +64,6 @@ variation_aware: ## Beyond the paper: variation-aware training (variation.train_
 
 adc_noise: ## Beyond the paper: plain vs noise-aware checkpoints under ADC noise (cimexp.evaluate; train both first)
 	$(PYTHON) -m cimexp.evaluate -m +sweep=adc_noise/$(PRESET) $(ARGS)
+
+gpu-check: ## Everything that needs a GPU, one summary table: cuda tests, bench (eager, CUDA graphs), paper-recipe epochs
+	$(PYTHON) .ci/gpu_check.py $(ARGS)

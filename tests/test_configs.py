@@ -174,6 +174,8 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["cim.weight_encoding=ones"], ValueError, ["ones", "twos_complement"]),
         (["schedule=two_stage", "trainer.max_epochs=100"], ValueError, ["stage1_epochs=100", "max_epochs=100"]),
         (["model.init_from=/nonexistent/float.ckpt"], FileNotFoundError, ["/nonexistent/float.ckpt", "init_from"]),
+        (["model.kernels=fast"], ValueError, ["model.kernels", "fast", "auto, compiled, eager"]),
+        (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),
     ],
 )
 def test_validate_config_names_the_bad_value(make_cfg, overrides, error, words) -> None:

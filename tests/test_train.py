@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -237,3 +238,39 @@ def test_init_from_loads_float_weights_into_the_cim_model(make_cfg, tiny_data, t
     assert isinstance(net.layer1[0].conv1, CIMConv2d)
     assert torch.equal(net.layer1[0].conv1.weight, float_net.layer1[0].conv1.weight)
     assert torch.equal(net.fc.weight, float_net.fc.weight)
+
+
+def test_calibration_runs_where_the_model_is_not_on_the_trainers_device() -> None:
+    """Lightning calls ``setup`` before it moves the model, while ``self.device`` already names the target device
+    (``cuda:0`` with ``trainer=gpu``): the calibration batch must go where the parameters are. Here the module
+    claims the ``meta`` device, so a batch sent to ``self.device`` cannot meet the CPU weights."""
+    module = ImageClassifier(_tiny_cim_net(), optimizer=torch.optim.SGD)
+    batch = (torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    module.trainer = SimpleNamespace(ckpt_path=None, datamodule=SimpleNamespace(train_dataloader=lambda: [batch]))
+    module._device = torch.device("meta")
+
+    module.setup("fit")
+
+    layers = [layer for _, layer in cim_layers(module.model)]
+    assert all(layer.act_step_ready and layer.psum_step_ready for layer in layers)
+    assert all(p.device.type == "cpu" and bool(p.isfinite().all()) for p in module.model.parameters())
+
+
+def test_model_compile_compiles_the_calibrated_network(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.compile=true``: the network is compiled after ``setup``'s calibration (so no graph holds the step
+    initialisation), with the configured mode; training runs through it and checkpoints keep their plain keys.
+    Inductor is swapped for the ``aot_eager`` backend here: the same tracing, without minutes of code generation."""
+    calls = []
+    original = torch.nn.Module.compile
+
+    def compile_spy(self, *args, **kwargs):
+        layers = [layer for _, layer in cim_layers(self)]
+        calls.append((kwargs.get("mode"), all(layer.psum_step_ready and layer.act_step_ready for layer in layers)))
+        return original(self, backend="aot_eager", fullgraph=True)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_spy)
+    metrics, objects = run(["model.compile=true", "model.compile_mode=max-autotune", "logger=csv"], "compiled")
+    assert calls == [("max-autotune", True)]
+    assert objects["results"]["status"] == "finished" and math.isfinite(metrics["train/loss"])
+    keys = torch.load(objects["results"]["checkpoints"]["last"], weights_only=False)["state_dict"]
+    assert keys and not any("_orig_mod" in key for key in keys)

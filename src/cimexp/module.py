@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cimexp.cim import calibrate, cim_layers
+from cimexp.cim import calibrate, cim_layers, telemetry_active
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -26,7 +29,9 @@ class ImageClassifier(L.LightningModule):
 
     Before the first training step of a fresh run, the step sizes of the CIM layers are initialised from one
     training batch (``cimexp.cim.calibrate``), so they never see the validation (= test) split and are set
-    before DDP wraps the model (the layer averages them over ranks).
+    before DDP wraps the model (the layer averages them over ranks). That happens in ``setup``, before Lightning
+    moves the model to its device, so the batch goes where the model's parameters are (``self.device`` already
+    names the target device there).
 
     Args:
         model: the network, ``[B, C, H, W] -> [B, num_classes]`` logits. Held as ``self.model``, so checkpoint
@@ -37,6 +42,9 @@ class ImageClassifier(L.LightningModule):
             a ``T_max`` of ``None`` (or none given) becomes the run's total number of optimizer steps.
         num_classes: classes, for the accuracy metrics (top-5 becomes top-``num_classes`` below 5 classes).
         config: the resolved run config, stored in the checkpoint's ``hyper_parameters`` (not logged from here).
+        compile_mode: ``torch.compile`` the network with this mode (:data:`COMPILE_MODES`) once its step sizes are
+            calibrated (``configure_model``, after ``setup``); ``None``: run it eagerly. Compilation happens on the
+            first training and the first validation step; the state_dict keys do not change.
     """
 
     def __init__(
@@ -46,7 +54,10 @@ class ImageClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         num_classes: int = 10,
         config: dict[str, Any] | None = None,
+        compile_mode: str | None = None,
     ) -> None:
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"invalid compile_mode={compile_mode!r}; valid choices: {', '.join(COMPILE_MODES)}")
         super().__init__()
         self.save_hyperparameters({"config": config}, logger=False)
         self.model = model
@@ -56,8 +67,12 @@ class ImageClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_acc_best = 0.0
+        self.compile_mode = compile_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compile_mode is not None and telemetry_active(self.model):
+            # Telemetry counts on the host in every layer (graph breaks): recorded batches skip the compiled graph.
+            return self.model.forward(x)
         return self.model(x)
 
     def setup(self, stage: str) -> None:
@@ -67,7 +82,13 @@ class ImageClassifier(L.LightningModule):
         if datamodule is None:
             return
         images, _ = next(iter(datamodule.train_dataloader()))
-        calibrate(self.model, images.to(self.device), weights=True)
+        model_device = next(self.model.parameters()).device
+        calibrate(self.model, images.to(model_device), weights=True)
+
+    def configure_model(self) -> None:
+        # After setup's calibration, so that compiled graphs never contain the step initialisation branches.
+        if self.compile_mode is not None and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

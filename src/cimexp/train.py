@@ -25,10 +25,11 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, ResultsWriter
-from cimexp.cim import ADCErrors, Granularity, cim_layers, cim_summary, set_adc_errors
+from cimexp.cim import ADCErrors, Granularity, cim_layers, cim_summary, set_adc_errors, set_kernels
 from cimexp.cim.cost import CostModel
+from cimexp.cim.quant import KERNEL_MODES
 from cimexp.models import load_float_weights
-from cimexp.module import ImageClassifier
+from cimexp.module import COMPILE_MODES, ImageClassifier
 from cimexp.utils import (
     CHECKOUT_DIR,
     atomic_write_json,
@@ -64,6 +65,8 @@ def validate_config(cfg: DictConfig) -> None:
     """
     for key in ("weight", "psum"):
         Granularity.parse(cfg.granularity[key], f"granularity.{key}")
+    _check_choice("model.kernels", cfg.model.get("kernels", "auto"), KERNEL_MODES)
+    _check_choice("model.compile_mode", cfg.model.get("compile_mode", "default"), COMPILE_MODES)
     CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
     adc_errors(cfg.adc)
     try:
@@ -103,6 +106,11 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
 
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"invalid {key}={value!r}; valid choices: {', '.join(choices)}")
+
+
 def _relaunches_script(trainer: DictConfig) -> bool:
     """Whether Lightning would start ranks > 0 by re-running ``sys.argv`` (DDP's default subprocess launcher).
 
@@ -126,11 +134,18 @@ def adc_errors(adc: DictConfig) -> ADCErrors:
     return ADCErrors(**{name: adc[name] for name in ADCErrors.__dataclass_fields__})
 
 
+RUN_KEYS = ("init_from", "compile", "compile_mode", "kernels")
+"""Keys of the ``model`` node that say how the network is run, not how it is built."""
+
+
 def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     """The network of ``cfg.model`` with its convs built by the ``cfg.cim`` factory; float weights loaded from
-    ``cfg.model.init_from`` when set."""
+    ``cfg.model.init_from`` when set. The CIM layers' fused ADC kernels run as ``cfg.model.kernels`` says
+    (:func:`cimexp.cim.set_kernels`); whole-model compilation (``model.compile``) is the LightningModule's."""
     model_cfg = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
-    init_from = model_cfg.pop("init_from", None)
+    run = {key: model_cfg.pop(key, None) for key in RUN_KEYS}
+    init_from = run["init_from"]
+    set_kernels(run["kernels"] or "auto")
     net = instantiate(model_cfg, conv_layer=instantiate(cfg.cim), num_classes=num_classes)
     if init_from is not None:
         load_float_weights(net, init_from)
@@ -186,6 +201,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         num_classes=datamodule.num_classes,
         config=config,
+        compile_mode=cfg.model.compile_mode if cfg.model.get("compile") else None,
     )
     callbacks = [*_instantiate_all(cfg.get("callbacks")), instantiate(cfg.schedule)]
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))

@@ -118,20 +118,40 @@ def test_adc_saturation():
     _assert_matches_program(layer, x)
 
 
-@pytest.mark.parametrize("n_tiles_in", [16, 40])  # T = 2 and T = 3 on 128-row arrays
-def test_grouped_and_block_diagonal_psums_agree(monkeypatch, n_tiles_in):
-    """The two formulations of the partial-sum convolution give the same outputs and gradients."""
+@pytest.mark.parametrize("in_channels", [16, 40])  # T = 2 and T = 3 on 128-row arrays
+@pytest.mark.parametrize("granularity", [("column", "column"), ("layer", "layer")])
+@pytest.mark.parametrize("one_conv", [False, True])
+def test_tile_path_and_column_path_agree_compiled_and_eager(monkeypatch, in_channels, granularity, one_conv):
+    """The fast path (one fused ADC per block of row tiles, compiled kernels) and the general path (all columns
+    at once, taken while telemetry records; eager kernels) give the same outputs and gradients, with partial sums
+    from one convolution per tile (CPU) or one grouped convolution (GPU, ``one_conv``)."""
     import cimexp.cim.layer as layer_module
+    from cimexp.cim import start_telemetry, stop_telemetry
+    from cimexp.cim.quant import set_kernels
 
+    monkeypatch.setattr(layer_module, "ONE_CONV_DEVICES", ("cpu",) if one_conv else ())
+
+    weight, psum = granularity
     results = []
-    for dense_max in (0, 8):
-        monkeypatch.setattr(layer_module, "DENSE_MAX_TILES", dense_max)
-        layer = _trained_layer(n_tiles_in, 6, 3, padding=1, steps=0).train()
-        x = torch.rand(2, n_tiles_in, 6, 6, dtype=torch.float64, requires_grad=True)
-        layer(x).square().sum().backward()
-        results.append([layer(x).detach(), x.grad, *(p.grad for p in layer.parameters())])
-    for grouped, dense in zip(*results, strict=True):
-        torch.testing.assert_close(grouped, dense, rtol=1e-10, atol=1e-10)
+    for kernels, telemetry in (("compiled", False), ("eager", True)):
+        previous = set_kernels(kernels)
+        try:
+            torch.manual_seed(0)
+            layer = _trained_layer(
+                in_channels, 6, 3, padding=1, steps=1, weight_granularity=weight, psum_granularity=psum
+            ).train()
+            x = torch.rand(2, in_channels, 6, 6, dtype=torch.float64, requires_grad=True)
+            if telemetry:
+                start_telemetry(layer)
+            out = layer(x)
+            out.square().sum().backward()
+            if telemetry:
+                assert stop_telemetry(layer)  # the general path ran
+            results.append([out.detach(), x.grad, *(p.grad for p in layer.parameters())])
+        finally:
+            set_kernels(previous)
+    for fast, general in zip(*results, strict=True):
+        torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dac_bits", [1, 2, 3])

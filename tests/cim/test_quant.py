@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cimexp.cim.quant as quant
 from cimexp.cim.mapping import ArrayMapping, slice_bits
 from cimexp.cim.options import WeightEncoding
-from cimexp.cim.quant import adc_shift_add, lsq_init, quantize_int, round_ste
+from cimexp.cim.quant import adc_shift_add, lsq_init, quantize_int, round_ste, set_kernels
 
 
 def _mapping(w_bits: int, cell_bits: int, encoding: WeightEncoding) -> ArrayMapping:
@@ -109,3 +111,52 @@ def test_fused_adc_matches_plain_ops_in_value_and_gradient():
     torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernels", ["compiled", "eager"])
+def test_fused_adc_compiled_and_eager_kernels_agree_in_float32(kernels):
+    """Both kernel modes give the same result on the integer partial sums of the paper's setting (float32)."""
+    torch.manual_seed(1)
+    psum = torch.randint(-300, 300, (4, 6, 5, 9)).float().requires_grad_(True)
+    step = (torch.rand(6, 5) * 30 + 5).requires_grad_(True)
+    factor = torch.randn(6, 5, requires_grad=True)
+    qmin, qmax = torch.full((6, 1), -8.0), torch.full((6, 1), 7.0)
+    upstream = torch.randn(4, 5, 9)
+    outs = []
+    for mode in (kernels, "eager"):
+        previous = set_kernels(mode)
+        try:
+            y = adc_shift_add(psum, step, factor, qmin, qmax)
+            outs.append([y, *torch.autograd.grad((y * upstream).sum(), (psum, step, factor))])
+        finally:
+            set_kernels(previous)
+    for got, want in zip(*outs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_fall_back_to_eager_with_a_warning_when_compiling_fails(monkeypatch):
+    """``auto``: a machine where inductor cannot compile (no C++ compiler, say) still trains, slower, and says so;
+    ``compiled`` raises instead. A bad mode names the choices."""
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(quant, "_compiled", {})
+    monkeypatch.setattr(quant, "_compile_failed", set())
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    args = (torch.randn(2, 3, 4, 5), torch.ones(3, 4), torch.ones(3, 4), torch.full((3, 1), -2.0), torch.ones(3, 1))
+    previous = set_kernels("compiled")
+    try:
+        with pytest.raises(RuntimeError, match="no C.. compiler"):
+            adc_shift_add(*args)
+        set_kernels("auto")
+        with pytest.warns(RuntimeWarning, match="adc_forward failed.*no C.. compiler"):
+            y = adc_shift_add(*args)
+        torch.testing.assert_close(y, quant.adc_forward(*args))
+        with pytest.raises(ValueError, match="kernels='fast'.*auto, compiled, eager"):
+            set_kernels("fast")
+    finally:
+        set_kernels(previous)

@@ -16,10 +16,12 @@ from cimexp.cim.layer import (
     set_psum_quant,
     start_telemetry,
     stop_telemetry,
+    telemetry_active,
 )
 from cimexp.cim.mapping import ArrayMapping
 from cimexp.cim.options import Granularity, WeightEncoding
 from cimexp.cim.program import CIMProgram, simulate
+from cimexp.cim.quant import get_kernels, set_kernels
 from cimexp.cim.variation import cell_variation
 
 __all__ = [
@@ -35,11 +37,14 @@ __all__ = [
     "cim_layers",
     "cim_summary",
     "dequant_ops",
+    "get_kernels",
     "layer_cost",
     "PsumStats",
     "set_adc_errors",
+    "set_kernels",
     "set_psum_quant",
     "simulate",
     "start_telemetry",
     "stop_telemetry",
+    "telemetry_active",
 ]

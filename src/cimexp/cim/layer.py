@@ -22,6 +22,8 @@ is :func:`cimexp.cim.program.simulate`, tested against this layer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,8 +46,8 @@ from cimexp.cim.quant import (
     sync_mean,
 )
 
-DENSE_MAX_TILES = 2
-"""Layers with at most this many row tiles compute their partial sums with one dense convolution."""
+ONE_CONV_DEVICES = ("cuda",)
+"""Device types whose partial sums come from one grouped convolution per layer instead of one per row tile."""
 
 
 class CIMConv2d(nn.Conv2d):
@@ -134,6 +136,7 @@ class CIMConv2d(nn.Conv2d):
         adc_min, adc_max = m.adc_range()
         self.register_buffer("adc_min", torch.tensor(adc_min, **const), persistent=False)
         self.register_buffer("adc_max", torch.tensor(adc_max, **const), persistent=False)
+        self._adc_qmax = float(max(map(max, adc_max)))  # LSQ's gradient scale, a Python number: no device sync
         self.register_buffer("split_shift", torch.tensor(m.split_shift(), **const), persistent=False)
         self.register_buffer("polarity", torch.tensor(m.polarity(), **const), persistent=False)
         self.register_buffer("cell_gain", None, persistent=False)
@@ -256,13 +259,29 @@ class CIMConv2d(nn.Conv2d):
         positions per image) only sets LSQ's gradient scale."""
         m = self.mapping
         n_per_step = m.n_columns * n_positions / self.psum_step.numel()
-        qmax = float(self.adc_max.max())
-        step = effective_step(self.psum_step, n_per_step, qmax)
+        step = effective_step(self.psum_step, n_per_step, self._adc_qmax)
         return m.expand_step(step, self.psum_granularity)
 
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.mapping
+        # The layer computes in its own dtype whatever autocast says: a bf16/fp16 partial sum would round integer
+        # MAC results (bf16 holds integers up to 256 exactly). On CUDA, TF32 convolutions are exact as long as
+        # codes and activations are integers below 2^11 (the paper's setting); where they are not (cell variation,
+        # unquantized activations, folded weights without partial-sum quantization) TF32 is off for the layer.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.weight.dtype)
+            if torch.compiler.is_compiling() or not (x.is_cuda and self._non_integer_operands):
+                return self._forward(x)
+            with _tf32_off():
+                return self._forward(x)
+
+    @property
+    def _non_integer_operands(self) -> bool:
+        """Whether a convolution of this layer multiplies non-integers: varied cells, unquantized activations, or
+        the folded weights of ``psum_quant=False``."""
+        return self.cell_gain is not None or self.a_bits is None or not self.psum_quant
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         a_int, s_a = self._act_int(x)
         s_w = self._weight_step_full()  # [P, S, T, O]
         cond = self._conductances(s_w)  # [T, P, S, O, R]
@@ -274,54 +293,88 @@ class CIMConv2d(nn.Conv2d):
             # Linear in the codes: fold shift-and-add and dequantization into one ordinary convolution.
             w_eff = torch.einsum("tpsor,tpso->otr", cond, factor).reshape(self.out_channels, -1, kh, kw)
             out = F.conv2d(a_int, w_eff[:, : self.in_channels], None, self.stride, self.padding, self.dilation)
+        elif self.n_input_cycles == 1 and self.adc_state is None and self.psum_stats is None and self.psum_step_ready:
+            # Fast path: ideal ADCs, one input cycle, nothing recorded: tile by tile (one conv + one fused ADC each).
+            out = self._tiles_adc(a_int, cond, factor)
         else:
-            n_cycles = self.n_input_cycles
-            if n_cycles > 1:  # bit-serial: the cycles run as extra batch entries through the same arrays
-                a_int = slice_inputs(a_int, self.dac_bits, n_cycles).flatten(0, 1)
-            psum = self._column_psums(a_int, cond)  # [K*B, G, O, H_out, W_out]
-            out_hw = psum.shape[-2:]
-            psum = psum.flatten(3)
-            if not self.psum_step_ready:
-                self._init_psum_step(psum)
-            n_positions = psum.shape[-1] * n_cycles
-            s_p = self._psum_step_full(n_positions).permute(2, 0, 1, 3).reshape(-1, self.out_channels)  # [G, O]
-            factor = factor.reshape(-1, self.out_channels)
-            qmin = self.adc_min.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)  # [G, 1]
-            qmax = self.adc_max.expand(m.n_row_tiles, -1, -1).reshape(-1, 1)
-            if n_cycles > 1:  # cycles become extra column groups [B, K*G, O, L], scaled by their significance
-                psum = psum.unflatten(0, (n_cycles, -1)).transpose(0, 1).flatten(1, 2)
-                factor = (self.input_shift.reshape(-1, 1, 1) * factor).flatten(0, 1)
-                s_p, qmin, qmax = (v.repeat(n_cycles, 1) for v in (s_p, qmin, qmax))
-            if self.psum_stats is not None:
-                self.psum_stats.update(psum.detach() / s_p.detach().unsqueeze(-1), qmin, qmax)
-            if self.adc_state is None:
-                y = adc_shift_add(psum, s_p, factor, qmin, qmax)
-            else:
-                y = nonideal_adc_shift_add(psum, s_p, factor, qmin, qmax, self.adc_state, *self._adc_errors(n_cycles))
-            out = y.reshape(y.shape[0], self.out_channels, *out_hw)
+            if self.n_input_cycles > 1:  # bit-serial: the cycles run as extra batch entries through the same arrays
+                a_int = slice_inputs(a_int, self.dac_bits, self.n_input_cycles).flatten(0, 1)
+            psum = torch.cat(self._tile_psums(a_int, cond), 1)  # [K*B, G, O, H_out, W_out], G tile-major
+            out = self._columns_adc(psum, factor)
         if self.bias is not None:
             out = out + self.bias.reshape(1, -1, 1, 1)
         return out
 
-    def _column_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Every column's partial sum, ``[B, G, O, H_out, W_out]`` with ``G = T*P*S`` (tile-major), from one
-        convolution: grouped with one group per row tile (paper Fig. 5), or, for at most
-        ``DENSE_MAX_TILES`` tiles, dense with a block-diagonal weight (at most 2x the multiply-adds, but dense
-        kernels are fast everywhere, while oneDNN's grouped backward can be 10x slower for some CPU shapes)."""
+    def _tile_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Every column's partial sum, as a list of ``[B, G_i, O, H_out, W_out]`` blocks of consecutive row tiles
+        (``G_i`` = their tiles x ``P*S``, tile-major; paper Fig. 5). On the devices of :data:`ONE_CONV_DEVICES`
+        (GPUs, where kernel launches bound these small layers): one grouped convolution, one group per tile, over
+        zero-padded input channels. Elsewhere (CPU): one convolution per tile over just the channels it holds, so
+        the multiply-adds are exactly ``P*S`` times the layer's and no grouped backward is needed (oneDNN's is slow)."""
         m = self.mapping
         kh, kw = self.kernel_size
         n_tiles, cpt = m.n_row_tiles, m.channels_per_tile
-        weight = cond.reshape(n_tiles, -1, 1, cpt, kh, kw)  # [T, P*S*O, 1, cpt, kh, kw]
-        pad_c = n_tiles * cpt - self.in_channels
-        if pad_c:
-            a_int = F.pad(a_int, (0, 0, 0, 0, 0, pad_c))
-        if n_tiles <= DENSE_MAX_TILES:
-            eye = torch.eye(n_tiles, dtype=weight.dtype, device=weight.device).reshape(n_tiles, 1, n_tiles, 1, 1, 1)
-            weight, groups = (weight * eye).reshape(-1, n_tiles * cpt, kh, kw), 1
+        conv = functools.partial(F.conv2d, bias=None, stride=self.stride, padding=self.padding, dilation=self.dilation)
+        if n_tiles > 1 and a_int.device.type in ONE_CONV_DEVICES:
+            padded = F.pad(a_int, (0, 0, 0, 0, 0, n_tiles * cpt - self.in_channels))
+            psum = conv(padded, cond.reshape(-1, cpt, kh, kw), groups=n_tiles)
+            return [psum.unflatten(1, (-1, self.out_channels))]
+        psums = []
+        for t in range(n_tiles):
+            channels = min(cpt, self.in_channels - t * cpt)
+            weight = cond[t].reshape(-1, cpt, kh, kw)[:, :channels]  # [P*S*O, channels, kh, kw]
+            inputs = a_int if n_tiles == 1 else a_int[:, t * cpt : t * cpt + channels]
+            psums.append(conv(inputs, weight).unflatten(1, (-1, self.out_channels)))
+        return psums
+
+    def _steps_and_factors(self, factor: torch.Tensor, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """ADC steps ``s_p`` and dequantization factors, both ``[G, O]`` with ``G`` tile-major ``(t, p, s)``."""
+        s_p = self._psum_step_full(n_positions).permute(2, 0, 1, 3).reshape(-1, self.out_channels)
+        return s_p, factor.reshape(-1, self.out_channels)
+
+    def _adc_range(self, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(qmin, qmax)``, each ``[n_tiles*P*S, 1]``: the code range of every column group, tile-major."""
+        qmin = self.adc_min.expand(n_tiles, -1, -1).reshape(-1, 1)
+        qmax = self.adc_max.expand(n_tiles, -1, -1).reshape(-1, 1)
+        return qmin, qmax
+
+    def _tiles_adc(self, a_int: torch.Tensor, cond: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;
+        ``[B, O, H_out, W_out]``."""
+        columns_per_tile = self.mapping.n_polarities * self.mapping.n_splits
+        out, g0 = None, 0
+        for psum in self._tile_psums(a_int, cond):
+            if out is None:
+                out_hw = psum.shape[-2:]
+                s_p, factor = self._steps_and_factors(factor, out_hw.numel())
+            g = psum.shape[1]
+            qmin, qmax = self._adc_range(g // columns_per_tile)
+            y = adc_shift_add(psum.flatten(3), s_p[g0 : g0 + g], factor[g0 : g0 + g], qmin, qmax)
+            out, g0 = (y if out is None else out + y), g0 + g
+        return out.reshape(out.shape[0], self.out_channels, *out_hw)
+
+    def _columns_adc(self, psum: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """ADC + shift-and-add of all columns at once, ``psum`` ``[K*B, G, O, H_out, W_out]`` -> ``[B, O, H_out,
+        W_out]``: the general path (bit-serial cycles, non-ideal ADCs, telemetry, step initialisation)."""
+        m = self.mapping
+        n_cycles = self.n_input_cycles
+        out_hw = psum.shape[-2:]
+        psum = psum.flatten(3)
+        if not self.psum_step_ready:
+            self._init_psum_step(psum)
+        s_p, factor = self._steps_and_factors(factor, psum.shape[-1] * n_cycles)
+        qmin, qmax = self._adc_range(m.n_row_tiles)
+        if n_cycles > 1:  # cycles become extra column groups [B, K*G, O, L], scaled by their significance
+            psum = psum.unflatten(0, (n_cycles, -1)).transpose(0, 1).flatten(1, 2)
+            factor = (self.input_shift.reshape(-1, 1, 1) * factor).flatten(0, 1)
+            s_p, qmin, qmax = (v.repeat(n_cycles, 1) for v in (s_p, qmin, qmax))
+        if self.psum_stats is not None:
+            self.psum_stats.update(psum.detach() / s_p.detach().unsqueeze(-1), qmin, qmax)
+        if self.adc_state is None:
+            y = adc_shift_add(psum, s_p, factor, qmin, qmax)
         else:
-            weight, groups = weight.reshape(-1, cpt, kh, kw), n_tiles
-        psum = F.conv2d(a_int, weight, None, self.stride, self.padding, self.dilation, groups)
-        return psum.unflatten(1, (-1, self.out_channels))
+            y = nonideal_adc_shift_add(psum, s_p, factor, qmin, qmax, self.adc_state, *self._adc_errors(n_cycles))
+        return y.reshape(y.shape[0], self.out_channels, *out_hw)
 
     def _adc_errors(self, n_cycles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The static ADC errors ``(offset, gain, dnl)`` in the ``[K*G, O(, thresholds)]`` order of the forward pass
@@ -442,6 +495,17 @@ class CIMConv2d(nn.Conv2d):
         self.psum_step_ready = False
 
 
+@contextlib.contextmanager
+def _tf32_off() -> Iterator[None]:
+    """cuDNN's TF32 convolutions switched off (eager mode only: a compiled graph reads the flag once)."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
 def _check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:
     """``dac_bits`` validated against ``a_bits`` (``None`` means one cycle of ``a_bits``)."""
     if a_bits is None:
@@ -530,6 +594,11 @@ def start_telemetry(model: nn.Module, per_column: bool = False) -> int:
     for layer in layers:
         layer.psum_stats = PsumStats(layer.adc_bits, per_column)
     return len(layers)
+
+
+def telemetry_active(model: nn.Module) -> bool:
+    """Whether any CIM layer of ``model`` is recording telemetry (between start and stop)."""
+    return any(layer.psum_stats is not None for _, layer in cim_layers(model))
 
 
 def stop_telemetry(model: nn.Module) -> dict[str, PsumStats]:

@@ -9,7 +9,9 @@ outside). :func:`grad_scale` applies LSQ's step-gradient scale ``g = 1 / sqrt(N 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -122,9 +124,11 @@ def sync_mean(t: torch.Tensor) -> torch.Tensor:
     """Average ``t`` over distributed ranks (when running distributed), so that step sizes initialised from each
     rank's first batch agree everywhere."""
     if dist.is_available() and dist.is_initialized():
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
+        # NCCL reduces CUDA tensors only; calibration may run before the strategy moved the model to its GPU.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+        reduced = t.to(device, copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        t = (reduced / dist.get_world_size()).to(t.device)
     return t
 
 
@@ -138,42 +142,124 @@ def adc_shift_add(
     Shapes: ``psum`` ``[B, G, O, L]`` (``G`` = columns per output channel = row tiles x polarities x splits,
     ``L`` = output positions); ``step``, ``factor`` ``[G, O]``; ``qmin``, ``qmax`` ``[G, 1]``. ``factor`` carries
     polarity x split shift x the weight and activation scales. Gradients are LSQ's (straight-through inside the
-    ADC range). One autograd node that saves only ``psum``: the chain of elementwise ops it replaces would keep
-    several ``[B, G, O, L]`` intermediates alive for the backward pass.
+    ADC range). One autograd node that saves only ``psum``; its forward and backward are the fused kernels
+    :func:`adc_forward` and :func:`adc_backward` (compiled, see :func:`set_kernels`).
     """
     return _AdcShiftAdd.apply(psum, step, factor, qmin, qmax)
 
 
+def adc_forward(
+    psum: torch.Tensor, step: torch.Tensor, factor: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor
+) -> torch.Tensor:
+    """The value of :func:`adc_shift_add` (no autograd): ``[B, G, O, L] -> [B, O, L]``."""
+    codes = torch.clamp(torch.round(psum / step.unsqueeze(-1)), qmin.unsqueeze(-1), qmax.unsqueeze(-1))
+    return (codes * (step * factor).unsqueeze(-1)).sum(1)
+
+
+def adc_backward(
+    psum: torch.Tensor,
+    step: torch.Tensor,
+    factor: torch.Tensor,
+    qmin: torch.Tensor,
+    qmax: torch.Tensor,
+    grad_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`adc_shift_add` given ``grad_y`` ``[B, O, L]``: ``(grad_psum [B, G, O, L],
+    grad_step [G, O], grad_factor [G, O])``. Straight-through inside the ADC range; LSQ's step gradient
+    ``code - v`` (the rounding error) inside, the clip level outside."""
+    v = psum / step.unsqueeze(-1)
+    lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
+    inside = (v >= lo) & (v <= hi)
+    codes = torch.clamp(torch.round(v), lo, hi)
+    gy = grad_y.unsqueeze(1)
+    grad_factor = (codes * gy).sum((0, 3)) * step
+    grad_step = (torch.where(inside, codes - v, codes) * gy).sum((0, 3)) * factor
+    grad_psum = torch.where(inside, gy * factor.unsqueeze(-1), torch.zeros((), dtype=psum.dtype, device=psum.device))
+    return grad_psum, grad_step, grad_factor
+
+
 class _AdcShiftAdd(torch.autograd.Function):
-    # Reductions are written as in-place multiplies on fresh [B, G, O, L] tensors followed by sums: einsum would
-    # permute these large tensors into matmul layout (copies that cost more than the arithmetic).
     @staticmethod
     def forward(ctx, psum, step, factor, qmin, qmax):
         ctx.save_for_backward(psum, step, factor, qmin, qmax)
-        codes = torch.div(psum, step.unsqueeze(-1)).round_()
-        codes = torch.maximum(codes, qmin.unsqueeze(-1), out=codes)
-        codes = torch.minimum(codes, qmax.unsqueeze(-1), out=codes)
-        return codes.mul_((step * factor).unsqueeze(-1)).sum(1)
+        return _kernel(adc_forward)(psum, step, factor, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad_y):
-        psum, step, factor, qmin, qmax = ctx.saved_tensors
+        grad_psum, grad_step, grad_factor = _kernel(adc_backward)(*ctx.saved_tensors, grad_y)
         need_psum, need_step, need_factor = ctx.needs_input_grad[:3]
-        v = psum / step.unsqueeze(-1)
-        lo, hi = qmin.unsqueeze(-1), qmax.unsqueeze(-1)
-        inside = (v >= lo) & (v <= hi)
-        gy = grad_y.unsqueeze(1)
-        grad_psum = grad_step = grad_factor = None
-        if need_step or need_factor:
-            codes = torch.clamp(torch.round(v), lo, hi)
-            if need_factor:
-                grad_factor = (codes * gy).sum((0, 3)) * step
-            if need_step:
-                # d(code * step)/d step: code - v inside the range (round error), the clip level outside.
-                err = codes.sub_(v.mul_(inside))
-                grad_step = err.mul_(gy).sum((0, 3)) * factor
-        if need_psum:
-            # Written into a fresh contiguous tensor: grad_y may be a stride-0 expansion (from .sum()), and an
-            # oddly strided grad_output sends the convolution's backward down a much slower path on CPU.
-            grad_psum = torch.mul(gy, factor.unsqueeze(-1), out=torch.empty_like(psum)).mul_(inside)
-        return grad_psum, grad_step, grad_factor, None, None
+        return (
+            grad_psum if need_psum else None,
+            grad_step if need_step else None,
+            grad_factor if need_factor else None,
+            None,
+            None,
+        )
+
+
+# --- compiled kernels ---------------------------------------------------------------------------------------
+# Eager PyTorch runs the ADC as a chain of elementwise ops, each a full pass over the [B, G, O, L] partial sums
+# (S*T times the layer's output); the backward needs about ten. Compiled (inductor: C++/OpenMP on CPU, Triton on
+# GPU) each becomes one or two fused loops, 10-20x faster. Shapes are dynamic, so every layer shape and batch size
+# shares one compiled kernel per dtype and device.
+
+KERNEL_MODES = ("auto", "compiled", "eager")
+_kernel_mode = "auto"
+_compiled: dict[Callable, Callable] = {}
+_compile_failed: set[Callable] = set()
+
+
+def set_kernels(mode: str) -> str:
+    """Choose how the fused ADC kernels run: ``"auto"`` (default: compiled with ``torch.compile``, falling back
+    to eager ops with a warning where compiling fails, e.g. without a C++ compiler), ``"compiled"`` (fail
+    instead) or ``"eager"`` (plain PyTorch ops, no compilation). Returns the previous mode. Inside a
+    ``torch.compile``-d model the plain functions are traced into the model's graph whatever the mode."""
+    global _kernel_mode
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"invalid kernels={mode!r}; valid choices: {', '.join(KERNEL_MODES)}")
+    previous, _kernel_mode = _kernel_mode, mode
+    return previous
+
+
+def get_kernels() -> str:
+    """The current kernel mode (see :func:`set_kernels`)."""
+    return _kernel_mode
+
+
+_RECOMPILE_LIMIT = 64
+"""Shapes a compiled kernel may specialise for (sizes 0 and 1 get their own code; tests meet many)."""
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
+def _kernel(fn: Callable) -> Callable:
+    """``fn`` as the current kernel mode runs it. Its arguments are normalised to detached, contiguous tensors
+    that are not views, so that strides, views and ``requires_grad`` flags never cause a recompile."""
+    if _kernel_mode == "eager" or torch.compiler.is_compiling() or fn in _compile_failed:
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return functools.partial(_call_compiled, fn)
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t if t.is_contiguous() and t.storage_offset() == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
+def _call_compiled(fn: Callable, *args: torch.Tensor):
+    args = tuple(_plain(t) for t in args)
+    try:
+        with torch._dynamo.config.patch(**{_LIMIT_NAME: _RECOMPILE_LIMIT}):
+            return _compiled[fn](*args)
+    except Exception as error:
+        if _kernel_mode == "compiled":
+            raise  # noqa: BLE001 - any compiler failure: the eager function computes the same
+        _compile_failed.add(fn)
+        warnings.warn(
+            f"cimexp: compiling the fused ADC kernel {fn.__name__} failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); running it as eager PyTorch ops (slower). "
+            "Set cim kernels to 'eager' to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return fn(*args)
