@@ -160,3 +160,22 @@ def test_kernels_fall_back_to_eager_with_a_warning_when_compiling_fails(monkeypa
             set_kernels("fast")
     finally:
         set_kernels(previous)
+
+
+def test_int16_saved_psums_give_the_same_gradients_and_half_the_memory():
+    """Integer partial sums below 2^15 saved as int16 for the backward pass: the same gradients, exactly."""
+    torch.manual_seed(2)
+    psum = torch.randint(-5000, 5000, (4, 6, 5, 9)).float().requires_grad_(True)
+    step = (torch.rand(6, 5) * 300 + 50).requires_grad_(True)
+    factor = torch.randn(6, 5, requires_grad=True)
+    qmin, qmax = torch.full((6, 1), -8.0), torch.full((6, 1), 7.0)
+    upstream = torch.randn(4, 5, 9)
+    results = []
+    for int16 in (False, True):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = adc_shift_add(psum, step, factor, qmin, qmax, int16_psums=int16)
+        assert saved[0].dtype == (torch.int16 if int16 else torch.float32)
+        results.append([y, *torch.autograd.grad((y * upstream).sum(), (psum, step, factor))])
+    for plain, compact in zip(*results, strict=True):
+        torch.testing.assert_close(compact, plain, rtol=0, atol=0)  # the same float32 inputs to the same kernel

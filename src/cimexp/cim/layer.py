@@ -281,6 +281,13 @@ class CIMConv2d(nn.Conv2d):
         the folded weights of ``psum_quant=False``."""
         return self.cell_gain is not None or self.a_bits is None or not self.psum_quant
 
+    @property
+    def _int16_psums(self) -> bool:
+        """Whether every partial sum is an integer below 2^15 in magnitude (saved as int16 for the backward pass):
+        integer operands and ``rows * (2^cell_bits - 1) * (2^dac_bits - 1) < 2^15``."""
+        bound = self.mapping.rows_per_tile * (2**self.cell_bits - 1) * (2 ** (self.dac_bits or 0) - 1)
+        return not self._non_integer_operands and bound < 2**15
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         a_int, s_a = self._act_int(x)
         s_w = self._weight_step_full()  # [P, S, T, O]
@@ -349,7 +356,7 @@ class CIMConv2d(nn.Conv2d):
                 s_p, factor = self._steps_and_factors(factor, out_hw.numel())
             g = psum.shape[1]
             qmin, qmax = self._adc_range(g // columns_per_tile)
-            y = adc_shift_add(psum.flatten(3), s_p[g0 : g0 + g], factor[g0 : g0 + g], qmin, qmax)
+            y = adc_shift_add(psum.flatten(3), s_p[g0 : g0 + g], factor[g0 : g0 + g], qmin, qmax, self._int16_psums)
             out, g0 = (y if out is None else out + y), g0 + g
         return out.reshape(out.shape[0], self.out_channels, *out_hw)
 
@@ -371,7 +378,7 @@ class CIMConv2d(nn.Conv2d):
         if self.psum_stats is not None:
             self.psum_stats.update(psum.detach() / s_p.detach().unsqueeze(-1), qmin, qmax)
         if self.adc_state is None:
-            y = adc_shift_add(psum, s_p, factor, qmin, qmax)
+            y = adc_shift_add(psum, s_p, factor, qmin, qmax, self._int16_psums)
         else:
             y = nonideal_adc_shift_add(psum, s_p, factor, qmin, qmax, self.adc_state, *self._adc_errors(n_cycles))
         return y.reshape(y.shape[0], self.out_channels, *out_hw)

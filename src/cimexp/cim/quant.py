@@ -133,7 +133,12 @@ def sync_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def adc_shift_add(
-    psum: torch.Tensor, step: torch.Tensor, factor: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor
+    psum: torch.Tensor,
+    step: torch.Tensor,
+    factor: torch.Tensor,
+    qmin: torch.Tensor,
+    qmax: torch.Tensor,
+    int16_psums: bool = False,
 ) -> torch.Tensor:
     """Quantize every column's partial sum with its ADC and shift-and-add the dequantized results.
 
@@ -143,9 +148,11 @@ def adc_shift_add(
     ``L`` = output positions); ``step``, ``factor`` ``[G, O]``; ``qmin``, ``qmax`` ``[G, 1]``. ``factor`` carries
     polarity x split shift x the weight and activation scales. Gradients are LSQ's (straight-through inside the
     ADC range). One autograd node that saves only ``psum``; its forward and backward are the fused kernels
-    :func:`adc_forward` and :func:`adc_backward` (compiled, see :func:`set_kernels`).
+    :func:`adc_forward` and :func:`adc_backward` (compiled, see :func:`set_kernels`). ``int16_psums`` promises
+    that every partial sum is an integer of magnitude below 2^15 (integer codes and activations on small arrays):
+    they are then saved as int16, exactly, in half the memory of float32.
     """
-    return _AdcShiftAdd.apply(psum, step, factor, qmin, qmax)
+    return _AdcShiftAdd.apply(psum, step, factor, qmin, qmax, int16_psums)
 
 
 def adc_forward(
@@ -180,18 +187,24 @@ def adc_backward(
 
 class _AdcShiftAdd(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, psum, step, factor, qmin, qmax):
-        ctx.save_for_backward(psum, step, factor, qmin, qmax)
-        return _kernel(adc_forward)(psum, step, factor, qmin, qmax)
+    def forward(ctx, psum, step, factor, qmin, qmax, int16_psums):
+        y = _kernel(adc_forward)(psum, step, factor, qmin, qmax)
+        saved = psum.to(torch.int16) if int16_psums and ctx.needs_input_grad[0] else psum
+        ctx.save_for_backward(saved, step, factor, qmin, qmax)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        grad_psum, grad_step, grad_factor = _kernel(adc_backward)(*ctx.saved_tensors, grad_y)
+        psum, *rest = ctx.saved_tensors
+        # int16 -> float outside the compiled kernel: inductor's CPU code for the mixed-dtype loop is 6x slower.
+        psum = psum.to(rest[0].dtype)
+        grad_psum, grad_step, grad_factor = _kernel(adc_backward)(psum, *rest, grad_y)
         need_psum, need_step, need_factor = ctx.needs_input_grad[:3]
         return (
             grad_psum if need_psum else None,
             grad_step if need_step else None,
             grad_factor if need_factor else None,
+            None,
             None,
             None,
         )
