@@ -113,15 +113,20 @@ def test_fused_adc_matches_plain_ops_in_value_and_gradient():
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+def _integer_psum_case(seed: int, magnitude: int) -> tuple[torch.Tensor, ...]:
+    """Float32 integer partial sums ``[4, 6, 5, 9]`` in ``[-magnitude, magnitude)``, steps of about
+    ``magnitude / 10``, factors, a signed 4-bit code range and an upstream gradient."""
+    torch.manual_seed(seed)
+    psum = torch.randint(-magnitude, magnitude, (4, 6, 5, 9)).float().requires_grad_(True)
+    step = ((torch.rand(6, 5) + 0.2) * magnitude / 10).requires_grad_(True)
+    factor = torch.randn(6, 5, requires_grad=True)
+    return psum, step, factor, torch.full((6, 1), -8.0), torch.full((6, 1), 7.0), torch.randn(4, 5, 9)
+
+
 @pytest.mark.parametrize("kernels", ["compiled", "eager"])
 def test_fused_adc_compiled_and_eager_kernels_agree_in_float32(kernels):
     """Both kernel modes give the same result on the integer partial sums of the paper's setting (float32)."""
-    torch.manual_seed(1)
-    psum = torch.randint(-300, 300, (4, 6, 5, 9)).float().requires_grad_(True)
-    step = (torch.rand(6, 5) * 30 + 5).requires_grad_(True)
-    factor = torch.randn(6, 5, requires_grad=True)
-    qmin, qmax = torch.full((6, 1), -8.0), torch.full((6, 1), 7.0)
-    upstream = torch.randn(4, 5, 9)
+    psum, step, factor, qmin, qmax, upstream = _integer_psum_case(seed=1, magnitude=300)
     outs = []
     for mode in (kernels, "eager"):
         previous = set_kernels(mode)
@@ -164,16 +169,16 @@ def test_kernels_fall_back_to_eager_with_a_warning_when_compiling_fails(monkeypa
 
 def test_int16_saved_psums_give_the_same_gradients_and_half_the_memory():
     """Integer partial sums below 2^15 saved as int16 for the backward pass: the same gradients, exactly."""
-    torch.manual_seed(2)
-    psum = torch.randint(-5000, 5000, (4, 6, 5, 9)).float().requires_grad_(True)
-    step = (torch.rand(6, 5) * 300 + 50).requires_grad_(True)
-    factor = torch.randn(6, 5, requires_grad=True)
-    qmin, qmax = torch.full((6, 1), -8.0), torch.full((6, 1), 7.0)
-    upstream = torch.randn(4, 5, 9)
+    psum, step, factor, qmin, qmax, upstream = _integer_psum_case(seed=2, magnitude=5000)
     results = []
     for int16 in (False, True):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        saved: list[torch.Tensor] = []
+
+        def pack(t: torch.Tensor, saved: list[torch.Tensor] = saved) -> torch.Tensor:
+            saved.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = adc_shift_add(psum, step, factor, qmin, qmax, int16_psums=int16)
         assert saved[0].dtype == (torch.int16 if int16 else torch.float32)
         results.append([y, *torch.autograd.grad((y * upstream).sum(), (psum, step, factor))])
