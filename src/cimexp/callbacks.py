@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cimexp.cim import cim_layers, set_psum_quant, start_telemetry, stop_telemetry
 from cimexp.cim.variation import sample_cell_gain
-from cimexp.utils import atomic_write_json
+from cimexp.files import atomic_write_json
 
 
 class QATSchedule(L.Callback):

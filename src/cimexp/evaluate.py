@@ -33,10 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import CostModel, cell_variation, cim_layers, cim_summary, set_adc_errors
+from cimexp.files import atomic_write_json
 from cimexp.module import ImageClassifier
 from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
 from cimexp.utils import (
-    atomic_write_json,
     finish_wandb,
     finished_results,
     git_state,

@@ -28,11 +28,11 @@ from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, ResultsWrit
 from cimexp.cim import ADCErrors, Granularity, cim_layers, cim_summary, set_adc_errors, set_kernels
 from cimexp.cim.cost import CostModel
 from cimexp.cim.quant import KERNEL_MODES
+from cimexp.files import atomic_write_json
 from cimexp.models import load_float_weights
 from cimexp.module import COMPILE_MODES, ImageClassifier
 from cimexp.utils import (
     CHECKOUT_DIR,
-    atomic_write_json,
     finish_wandb,
     finished_results,
     git_state,

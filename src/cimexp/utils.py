@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,34 +57,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cimexp.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("cimexp.experiments_dir", lambda: str(EXPERIMENTS_DIR), replace=True)
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON so that readers see the old file or the new one, never a partial one.
-
-    The text goes to a temporary file in the same directory, which then replaces ``path`` (``os.replace``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 def git_state(repo_dir: str | Path | None = None) -> dict[str, Any]:

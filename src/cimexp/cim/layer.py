@@ -14,10 +14,12 @@ Forward pass, per output position (paper Sec. II-A, III-A..C; shapes in :mod:`ci
    non-idealities (noise, offset, gain, DNL; :mod:`cimexp.cim.adc`) via :func:`set_adc_errors`.
 5. Shift-and-add + dequantization: ``y = sum_{k,p,t,s} input_shift_k * polarity * shift_s * code * s_p * s_a * s_w``.
 
-Fast path: all columns of all arrays come out of one grouped convolution (groups = row tiles, paper Fig. 5), and
-the ADC, dequantization and shift-and-add run in one fused autograd function. With ``psum_quant=False`` the
-whole layer is linear in the cell codes, so it folds into a single ordinary convolution. The literal reference
-is :func:`cimexp.cim.program.simulate`, tested against this layer.
+Fast path: every row tile's columns come out of one convolution over that tile's input channels (channels-last on
+a CPU; on a GPU all tiles in one grouped convolution, paper Fig. 5), and the ADC, dequantization and shift-and-add
+run in one autograd node whose forward and backward are compiled fused kernels (:mod:`cimexp.cim.quant`). With
+``psum_quant=False`` the whole layer is linear in the cell codes, so it folds into a single ordinary convolution.
+Bit-serial inputs, non-ideal ADCs and telemetry take the general path (all columns at once). The literal reference
+is :func:`cimexp.cim.program.simulate`, tested against both paths.
 """
 
 from __future__ import annotations

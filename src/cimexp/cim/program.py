@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cimexp.files import atomic_write
 
 FORMAT_VERSION = 2
 
@@ -111,8 +112,8 @@ class CIMProgram:
             if f.name not in _ARRAY_FIELDS:
                 meta[f.name] = getattr(self, f.name)
         npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
-        _atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
-        _atomic_write(json_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+        atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
+        atomic_write(json_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
         return npz_path, json_path
 
     @classmethod
@@ -134,18 +135,6 @@ class CIMProgram:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @torch.no_grad()

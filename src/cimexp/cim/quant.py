@@ -213,8 +213,8 @@ class _AdcShiftAdd(torch.autograd.Function):
 # --- compiled kernels ---------------------------------------------------------------------------------------
 # Eager PyTorch runs the ADC as a chain of elementwise ops, each a full pass over the [B, G, O, L] partial sums
 # (S*T times the layer's output); the backward needs about ten. Compiled (inductor: C++/OpenMP on CPU, Triton on
-# GPU) each becomes one or two fused loops, 10-20x faster. Shapes are dynamic, so every layer shape and batch size
-# shares one compiled kernel per dtype and device.
+# GPU) each becomes one or two fused loops, about 10x faster on the 2-core CPU. Shapes are dynamic, so every layer
+# shape and batch size shares one compiled kernel per dtype and device.
 
 KERNEL_MODES = ("auto", "compiled", "eager")
 _kernel_mode = "auto"

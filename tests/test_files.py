@@ -1,0 +1,54 @@
+"""Atomic writes: whole files only, with the mode a plain open() gives (results are readable by colleagues)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cimexp.cim import CIMConv2d, calibrate
+from cimexp.files import atomic_write, atomic_write_json
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_json_files_get_the_mode_of_plain_files(tmp_path: Path, umask_022) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_json(tmp_path / "results.json", {"acc": np.float32(0.5), "t": torch.tensor(2), "p": tmp_path})
+    assert _mode(tmp_path / "results.json") == _mode(plain) == 0o644
+    assert json.loads((tmp_path / "results.json").read_text()) == {"acc": 0.5, "t": 2, "p": str(tmp_path)}
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "results.json", {"status": "running"})
+
+    def broken(f):
+        f.write(b'{"status": "fin')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "results.json", broken)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_exported_chip_programs_are_readable_too(tmp_path: Path, umask_022) -> None:
+    layer = CIMConv2d(4, 4, 3, padding=1, array_size=36)
+    calibrate(layer, torch.rand(2, 4, 5, 5))
+    paths = layer.cim_program().save(tmp_path / "layer")
+    assert [_mode(Path(p)) for p in paths] == [0o644, 0o644]
