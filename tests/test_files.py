@@ -52,3 +52,32 @@ def test_exported_chip_programs_are_readable_too(tmp_path: Path, umask_022) -> N
     calibrate(layer, torch.rand(2, 4, 5, 5))
     paths = layer.cim_program().save(tmp_path / "layer")
     assert [_mode(Path(p)) for p in paths] == [0o644, 0o644]
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: what a crafted checkpoint would do with a real payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("entry", ["model.init_from", "cimexp.evaluate"])
+def test_a_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path: Path, entry: str) -> None:
+    """Both places that read user-given checkpoints (float weights to fine-tune from; checkpoints to evaluate)
+    refuse a file whose unpickling would run code, name it, and the payload never runs."""
+    from cimexp.evaluate import load_checkpoint
+    from cimexp.models import load_float_weights, resnet20
+
+    marker = tmp_path / "payload_ran"
+    crafted = tmp_path / "checkpoints" / "last.ckpt"
+    crafted.parent.mkdir()
+    torch.save({"state_dict": {"model.fc.bias": torch.zeros(10)}, "hyper_parameters": _Payload(marker)}, crafted)
+    with pytest.raises(ValueError, match=r"refusing to load .*last\.ckpt.*could run code"):
+        if entry == "model.init_from":
+            load_float_weights(resnet20(), crafted)
+        else:
+            load_checkpoint(crafted)
+    assert not marker.exists()

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import CostModel, cell_variation, cim_layers, cim_summary, set_adc_errors
-from cimexp.files import atomic_write_json
+from cimexp.files import atomic_write_json, read_checkpoint
 from cimexp.module import ImageClassifier
 from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
 from cimexp.utils import (
@@ -99,15 +99,16 @@ def load_checkpoint(ckpt: str | Path) -> TrainedCheckpoint:
     """Read a training checkpoint of this platform (see :func:`resolve_checkpoint` for ``ckpt``).
 
     The training config comes from the checkpoint's hyperparameters, or else from ``config_resolved.yaml`` of the
-    run directory holding ``checkpoints/``. The file is unpickled with ``weights_only=False`` (Lightning checkpoints
-    hold Python objects), so load only checkpoints you trust.
+    run directory holding ``checkpoints/``. The file is read with ``weights_only=True``
+    (:func:`cimexp.files.read_checkpoint`): one that carries Python objects beyond tensors and plain containers
+    is refused before anything in it runs.
 
     Raises:
         FileNotFoundError: see :func:`resolve_checkpoint`.
         ValueError: the file is not a Lightning checkpoint of a cimexp training run.
     """
     path = resolve_checkpoint(ckpt)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); pass one of cimexp.train")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None

@@ -1,13 +1,17 @@
-"""Writing files atomically: readers see the old file or the new one, never a partial one."""
+"""Files: atomic writes (readers see the old file or the new one, never a partial one) and checkpoint reads that
+cannot run code."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -46,3 +50,21 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load(path)`` onto the CPU with ``weights_only=True``: tensors and plain containers only, so a file
+    carrying a code payload is refused before anything in it runs (cimexp's own checkpoints hold nothing else).
+
+    Raises:
+        ValueError: the file holds other Python objects; the message names the file and what was refused.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"refusing to load {str(path)!r}: it holds Python objects other than tensors and plain containers, "
+            f"which could run code when unpickled ({reason}). cimexp checkpoints and state_dicts never do; if you "
+            "trust the file, re-save its tensors with torch.save(state_dict) and load that."
+        ) from None

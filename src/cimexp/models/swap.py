@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cimexp.files import read_checkpoint
+
 log = logging.getLogger(__name__)
 
 ConvFactory = Callable[..., nn.Module]
@@ -110,8 +112,8 @@ def load_float_weights(model: nn.Module, path: str | Path) -> int:
 
     The checkpoint is either a Lightning ``.ckpt`` (a dict with ``state_dict`` whose keys start with ``model.``,
     the attribute under which the LightningModule holds the network) or a plain ``state_dict`` saved with
-    ``torch.save``. It is unpickled with ``weights_only=False`` (Lightning checkpoints hold config objects), so
-    load only checkpoints you trust.
+    ``torch.save``. It is read with ``weights_only=True`` (:func:`cimexp.files.read_checkpoint`): a file that
+    carries other Python objects is refused (``ValueError``) before anything in it runs.
 
     CIM layers add parameters and buffers (step sizes) that a float checkpoint lacks; those keep their current
     values. Everything else must match exactly: a checkpoint key the model does not have, or a float tensor of the
@@ -144,7 +146,7 @@ def load_float_weights(model: nn.Module, path: str | Path) -> int:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(
             f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}; "
