@@ -515,3 +515,18 @@ def test_notebook_runs_on_a_results_directory(tree: Path, monkeypatch: pytest.Mo
     assert len(images) == len(FIGURES)
     text = "".join(output.get("text", "") for output in outputs)
     assert f"{N_TRAIN + N_EVALUATE} finished runs" in text and os.path.join("running", "results.json") in text
+
+
+def test_smoke_runs_of_debug_profiles_stay_out_unless_asked_for(tmp_path: Path) -> None:
+    """A one-batch ``debug=fdr`` run is no evidence: it is left out of the tables (and listed as skipped), unless
+    the report is asked for it (``--include-debug``)."""
+    write_results(tmp_path, "train/runs/real", train_results("cifar10", "column", "column", 0.80))
+    smoke = train_results("cifar10", "layer", "layer", 0.6562)
+    smoke["choices"] = {"debug": "fdr"}
+    write_results(tmp_path, "debug/runs/fdr", smoke)
+
+    runs, skipped = collect([tmp_path])
+    assert len(runs) == 1 and runs["acc"].tolist() == [80.0]
+    assert skipped["reason"].tolist() == ["smoke run (debug=fdr); include it with --include-debug"]
+    runs, skipped = collect([tmp_path], include_debug=True)
+    assert len(runs) == 2 and skipped.empty

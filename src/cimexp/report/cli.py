@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
         help="published accuracies to compare with (repeatable): `paper` for the numbers stated in Kim et al. 2025, "
         f"or a CSV with the columns {', '.join(REFERENCE_COLUMNS)}",
     )
+    cli.add_argument(
+        "--include-debug", action="store_true", help="also report smoke runs of a debug= profile (left out by default)"
+    )
     cli.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
     cli.add_argument("--wandb-project", default="cimexp", help="W&B project (default: cimexp)")
     cli.add_argument(
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     try:
-        runs, skipped = collect(args.paths)
+        runs, skipped = collect(args.paths, include_debug=args.include_debug)
         reference = reference_table(args.reference)
     except (FileNotFoundError, ValueError) as error:
         cli.error(str(error))

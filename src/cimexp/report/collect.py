@@ -134,12 +134,13 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
-def collect(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every ``results.json`` below ``paths`` into a table of finished runs, and list the files skipped.
 
     A file is skipped, never fatal, when it cannot be read or parsed, lacks a required field, or belongs to a
     run that is not finished (``status: "running"`` while training, ``"interrupted"``, ``"diverged"``: a
-    non-finite loss at the end).
+    non-finite loss at the end). Smoke runs of a ``debug=`` profile (one batch, a few limited epochs) are
+    skipped too, unless ``include_debug``.
 
     Returns:
         ``(runs, skipped)``: ``runs`` has one row per finished run with the :data:`COLUMNS` (then any extra
@@ -153,7 +154,14 @@ def collect(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     skipped: list[dict[str, str]] = []
     for path in find_results(paths):
         try:
-            rows.append(parse_results(json.loads(path.read_text()), path.parent))
+            record = json.loads(path.read_text())
+            debug = (record.get("choices") or {}).get("debug") if isinstance(record, dict) else None
+            if debug is not None and not include_debug:
+                skipped.append(
+                    {"path": str(path), "reason": f"smoke run (debug={debug}); include it with --include-debug"}
+                )
+                continue
+            rows.append(parse_results(record, path.parent))
         except UnfinishedRun as reason:
             skipped.append({"path": str(path), "reason": f"unfinished: {reason}"})
         except OSError as error:
