@@ -295,6 +295,7 @@ def bench_net(
         rows.append(
             {
                 "model": name,
+                "cuda_graphs": device.type == "cuda" and compile_mode in ("reduce-overhead", "max-autotune"),
                 "step_s": statistics.median(net_times),
                 "memory_bytes": saved_and_state if cuda_peak is None else cuda_peak,
                 "cuda_peak_bytes": cuda_peak,
@@ -315,6 +316,8 @@ def format_net_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`bench_net` results, with a note on warm-up and calibration."""
     on_cuda = rows[0]["cuda_peak_bytes"] is not None
     memory = "peak memory (MiB)" if on_cuda else "memory: saved for bwd + weights, grads, momentum (MiB)"
+    if on_cuda and rows[0].get("cuda_graphs"):
+        memory = "peak memory (MiB; CUDA graphs allocate their pools in warm-up: not comparable)"
     lines = [
         f"| model | step (ms) | vs float | {memory} | vs float | warm-up (s) |",
         "|---|---|---|---|---|---|",
