@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cimexp.cim import cim_layers, set_psum_quant, start_telemetry, stop_telemetry
 from cimexp.cim.variation import sample_cell_gain
+from cimexp.data.batch import epoch_seed
 from cimexp.files import atomic_write_json
 
 
@@ -171,8 +172,8 @@ class ReseedEachEpoch(L.Callback):
     Randomness drawn from the global RNGs during an epoch (dropout, noise injection, global-RNG transforms) then
     depends on the epoch number only, not on everything that ran before it, so a run resumed from a checkpoint
     draws the same numbers as the uninterrupted run. The data order and augmentation are the data module's:
-    Lightning calls ``set_epoch(epoch)`` on the loaders' samplers before each epoch. A no-op when ``seed`` is
-    ``None``.
+    Lightning calls ``set_epoch(epoch)`` on the loaders' samplers before each epoch (``EpochSampler``). A no-op
+    when ``seed`` is ``None``.
     """
 
     def __init__(self, seed: int | None) -> None:
@@ -181,11 +182,10 @@ class ReseedEachEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.seed is None:
             return
-        entropy = [int(self.seed) % 2**32, trainer.current_epoch, trainer.global_rank]
-        epoch_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-        random.seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        torch.manual_seed(epoch_seed)
+        seed = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 class PsumTelemetry(L.Callback):

@@ -117,12 +117,19 @@ def test_loaders_give_normalised_float_batches(tmp_path, write_npz):
     torch.testing.assert_close(val_images, expected)
 
 
-def _train_epochs(data_dir: Path, seed: int, num_workers: int = 0, epochs: int = 1) -> list[torch.Tensor]:
-    """All training images of each epoch, in loader order: ``epochs`` tensors ``[N, 3, 32, 32]``."""
+def _train_epochs(
+    data_dir: Path, seed: int, num_workers: int = 0, epochs: int = 1, first_epoch: int = 0
+) -> list[torch.Tensor]:
+    """All training images of each epoch, in loader order: ``epochs`` tensors ``[N, 3, 32, 32]``. Before each
+    epoch the sampler is told the epoch, as Lightning does."""
     dm = CIFAR10DataModule(data_dir=data_dir, batch_size=8, seed=seed, num_workers=num_workers)
     dm.setup()
     loader = dm.train_dataloader()
-    return [torch.cat([images for images, _ in loader]) for _ in range(epochs)]
+    out = []
+    for epoch in range(first_epoch, first_epoch + epochs):
+        loader.sampler.set_epoch(epoch)
+        out.append(torch.cat([images for images, _ in loader]))
+    return out
 
 
 def test_training_batches_are_seed_deterministic(tmp_path, write_npz):
@@ -136,11 +143,14 @@ def test_training_batches_are_seed_deterministic(tmp_path, write_npz):
     assert not torch.equal(first[0], _train_epochs(tmp_path, seed=1)[0])
 
 
-def test_worker_augmentation_is_seeded_and_changes_per_epoch(tmp_path, write_npz):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_every_epoch_is_a_pure_function_of_seed_and_epoch(tmp_path, write_npz, num_workers):
+    """Order and augmentation of epoch 1 are the same whether the loader ran epoch 0 before (the uninterrupted run)
+    or starts at epoch 1 (a run resumed from epoch 0's checkpoint), in the main process and in workers."""
     write_npz(tmp_path)
-    first = _train_epochs(tmp_path, seed=0, num_workers=1, epochs=2)
-    again = _train_epochs(tmp_path, seed=0, num_workers=1, epochs=2)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    first = _train_epochs(tmp_path, seed=0, num_workers=num_workers, epochs=2)
+    resumed = _train_epochs(tmp_path, seed=0, num_workers=num_workers, first_epoch=1)
+    assert torch.equal(resumed[0], first[1])
     assert not torch.equal(first[0], first[1])
 
 

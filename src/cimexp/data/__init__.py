@@ -6,8 +6,8 @@ attributes for building the model. CIFAR and synthetic data live in memory as ui
 per batch with tensor ops; the evaluation split of CIFAR is the official test split.
 """
 
-from cimexp.data.base import ImageDataModule, class_balanced_subset
-from cimexp.data.batch import BatchTransform, UInt8ImageDataset, random_crop_flip
+from cimexp.data.base import EpochSampler, ImageDataModule, class_balanced_subset
+from cimexp.data.batch import BatchTransform, UInt8ImageDataset, epoch_seed, random_crop_flip
 from cimexp.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_npz, read_pickled_batches
 from cimexp.data.imagenet import ImageNetDataModule
 from cimexp.data.synthetic import SyntheticDataModule
@@ -16,11 +16,13 @@ __all__ = [
     "BatchTransform",
     "CIFAR100DataModule",
     "CIFAR10DataModule",
+    "EpochSampler",
     "ImageDataModule",
     "ImageNetDataModule",
     "SyntheticDataModule",
     "UInt8ImageDataset",
     "class_balanced_subset",
+    "epoch_seed",
     "random_crop_flip",
     "read_npz",
     "read_pickled_batches",

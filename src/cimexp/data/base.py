@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from cimexp.data.batch import BatchTransform
+from cimexp.data.batch import BatchTransform, epoch_seed
 
 
 class ImageDataModule(L.LightningDataModule, abc.ABC):
@@ -22,8 +22,9 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     ``UInt8ImageDataset``s and ``BatchTransform`` augments and normalises whole batches; datasets that transform
     per image (ImageNet) override ``_collate_fn``.
 
-    The loaders shuffle the training split with a generator seeded by ``seed`` and augment with another one, so
-    two modules with the same arguments yield the same batches, whatever the global RNG state.
+    The training loader shuffles (:class:`EpochSampler`) and augments (``BatchTransform``) as pure functions of
+    ``(seed, epoch)``: two modules with the same arguments yield the same batches in every epoch, whatever the
+    global RNG state, and a run resumed at an epoch boundary sees the same data as the uninterrupted run.
 
     Args:
         batch_size: training batch size.
@@ -104,16 +105,47 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are built")
+        collate_fn = self._collate_fn(train)
+        # Training: an order and augmentation that are pure functions of (seed, epoch), so that a resumed run
+        # sees every epoch exactly as the uninterrupted run did; workers are re-created every epoch to get it.
+        sampler = EpochSampler(len(dataset), self.seed, followers=[collate_fn]) if train else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self._collate_fn(train),
+            collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(self.seed),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+class EpochSampler(Sampler[int]):
+    """The indices ``0 .. size-1`` in a random order that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch (through its DDP wrapper too, which then shards this
+    order), and the sampler passes the epoch on to its ``followers`` that have a ``set_epoch`` (the batch
+    augmentation), so a run resumed from an epoch's checkpoint replays the next epochs exactly.
+    """
+
+    def __init__(self, size: int, seed: int, followers: Iterable[object] = ()) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.followers = [f for f in followers if callable(getattr(f, "set_epoch", None))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for follower in self.followers:
+            follower.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _balanced_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 
@@ -48,10 +50,11 @@ class BatchTransform:
     torchvision's ``RandomCrop(padding=...)`` on PIL images), cropped back to ``H x W`` at a random offset, and
     flipped left-right with probability 1/2.
 
-    Randomness comes from a private generator seeded with ``seed``, so batches are reproducible and the global
-    RNG is untouched. Inside a DataLoader worker, the generator is seeded from the worker's seed instead (which
-    the DataLoader derives from its own generator each epoch), so workers neither repeat each other nor repeat
-    the same augmentation every epoch.
+    Randomness comes from a private generator, so the global RNG is untouched. It is a pure function of
+    ``(seed, epoch, rank, worker)``: :meth:`set_epoch` (called through :class:`~cimexp.data.base.EpochSampler`
+    before every epoch) reseeds it, and each DataLoader worker seeds its own from its id. A run resumed at an
+    epoch therefore augments that epoch exactly as the uninterrupted run did (the loader must re-create its
+    workers every epoch, so that they get the new epoch: ``persistent_workers=False``).
     """
 
     def __init__(
@@ -66,8 +69,16 @@ class BatchTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = augment
         self.crop_padding = crop_padding
-        self._generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.epoch = 0
+        self._generator = torch.Generator().manual_seed(epoch_seed(seed, 0))
         self._worker_generator: torch.Generator | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentation for ``epoch`` (and this process's distributed rank)."""
+        self.epoch = epoch
+        self._generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, _rank()))
+        self._worker_generator = None
 
     def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
@@ -80,8 +91,19 @@ class BatchTransform:
         if worker is None:
             return self._generator
         if self._worker_generator is None:
-            self._worker_generator = torch.Generator().manual_seed(worker.seed)
+            seed = epoch_seed(self.seed, self.epoch, _rank(), worker.id + 1)
+            self._worker_generator = torch.Generator().manual_seed(seed)
         return self._worker_generator
+
+
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 32-bit seed that is a pure function of ``(seed, epoch, *more)`` (numpy's ``SeedSequence``: nearby inputs
+    give unrelated seeds)."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(epoch), *map(int, more)]).generate_state(1)[0])
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
