@@ -107,3 +107,51 @@ def test_paper_command_on_real_cifar10(run_cli, tmp_path: Path) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     assert results["data"] == "cifar10" and results["global_step"] == 5
     assert results["cim"]["weight_granularity"] == results["cim"]["psum_granularity"] == "column"
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(run_cli, quiet, tmp_path: Path) -> None:
+    """The real thing: `python -m cimexp.train` with shuffled, augmented data is killed with SIGKILL once its first
+    epoch's checkpoint exists (somewhere in epoch 1), launched again into the same directory (which resumes from
+    last.ckpt), and ends with exactly the metrics of a run that was never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [
+        "data=synthetic",
+        "data.image_size=8",
+        "data.train_size=96",
+        "data.val_size=16",
+        "data.batch_size=8",
+        "trainer.max_epochs=3",
+        "scheduler.T_max=36",
+        "logger=csv",
+        *quiet,
+    ]
+    straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, timeout=300)
+    assert straight.returncode == 0, _output(straight)
+
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "cimexp.train", *args, f"hydra.run.dir={killed_dir}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results, deadline = killed_dir / "results.json", time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and (killed_dir / "checkpoints" / "last.ckpt").is_file():
+            record = json.loads(results.read_text())
+            if record.get("status") == "running" and len(record.get("history", [])) >= 1:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = json.loads(results.read_text())
+    assert killed["status"] == "running" and len(killed["history"]) < 3, "the run was not stopped in time"
+
+    resumed = run_cli([*args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
+    want = json.loads((tmp_path / "straight" / "results.json").read_text())
+    got = json.loads(results.read_text())
+    assert got["status"] == "finished" and got["global_step"] == want["global_step"] == 36
+    for key in ("val/acc", "val/loss", "train/loss"):
+        assert got["final"][key] == want["final"][key], key
