@@ -392,7 +392,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         repeats = 2 if args.repeats is None else args.repeats
         print(f"network: ResNet-20 SGD step, compile={args.compile} rounds={rounds} repeats={repeats}")
         models = tuple(args.models.split(","))
-        results["net"] = bench_net(args.batch, device, rounds, repeats, args.compile, args.warmup, models)
+        try:
+            results["net"] = bench_net(args.batch, device, rounds, repeats, args.compile, args.warmup, models)
+        except ValueError as error:  # a bad --models, --batch, --rounds ...: one line, exit status 2
+            parser.error(str(error))
         print(format_net_table(results["net"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
