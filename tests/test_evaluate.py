@@ -196,3 +196,28 @@ def test_multirun_of_two_evaluations(trained_run: Path, run_cli, tmp_path: Path)
     assert {r["sweep_group"] for r in runs} == {sweep_dir.name}
     assert len(list((tmp_path / "logs" / "evaluate" / "clean_cache").glob("*.json"))) == 1
     assert (result.stdout + result.stderr).count("[cimexp] evaluate resnet20/synthetic") == 2
+
+
+@pytest.mark.parametrize("side_file", ["running", "corrupt"])
+def test_any_checkpoint_evaluates_whatever_its_results_json_says(
+    trained_run: Path, run_eval, tmp_path: Path, capsys: pytest.CaptureFixture[str], side_file: str
+) -> None:
+    """The checkpoint holds everything evaluation needs: a training run that was stopped (results.json still says
+    ``running``, without the final fields) is evaluated and reported as unfinished; a corrupt results.json is
+    ignored with a message instead of stopping the evaluation."""
+    import shutil
+
+    run_dir = tmp_path / "stopped_run"
+    shutil.copytree(trained_run, run_dir)
+    content = {"running": '{"status": "running", "history": []}', "corrupt": '{"status": "fin'}[side_file]
+    (run_dir / "results.json").write_text(content)
+
+    _, objects = run_eval([f"ckpt={run_dir}"], "eval")
+    results = objects["results"]
+    assert results["status"] == "finished" and results["model"] == "resnet20"
+    out = capsys.readouterr().out
+    if side_file == "running":
+        assert results["train_results"]["status"] == "running"
+        assert "unfinished training run (status 'running')" in out
+    else:
+        assert results["train_results"] is None and "unreadable" in out and "results.json" in out

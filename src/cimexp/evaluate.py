@@ -122,11 +122,26 @@ def load_checkpoint(ckpt: str | Path) -> TrainedCheckpoint:
         )
     prefix = "model."
     state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    train_results = None
-    if run_dir is not None and (run_dir / "results.json").is_file():
-        train_results = json.loads((run_dir / "results.json").read_text())
-        train_results.pop("history", None)
+    train_results = _training_results(run_dir) if run_dir is not None else None
     return TrainedCheckpoint(path, config, state_dict, checkpoint.get("callbacks") or {}, train_results)
+
+
+def _training_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json without its history; ``None`` when it is missing or unreadable (the checkpoint holds
+    all that evaluation needs, so a broken side file only costs the record of the training run)."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"[cimexp] ignoring the training run's unreadable {path}: {error}", flush=True)
+        return None
+    if not isinstance(record, dict):
+        print(f"[cimexp] ignoring the training run's {path}: not a JSON object", flush=True)
+        return None
+    record.pop("history", None)
+    return record
 
 
 def build_trained_net(checkpoint: TrainedCheckpoint, num_classes: int) -> torch.nn.Module:
@@ -203,6 +218,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     validate_config(cfg)
     start = time.perf_counter()
     checkpoint = load_checkpoint(cfg.ckpt)
+    train_status = (checkpoint.train_results or {}).get("status", "finished")
+    if train_status != "finished":
+        print(f"[cimexp] evaluating a checkpoint of an unfinished training run (status {train_status!r})", flush=True)
     datamodule = instantiate(cfg.data)
     trained_on = checkpoint.config["data"]["_target_"]
     if trained_on != cfg.data._target_:
@@ -323,7 +341,7 @@ def _results(
         "ckpt": str(checkpoint.path.resolve()),
         "cim": cim,
         "schedule": schedule_summary(schedule),
-        "model": train_results["model"] if train_results else config["model"]["_target_"].rpartition(".")[2],
+        "model": (train_results or {}).get("model") or config["model"]["_target_"].rpartition(".")[2],
         "data": hydra_cfg.runtime.choices.get("data", cfg.data._target_) if hydra_cfg else cfg.data._target_,
         "seed": config.get("seed"),
         "variation": {"sigma": float(cfg.variation.sigma), "seed": int(cfg.variation.seed)},
