@@ -175,6 +175,9 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["schedule=two_stage", "trainer.max_epochs=100"], ValueError, ["stage1_epochs=100", "max_epochs=100"]),
         (["model.init_from=/nonexistent/float.ckpt"], FileNotFoundError, ["/nonexistent/float.ckpt", "init_from"]),
         (["model.kernels=fast"], ValueError, ["model.kernels", "fast", "auto, compiled, eager"]),
+        (["optimizer.lr=abc"], ValueError, ["optimizer", "'lr': 'abc'"]),
+        (["optimizer.momentum=-1"], ValueError, ["'momentum': -1", "Invalid momentum value: -1"]),
+        (["scheduler.eta_min=x"], ValueError, ["scheduler", "'eta_min': 'x'"]),
         (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),
     ],
 )

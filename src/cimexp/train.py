@@ -73,6 +73,15 @@ def validate_config(cfg: DictConfig) -> None:
         instantiate(cfg.cim)(8, 8, 3, padding=1)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
+    try:  # the optimizer and scheduler check their own arguments: build them on one parameter
+        optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        if cfg.get("scheduler"):
+            scheduler = instantiate(cfg.scheduler)(optimizer, T_max=cfg.scheduler.get("T_max") or 1)
+            optimizer.step()  # no gradient: changes nothing; some schedulers check their values only when stepped
+            scheduler.step()
+    except (ValueError, TypeError) as error:
+        values = {k: v for k, v in {**cfg.optimizer, **(cfg.get("scheduler") or {})}.items() if k[0] != "_"}
+        raise ValueError(f"invalid optimizer or scheduler settings {values}: {error}") from error
 
     trainer = cfg.trainer
     stage1 = cfg.schedule.stage1_epochs
