@@ -109,49 +109,85 @@ def test_paper_command_on_real_cifar10(run_cli, tmp_path: Path) -> None:
     assert results["cim"]["weight_granularity"] == results["cim"]["psum_granularity"] == "column"
 
 
+STOPPABLE_RUN = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.train_size=96",
+    "data.val_size=16",
+    "data.batch_size=8",
+    "trainer.max_epochs=3",
+    "scheduler.T_max=36",
+    "logger=csv",
+]
+"""Three epochs of 12 steps: long enough to be stopped in epoch 1 or 2 once epoch 0's checkpoint exists."""
+
+
+def _stop_after_first_checkpoint(args: list[str], run_dir: Path, sig: int) -> tuple[int, str]:
+    """Start ``python -m cimexp.train <args>`` into ``run_dir``, send ``sig`` once epoch 0's checkpoint and
+    results exist, and return its exit status and output."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "cimexp.train", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    results, deadline = run_dir / "results.json", time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            record = json.loads(results.read_text())
+            if record.get("status") == "running" and len(record.get("history", [])) >= 1:
+                break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    return proc.returncode, output
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(run_cli, quiet, tmp_path: Path) -> None:
     """The real thing: `python -m cimexp.train` with shuffled, augmented data is killed with SIGKILL once its first
     epoch's checkpoint exists (somewhere in epoch 1), launched again into the same directory (which resumes from
     last.ckpt), and ends with exactly the metrics of a run that was never stopped."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    args = [
-        "data=synthetic",
-        "data.image_size=8",
-        "data.train_size=96",
-        "data.val_size=16",
-        "data.batch_size=8",
-        "trainer.max_epochs=3",
-        "scheduler.T_max=36",
-        "logger=csv",
-        *quiet,
-    ]
+    args = [*STOPPABLE_RUN, *quiet]
     straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, timeout=300)
     assert straight.returncode == 0, _output(straight)
 
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-m", "cimexp.train", *args, f"hydra.run.dir={killed_dir}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results, deadline = killed_dir / "results.json", time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.is_file() and (killed_dir / "checkpoints" / "last.ckpt").is_file():
-            record = json.loads(results.read_text())
-            if record.get("status") == "running" and len(record.get("history", [])) >= 1:
-                break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    killed = json.loads(results.read_text())
+    _stop_after_first_checkpoint(args, killed_dir, signal.SIGKILL)
+    killed = json.loads((killed_dir / "results.json").read_text())
     assert killed["status"] == "running" and len(killed["history"]) < 3, "the run was not stopped in time"
 
     resumed = run_cli([*args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
     want = json.loads((tmp_path / "straight" / "results.json").read_text())
-    got = json.loads(results.read_text())
+    got = json.loads((killed_dir / "results.json").read_text())
     assert got["status"] == "finished" and got["global_step"] == want["global_step"] == 36
     for key in ("val/acc", "val/loss", "train/loss"):
         assert got["final"][key] == want["final"][key], key
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_leave_an_interrupted_run_and_the_command_that_resumes_it(
+    run_cli, quiet, tmp_path: Path, signal_name: str
+) -> None:
+    """Ctrl-C (SIGINT) and a workload manager's SIGTERM end the run with results.json saying "interrupted" (with
+    the step it reached), a non-zero exit status, and the printed command, copied as it is, resumes the run."""
+    import shlex
+    import signal
+
+    run_dir = tmp_path / "stopped"
+    status, output = _stop_after_first_checkpoint([*STOPPABLE_RUN, *quiet], run_dir, getattr(signal, signal_name))
+    assert status != 0, output
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and 0 < results["global_step"] < 36, output
+    hint = output[output.index("[cimexp] stopped at step") :]
+    assert f"stopped at step {results['global_step']}" in hint and "resumes from its checkpoint" in hint
+    command = shlex.split(hint.splitlines()[1])
+    assert command[:3] == ["python", "-m", "cimexp.train"]
+    resumed = run_cli(command[3:], cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"

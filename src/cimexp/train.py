@@ -8,6 +8,7 @@ checkout installed with ``pip install -e .`` (see README).
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,7 +221,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         for logger in trainer.loggers:  # not `loggers`: fast_dev_run swaps them for a no-op logger
             logger.log_hyperparams(config)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        stopped: SystemExit | None = None
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SystemExit as exit_:  # Ctrl-C (Lightning exits after the KeyboardInterrupt) or SIGTERM
+            stopped = exit_
         wall_time_s = time.perf_counter() - start
 
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
@@ -230,6 +235,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             atomic_write_json(writer.path if writer else output_dir / "results.json", results)
             _log_summary(trainer.loggers, results)
             print(_summary_line(results), flush=True)
+            if stopped is not None:
+                print(_resume_hint(output_dir, results), flush=True)
+        if stopped is not None:  # Lightning's SIGTERM exit has no code; a stopped run must not look successful
+            raise SystemExit(stopped.code or 1)
     finally:
         finish_wandb(loggers)
 
@@ -368,6 +377,22 @@ def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, An
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(summary)
     return summary
+
+
+def _resume_hint(output_dir: Path, results: dict[str, Any]) -> str:
+    """What a stopped run prints: where it stopped and the command that resumes it."""
+    overrides = [o for o in results["overrides"] if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
+    # The run directory holds '=' and ',': Hydra needs it quoted, inside the shell's quotes.
+    command = " ".join(["python -m cimexp.train", *map(shlex.quote, overrides), f"\"hydra.run.dir='{output_dir}'\""])
+    epochs_done = len(results["history"])
+    if (output_dir / "checkpoints" / "last.ckpt").is_file():
+        start = f"it resumes from its checkpoint at the end of epoch {epochs_done - 1}"
+    else:
+        start = "it has no checkpoint yet (stopped in its first epoch), so this starts it again"
+    return (
+        f"[cimexp] stopped at step {results['global_step']} (in epoch {results['epochs']}); results.json says "
+        f'"interrupted". Launched again into the same directory, {start}:\n  {command}'
+    )
 
 
 def _summary_line(results: dict[str, Any]) -> str:
