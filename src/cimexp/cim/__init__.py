@@ -21,7 +21,7 @@ from cimexp.cim.layer import (
 from cimexp.cim.mapping import ArrayMapping
 from cimexp.cim.options import Granularity, WeightEncoding
 from cimexp.cim.program import CIMProgram, simulate
-from cimexp.cim.quant import get_kernels, set_kernels
+from cimexp.cim.quant import set_kernels
 from cimexp.cim.variation import cell_variation
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "cim_layers",
     "cim_summary",
     "dequant_ops",
-    "get_kernels",
     "layer_cost",
     "PsumStats",
     "set_adc_errors",

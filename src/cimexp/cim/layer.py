@@ -354,6 +354,7 @@ class CIMConv2d(nn.Conv2d):
         ``[B, O, H_out, W_out]``. On :data:`CHANNELS_LAST_DEVICES` the convolutions run channels-last (oneDNN's
         fast layout, 1.2-2x here) and the ADC reads their output in place as ``[B*H*W, G, O, 1]``."""
         columns_per_tile = self.mapping.n_polarities * self.mapping.n_splits
+        int16_psums = self._int16_psums
         channels_last = a_int.device.type in CHANNELS_LAST_DEVICES
         if channels_last:
             a_int = a_int.contiguous(memory_format=torch.channels_last)
@@ -364,7 +365,7 @@ class CIMConv2d(nn.Conv2d):
                 s_p, factor = self._steps_and_factors(factor, h * w)
             qmin, qmax = self._adc_range(g // columns_per_tile)
             columns = psum.permute(0, 3, 4, 1, 2).reshape(-1, g, o, 1) if channels_last else psum.flatten(3)
-            y = adc_shift_add(columns, s_p[g0 : g0 + g], factor[g0 : g0 + g], qmin, qmax, self._int16_psums)
+            y = adc_shift_add(columns, s_p[g0 : g0 + g], factor[g0 : g0 + g], qmin, qmax, int16_psums)
             y = y.reshape(batch, h, w, o).permute(0, 3, 1, 2) if channels_last else y.reshape(batch, o, h, w)
             out, g0 = (y if out is None else out + y), g0 + g
         return out

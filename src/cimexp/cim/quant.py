@@ -234,11 +234,6 @@ def set_kernels(mode: str) -> str:
     return previous
 
 
-def get_kernels() -> str:
-    """The current kernel mode (see :func:`set_kernels`)."""
-    return _kernel_mode
-
-
 _RECOMPILE_LIMIT = 64
 """Shapes a compiled kernel may specialise for (sizes 0 and 1 get their own code; tests meet many)."""
 _LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
