@@ -38,10 +38,11 @@ def tiny_data() -> list[str]:
     return list(_TINY_DATA)
 
 
-@pytest.fixture
-def quiet() -> list[str]:
-    """Overrides for terse trainer output in tests (no progress bar, no model summary)."""
-    return list(_QUIET)
+@pytest.fixture(scope="session")
+def quiet() -> tuple[str, ...]:
+    """Overrides for terse trainer output in tests (no progress bar, no model summary); session-wide, so that
+    module-scoped fixtures can train too."""
+    return tuple(_QUIET)
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
@@ -84,10 +85,10 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_cli(args, cwd, timeout=300, module="cimexp.train")``: ``python -m <module> <args>`` as a user types it,
-    from ``cwd``."""
+    from ``cwd`` (session-wide, for module-scoped fixtures too)."""
     return _run_cli
 
 

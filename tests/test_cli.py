@@ -119,12 +119,36 @@ STOPPABLE_RUN = [
     "scheduler.T_max=36",
     "logger=csv",
 ]
-"""Three epochs of 12 steps: long enough to be stopped in epoch 1 or 2 once epoch 0's checkpoint exists."""
+"""Three epochs of 12 steps, shuffled and augmented: long enough to be stopped inside epoch 0 or in a later epoch."""
+STEPS_PER_EPOCH = 12
 
 
-def _stop_after_first_checkpoint(args: list[str], run_dir: Path, sig: int) -> tuple[int, str]:
-    """Start ``python -m cimexp.train <args>`` into ``run_dir``, send ``sig`` once epoch 0's checkpoint and
-    results exist, and return its exit status and output."""
+@pytest.fixture(scope="module")
+def uninterrupted(run_cli, quiet, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """results.json of ``STOPPABLE_RUN`` trained without a stop: what every stopped and resumed run must end with."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_cli([*STOPPABLE_RUN, *quiet, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent, timeout=300)
+    assert result.returncode == 0, _output(result)
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _first_epoch_checkpointed(run_dir: Path) -> bool:
+    """Epoch 0's checkpoint and its results.json record exist: the run is in epoch 1 or later."""
+    results = run_dir / "results.json"
+    if not (results.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()):
+        return False
+    record = json.loads(results.read_text())
+    return record.get("status") == "running" and len(record.get("history", [])) >= 1
+
+
+def _checkpointed(run_dir: Path) -> bool:
+    """``checkpoints/last.ckpt`` exists (with ``checkpoint.every_n_steps``: the first one, inside epoch 0)."""
+    return (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def _stop_when(ready, args: list[str], run_dir: Path, sig: int) -> tuple[int, str]:
+    """Start ``python -m cimexp.train <args>`` into ``run_dir``, send ``sig`` once ``ready(run_dir)``, and return
+    its exit status and output."""
     import subprocess
     import sys
     import time
@@ -134,60 +158,96 @@ def _stop_after_first_checkpoint(args: list[str], run_dir: Path, sig: int) -> tu
     proc = subprocess.Popen(
         cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    results, deadline = run_dir / "results.json", time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if results.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            record = json.loads(results.read_text())
-            if record.get("status") == "running" and len(record.get("history", [])) >= 1:
-                break
-        time.sleep(0.02)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not ready(run_dir):
+        time.sleep(0.01)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     return proc.returncode, output
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(run_cli, quiet, tmp_path: Path) -> None:
+def _saved_step(run_dir: Path) -> int:
+    """The global step of ``run_dir``'s last.ckpt, read as Lightning resumes it: tensors and plain containers only
+    (the run config in it too)."""
+    import torch
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert isinstance(checkpoint["hyper_parameters"]["config"], dict)
+    return checkpoint["global_step"]
+
+
+def _assert_ends_as(run_dir: Path, want: dict) -> None:
+    """The run in ``run_dir`` finished with exactly the metrics of ``want``, every epoch's validation included."""
+    got = json.loads((run_dir / "results.json").read_text())
+    assert got["status"] == "finished" and got["global_step"] == want["global_step"] == 3 * STEPS_PER_EPOCH
+    for key in ("val/acc", "val/loss", "train/loss"):
+        assert got["final"][key] == want["final"][key], key
+    history = [(r["epoch"], r["val/acc"], r["val/loss"]) for r in got["history"]]
+    assert history == [(r["epoch"], r["val/acc"], r["val/loss"]) for r in want["history"]]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
+    run_cli, quiet, uninterrupted: dict, tmp_path: Path
+) -> None:
     """The real thing: `python -m cimexp.train` with shuffled, augmented data is killed with SIGKILL once its first
     epoch's checkpoint exists (somewhere in epoch 1), launched again into the same directory (which resumes from
     last.ckpt), and ends with exactly the metrics of a run that was never stopped."""
     import signal
 
     args = [*STOPPABLE_RUN, *quiet]
-    straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, timeout=300)
-    assert straight.returncode == 0, _output(straight)
-
     killed_dir = tmp_path / "killed"
-    _stop_after_first_checkpoint(args, killed_dir, signal.SIGKILL)
+    _stop_when(_first_epoch_checkpointed, args, killed_dir, signal.SIGKILL)
     killed = json.loads((killed_dir / "results.json").read_text())
     assert killed["status"] == "running" and len(killed["history"]) < 3, "the run was not stopped in time"
 
     resumed = run_cli([*args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
-    want = json.loads((tmp_path / "straight" / "results.json").read_text())
-    got = json.loads((killed_dir / "results.json").read_text())
-    assert got["status"] == "finished" and got["global_step"] == want["global_step"] == 36
-    for key in ("val/acc", "val/loss", "train/loss"):
-        assert got["final"][key] == want["final"][key], key
+    _assert_ends_as(killed_dir, uninterrupted)
+
+
+def test_a_run_killed_inside_an_epoch_resumes_at_that_batch_to_the_uninterrupted_result(
+    run_cli, quiet, uninterrupted: dict, tmp_path: Path
+) -> None:
+    """SIGKILL right after the first checkpoint inside epoch 0 (``checkpoint.every_n_steps=5``: steps 5, 10, 15, ...,
+    never an epoch's last). Launched again, the run resumes at the batch after that checkpoint, with the rest of
+    the epoch's shuffled and augmented batches and the same random numbers, and ends exactly as a run that was
+    never stopped."""
+    import signal
+
+    args = [*STOPPABLE_RUN, *quiet, "checkpoint.every_n_steps=5"]
+    killed_dir = tmp_path / "killed"
+    _stop_when(_checkpointed, args, killed_dir, signal.SIGKILL)
+    assert _saved_step(killed_dir) % STEPS_PER_EPOCH != 0, "the checkpoint is not one from inside an epoch"
+
+    resumed = run_cli([*args, f"hydra.run.dir={killed_dir}"], cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
+    _assert_ends_as(killed_dir, uninterrupted)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_and_sigterm_leave_an_interrupted_run_and_the_command_that_resumes_it(
-    run_cli, quiet, tmp_path: Path, signal_name: str
+def test_ctrl_c_and_sigterm_checkpoint_and_leave_an_interrupted_run_and_the_command_that_resumes_it(
+    run_cli, quiet, uninterrupted: dict, tmp_path: Path, signal_name: str
 ) -> None:
-    """Ctrl-C (SIGINT) and a workload manager's SIGTERM end the run with results.json saying "interrupted" (with
-    the step it reached), a non-zero exit status, and the printed command, copied as it is, resumes the run."""
+    """Ctrl-C (SIGINT) and a workload manager's SIGTERM, sent inside epoch 0 (after its first checkpoint, at step
+    3), let the current batch finish and write checkpoints/last.ckpt at that step; results.json says "interrupted"
+    with that step, the exit status is the shell's for the signal, and the printed command, copied as it is,
+    resumes the run to exactly the result of a run that was never stopped."""
     import shlex
     import signal
 
+    sig = getattr(signal, signal_name)
     run_dir = tmp_path / "stopped"
-    status, output = _stop_after_first_checkpoint([*STOPPABLE_RUN, *quiet], run_dir, getattr(signal, signal_name))
-    assert status != 0, output
+    args = [*STOPPABLE_RUN, *quiet, "checkpoint.every_n_steps=3"]
+    status, output = _stop_when(_checkpointed, args, run_dir, sig)
+    assert status == 128 + sig, output
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "interrupted" and 0 < results["global_step"] < 36, output
+    assert results["status"] == "interrupted" and 3 < results["global_step"] < STEPS_PER_EPOCH, output
+    assert _saved_step(run_dir) == results["global_step"]  # written when the run stopped
+    assert results["checkpoints"]["last"] == str(run_dir / "checkpoints" / "last.ckpt")
     hint = output[output.index("[cimexp] stopped at step") :]
     assert f"stopped at step {results['global_step']}" in hint and "resumes from its checkpoint" in hint
     command = shlex.split(hint.splitlines()[1])
     assert command[:3] == ["python", "-m", "cimexp.train"]
     resumed = run_cli(command[3:], cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    _assert_ends_as(run_dir, uninterrupted)

@@ -64,12 +64,14 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("entry", ["model.init_from", "cimexp.evaluate"])
-def test_a_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path: Path, entry: str) -> None:
-    """Both places that read user-given checkpoints (float weights to fine-tune from; checkpoints to evaluate)
-    refuse a file whose unpickling would run code, name it, and the payload never runs."""
+@pytest.mark.parametrize("entry", ["model.init_from", "cimexp.evaluate", "ckpt_path"])
+def test_a_checkpoint_carrying_code_is_refused_and_never_runs(make_cfg, tiny_data, tmp_path: Path, entry: str) -> None:
+    """Every place that reads user-given checkpoints (float weights to fine-tune from; checkpoints to evaluate; a
+    checkpoint to resume training from, which Lightning loads with ``weights_only=True`` too) refuses a file whose
+    unpickling would run code, names it, and the payload never runs; a refused resume leaves no run directory."""
     from cimexp.evaluate import load_checkpoint
     from cimexp.models import load_float_weights, resnet20
+    from cimexp.train import train
 
     marker = tmp_path / "payload_ran"
     crafted = tmp_path / "checkpoints" / "last.ckpt"
@@ -78,6 +80,9 @@ def test_a_checkpoint_carrying_code_is_refused_and_never_runs(tmp_path: Path, en
     with pytest.raises(ValueError, match=r"refusing to load .*last\.ckpt.*could run code"):
         if entry == "model.init_from":
             load_float_weights(resnet20(), crafted)
-        else:
+        elif entry == "cimexp.evaluate":
             load_checkpoint(crafted)
+        else:
+            train(make_cfg([*tiny_data, "logger=none", f"ckpt_path={crafted}"], "resumed"))
     assert not marker.exists()
+    assert not (tmp_path / "resumed").exists()

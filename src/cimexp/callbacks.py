@@ -1,28 +1,36 @@
 """Lightning callbacks of a cimexp run: the QAT schedule, training-time bookkeeping, results.json, reseeding,
-partial-sum telemetry and variation-aware training.
+checkpoints inside epochs and on Ctrl-C / SIGTERM, partial-sum telemetry and variation-aware training.
 
 The stateful ones keep their state in checkpoints (``state_dict``), so a resumed run continues the schedule, the
-cumulative training time and the per-epoch history where the killed run left them; telemetry and variation-aware
-training draw everything from ``(seed, global_step)`` and need no state.
+cumulative training time and the per-epoch history where the killed run left them; reseeding, telemetry and
+variation-aware training draw everything from ``(seed, epoch, batch)`` or ``(seed, global_step)`` and need no state.
+A run may be resumed from any training batch's end (:class:`RecoveryCheckpoint`), so nothing here may assume that
+``on_train_epoch_start`` ran in the current process.
 """
 
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from cimexp.cim import cim_layers, set_psum_quant, start_telemetry, stop_telemetry
+from cimexp.cim.options import VariationLevel
 from cimexp.cim.variation import sample_cell_gain
 from cimexp.data.batch import epoch_seed
 from cimexp.files import atomic_write_json
+from cimexp.results import running_record
 
 
 class QATSchedule(L.Callback):
@@ -53,9 +61,15 @@ class QATSchedule(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Runs before the module calibrates its step sizes on a first batch, which stage 1 does without the ADC.
-        # (A run resumed inside stage 2 gets partial-sum quantization back at its first epoch start.)
+        # (A run resumed inside stage 2 gets partial-sum quantization back in `on_train_start`.)
         if stage == "fit" and self.two_stage:
             set_psum_quant(pl_module, False)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed inside an epoch continues without `on_train_epoch_start`: in stage 2, the ADC goes back on
+        # here, with the step sizes from the checkpoint.
+        if self.two_stage and self.stage2_started_epoch is not None:
+            set_psum_quant(pl_module, True, recalibrate=False)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.two_stage:
@@ -85,7 +99,9 @@ class EpochTimer(L.Callback):
 
     Logs ``time/epoch_s`` and ``time/train_cum_s`` (seconds) at the end of every training epoch; the cumulative
     time is the x axis of the paper's Fig. 9 (accuracy vs training cost). ``train_cum_s`` is up to date when
-    validation runs, so per-epoch records taken then include the epoch just trained.
+    validation runs, so per-epoch records taken then include the epoch just trained. A checkpoint taken inside an
+    epoch holds the time up to its batch, so a run resumed from it goes on counting from there (the batches
+    redone after a kill count once).
     """
 
     def __init__(self) -> None:
@@ -122,10 +138,12 @@ class EpochTimer(L.Callback):
         pl_module.log("time/train_cum_s", self.train_cum_s, on_epoch=True, sync_dist=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_cum_s": self.train_cum_s}
+        running = time.perf_counter() - self._running_since if self._running_since is not None else 0.0
+        return {"train_cum_s": self.train_cum_s + running, "epoch_s": self.epoch_s + running}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_cum_s = float(state_dict["train_cum_s"])
+        self.epoch_s = float(state_dict.get("epoch_s", 0.0))  # checkpoints from before mid-epoch saving lack it
 
 
 class ResultsWriter(L.Callback):
@@ -133,9 +151,9 @@ class ResultsWriter(L.Callback):
 
     A record holds ``epoch``, ``step``, ``cum_train_time_s`` (from :class:`EpochTimer`, when present) and the
     epoch's validation metrics (``val/acc``, ``val/acc5``, ``val/loss``, ``val/acc_best``); training metrics per
-    epoch are in the logger's files. While training, ``results.json``
-    has ``"status": "running"`` and the history so far; ``cimexp.train.train`` writes the final version (with
-    this history) to the same path. Only global rank 0 writes.
+    epoch are in the logger's files. While training, ``results.json`` has ``"status": "running"`` and the history so
+    far (:func:`cimexp.results.running_record`); ``cimexp.train.train`` writes the final version (with this history)
+    to the same path. Only global rank 0 writes.
 
     Args:
         path: the results file, normally ``<run dir>/results.json``.
@@ -157,7 +175,7 @@ class ResultsWriter(L.Callback):
         record.update({k: _scalar(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")})
         self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
         if trainer.is_global_zero:
-            atomic_write_json(self.path, {"status": "running", "history": self.history})
+            atomic_write_json(self.path, running_record(self.history))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -166,23 +184,165 @@ class ResultsWriter(L.Callback):
         self.history = list(state_dict["history"])
 
 
-class ReseedEachEpoch(L.Callback):
-    """Reseed python's, numpy's and torch's global RNGs from ``(seed, epoch, rank)`` at every epoch start.
+class RunStopped(SystemExit):
+    """Ends a run that was asked to stop (Ctrl-C, SIGTERM) once :class:`RecoveryCheckpoint` has written its
+    checkpoint. A ``SystemExit`` whose code is the shell's status for the signal (128 + its number: 130 for
+    Ctrl-C, 143 for SIGTERM), so that a stopped run never looks successful."""
 
-    Randomness drawn from the global RNGs during an epoch (dropout, noise injection, global-RNG transforms) then
-    depends on the epoch number only, not on everything that ran before it, so a run resumed from a checkpoint
-    draws the same numbers as the uninterrupted run. The data order and augmentation are the data module's:
-    Lightning calls ``set_epoch(epoch)`` on the loaders' samplers before each epoch (``EpochSampler``). A no-op
-    when ``seed`` is ``None``.
+
+def check_checkpoint_intervals(every_minutes: float | None, every_n_steps: int | None) -> None:
+    """Raise ``ValueError`` naming the value unless ``every_minutes`` is a number > 0 and ``every_n_steps`` an
+    integer >= 1 (either may be ``None``: off); the keys are those of the ``checkpoint`` node of ``conf/train.yaml``."""
+    for key, value, kinds, valid in (
+        ("every_minutes", every_minutes, (int, float), "a number > 0"),
+        ("every_n_steps", every_n_steps, (int,), "an integer >= 1"),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not value > 0):
+            raise ValueError(f"invalid checkpoint.{key}={value!r}; valid values: {valid}, or null (off)")
+
+
+class RecoveryCheckpoint(Checkpoint):
+    """Keeps the resume checkpoint (``checkpoints/last.ckpt``) recent inside long epochs, and writes it when the run
+    is asked to stop: a killed run loses little, a stopped one nothing, and both resume at the checkpoint's batch.
+
+    - Every ``every_minutes`` minutes (wall time) and at every multiple of ``every_n_steps`` optimizer steps, at the
+      end of a training batch, the full training state goes to ``path``. An epoch's last batch is left out: the
+      epoch's own checkpoint follows its validation (``callbacks.model_checkpoint``), while a run resumed from a
+      checkpoint of its last batch would skip that validation.
+    - While training, Ctrl-C (SIGINT) and SIGTERM (sent by workload managers, and by SLURM to a requeued job) let
+      the current batch finish, write ``path`` and end the run with :class:`RunStopped`. A second Ctrl-C stops at
+      once, without a checkpoint. Under DDP all ranks stop after the same batch (any rank's signal counts).
+
+    ``cimexp.train`` resumes an unfinished run from ``last.ckpt``; Lightning continues with the next batch, the
+    data loader skips the batches already trained on (:class:`~cimexp.data.ResumableDataLoader`, which this
+    callback hands its position from the checkpoint), and the random numbers follow the batch
+    (:class:`ReseedEachBatch`), so the resumed run ends as the uninterrupted one would.
+    Nothing is written under ``fast_dev_run``. A subclass of Lightning's ``Checkpoint``, so that Lightning runs it
+    after the other callbacks' batch-end hooks.
+
+    Args:
+        path: the checkpoint file, normally ``<run dir>/checkpoints/last.ckpt``.
+        every_minutes: minutes between checkpoints inside an epoch; ``None``: no time-based ones.
+        every_n_steps: write at global steps that are multiples of this; ``None``: no step-based ones.
+    """
+
+    def __init__(self, path: str | Path, every_minutes: float | None = 10.0, every_n_steps: int | None = None) -> None:
+        check_checkpoint_intervals(every_minutes, every_n_steps)
+        self.path = Path(path)
+        self.every_minutes = every_minutes
+        self.every_n_steps = every_n_steps
+        self.saved_step: int | None = None
+        """Global step of the last checkpoint this callback wrote in this process (``None``: none yet)."""
+        self._saved_at = 0.0
+        self._stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._loader_states: list[dict[str, Any]] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._loader_states = list(fit_loop.get("state_dict", {}).get("combined_loader", []))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resume_loaders(trainer)
+        self._saved_at = time.monotonic()
+        if not trainer.fast_dev_run:
+            self._catch_stop_signals()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.fast_dev_run:
+            return
+        asked = self._stop_signal is not None or trainer.received_sigterm  # Lightning's: a SIGTERM before training
+        if trainer.strategy.reduce_boolean_decision(asked, all=False):
+            self._save(trainer)
+            self._release_stop_signals()
+            raise RunStopped(128 + (self._stop_signal or signal.SIGTERM))
+        inside_epoch = batch_idx + 1 < trainer.num_training_batches
+        if inside_epoch and trainer.strategy.reduce_boolean_decision(self._due(trainer), all=False):
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release_stop_signals()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._release_stop_signals()
+
+    def _resume_loaders(self, trainer: L.Trainer) -> None:
+        """Hand the training loaders their position from the checkpoint (``ResumableDataLoader.load_state_dict``).
+
+        Lightning does so itself only when it sets the training loader up after loading the checkpoint; a scheduler
+        sized by ``trainer.estimated_stepping_batches`` (cosine with ``T_max=null``) sets it up before, and the
+        position would be lost. The loaders start their pass at the first batch, after this hook.
+        """
+        if not self._loader_states:
+            return
+        loaders = trainer.train_dataloader
+        loaders = list(loaders.values()) if isinstance(loaders, dict) else loaders
+        loaders = [loader for loader in _as_list(loaders) if callable(getattr(loader, "load_state_dict", None))]
+        if len(loaders) != len(self._loader_states):
+            raise RuntimeError(
+                f"the checkpoint holds the positions of {len(self._loader_states)} training loaders, but this run "
+                f"has {len(loaders)} resumable ones: resume with the data settings the checkpoint was written with"
+            )
+        for loader, state in zip(loaders, self._loader_states, strict=True):
+            loader.load_state_dict(state)
+        self._loader_states = []
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        if self.every_n_steps is not None and step % self.every_n_steps == 0 and step != self.saved_step:
+            return True
+        return self.every_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_minutes
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+        self._saved_at = time.monotonic()
+
+    def _catch_stop_signals(self) -> None:
+        """Handle SIGINT and SIGTERM here while training (replacing Lightning's handlers, which restores them at
+        the end of ``fit``). Only the main thread may set handlers; elsewhere Lightning's handling stays."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[signum] = signal.signal(signum, self._on_stop_signal)
+
+    def _release_stop_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self._stop_signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        rank_zero_info(
+            f"[cimexp] {signal.Signals(signum).name}: stopping after this batch, once {self.path} is written"
+            + (" (Ctrl-C again: stop now, without it)" if signum == signal.SIGINT else "")
+        )
+
+
+class ReseedEachBatch(L.Callback):
+    """Reseed python's, numpy's and torch's global RNGs from ``(seed, epoch, rank, batch)`` before every training
+    batch.
+
+    Randomness drawn from the global RNGs while training (dropout, ADC noise injection, global-RNG transforms) and
+    in the validation that follows then depends on the batch's place in the run only, not on everything that ran
+    before it, so a run resumed from any checkpoint, inside an epoch too, draws the same numbers as the
+    uninterrupted run, on every rank, without RNG state in the checkpoint. The data order and augmentation are the
+    data module's (:class:`~cimexp.data.EpochSampler`, :class:`~cimexp.data.ResumableDataLoader`). A no-op when
+    ``seed`` is ``None``.
     """
 
     def __init__(self, seed: int | None) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if self.seed is None:
             return
-        seed = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        seed = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank, idx)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -263,6 +423,10 @@ class PsumTelemetry(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
+def _as_list(items: Any) -> list[Any]:
+    return list(items) if isinstance(items, list | tuple) else [items]
+
+
 def _net(pl_module: L.LightningModule) -> torch.nn.Module:
     """The network inside the LightningModule (``ImageClassifier.model``), so layer names read as in the model."""
     return getattr(pl_module, "model", pl_module)
@@ -292,16 +456,18 @@ def _listed(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 class VariationAwareTraining(L.Callback):
-    """Train under log-normal cell variation (the model of :func:`cimexp.cim.cell_variation`): before every
-    training step each CIM layer gets a fresh chip instance, ``exp(theta)``, ``theta ~ N(0, sigma^2)`` per cell,
-    drawn from a generator seeded with ``(seed, global_step)`` (so a resumed run draws the same chips); after the
-    step the gains are removed, so validation and checkpoints see the nominal chip. A no-op for ``sigma=0``."""
+    """Train under log-normal variation (the model of :func:`cimexp.cim.cell_variation`): before every training
+    step each CIM layer gets a fresh chip instance, ``exp(theta)``, ``theta ~ N(0, sigma^2)`` per weight (``level``
+    ``"weight"``, eq. 5) or per cell (``"cell"``), drawn from a generator seeded with ``(seed, global_step)`` (so a
+    resumed run draws the same chips); after the step the gains are removed, so validation and checkpoints see the
+    nominal chip. A no-op for ``sigma=0``."""
 
-    def __init__(self, sigma: float = 0.0, seed: int | None = 0) -> None:
+    def __init__(self, sigma: float = 0.0, seed: int | None = 0, level: str = "weight") -> None:
         if not sigma >= 0:
             raise ValueError(f"invalid variation.train_sigma={sigma!r}; valid values: a float >= 0")
         self.sigma = float(sigma)
         self.seed = 0 if seed is None else int(seed)
+        self.level = VariationLevel.parse(level, "variation.level")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         if self.sigma == 0:
@@ -309,13 +475,14 @@ class VariationAwareTraining(L.Callback):
         entropy = [self.seed % 2**32, trainer.global_step]
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
         for _, layer in cim_layers(pl_module):
-            layer.cell_gain = sample_cell_gain(layer, self.sigma, generator)
+            layer.cell_gain = sample_cell_gain(layer, self.sigma, generator, self.level)
+            layer.variation_level = self.level
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.sigma == 0:
             return
         for _, layer in cim_layers(pl_module):
-            layer.cell_gain = None
+            layer.cell_gain, layer.variation_level = None, None
 
 
 def _scalar(value: Any) -> Any:

@@ -6,7 +6,14 @@ attributes for building the model. CIFAR and synthetic data live in memory as ui
 per batch with tensor ops; the evaluation split of CIFAR is the official test split.
 """
 
-from cimexp.data.base import EpochSampler, ImageDataModule, class_balanced_subset
+from cimexp.data.base import (
+    DataError,
+    EpochSampler,
+    ImageDataModule,
+    ResumableDataLoader,
+    check_int,
+    class_balanced_subset,
+)
 from cimexp.data.batch import BatchTransform, UInt8ImageDataset, epoch_seed, random_crop_flip
 from cimexp.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_npz, read_pickled_batches
 from cimexp.data.imagenet import ImageNetDataModule
@@ -16,11 +23,14 @@ __all__ = [
     "BatchTransform",
     "CIFAR100DataModule",
     "CIFAR10DataModule",
+    "DataError",
     "EpochSampler",
     "ImageDataModule",
     "ImageNetDataModule",
+    "ResumableDataLoader",
     "SyntheticDataModule",
     "UInt8ImageDataset",
+    "check_int",
     "class_balanced_subset",
     "epoch_seed",
     "random_crop_flip",

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import abc
 import inspect
+import itertools
+import random
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from cimexp.data.batch import BatchTransform, epoch_seed
+
+
+class DataError(ValueError):
+    """A data file that cannot be read, or a dataset folder that is not the dataset asked for. The message names
+    the file (or folder) and what is wrong with it."""
+
+
+def check_int(
+    name: str, value: object, minimum: int, maximum: int | None = None, *, none: str | None = None
+) -> int | None:
+    """``value`` if it is an integer (not a bool) in ``[minimum, maximum]``, or ``None`` when ``none`` says what
+    ``None`` means; otherwise a ``ValueError`` that names the value and the valid range."""
+    if value is None and none is not None:
+        return None
+    too_big = maximum is not None and isinstance(value, int) and value > maximum
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or too_big:
+        valid = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        raise ValueError(f"invalid {name}={value!r}; valid values: {valid}" + (f" or null ({none})" if none else ""))
+    return value
 
 
 class ImageDataModule(L.LightningDataModule, abc.ABC):
@@ -24,7 +46,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
 
     The training loader shuffles (:class:`EpochSampler`) and augments (``BatchTransform``) as pure functions of
     ``(seed, epoch)``: two modules with the same arguments yield the same batches in every epoch, whatever the
-    global RNG state, and a run resumed at an epoch boundary sees the same data as the uninterrupted run.
+    global RNG state. It is a :class:`ResumableDataLoader`, so a run resumed from a checkpoint, at an epoch
+    boundary or inside an epoch, sees the same data as the uninterrupted run.
 
     Args:
         batch_size: training batch size.
@@ -34,8 +57,12 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
             ``seed`` (for quick CPU recipes); see ``class_balanced_subset``.
         val_subset: if set, validate on a fixed class-balanced subset of this many evaluation images, drawn with
             ``seed`` (quick variation sweeps); the same seed gives the same images.
-        seed: seed of the subset, the shuffling and the augmentation.
+        seed: seed of the subset, the shuffling and the augmentation; ``None``: a random seed, drawn here (each
+            process draws its own, so give DDP runs a seed).
         augment: augment training batches; if false, training batches are only normalised.
+
+    Every argument is checked here, before any file is read (``ValueError`` naming the value and the valid range;
+    the subsets also against ``split_sizes`` where known).
     """
 
     name: str
@@ -43,6 +70,8 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    split_sizes: tuple[int | None, int | None] = (None, None)
+    """Sizes of the (training, evaluation) splits where known before any file is read; ``None``: unknown."""
 
     def __init__(
         self,
@@ -56,14 +85,17 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         augment: bool = True,
     ) -> None:
         super().__init__()
-        for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{arg} must be a positive integer; got {value}")
-        for arg, value in (("train_subset", train_subset), ("val_subset", val_subset)):
-            if value is not None and value < 1:
-                raise ValueError(f"{arg} must be a positive integer or None (full split); got {value}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0; got {num_workers}")
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1, none="batch_size")
+        check_int("num_workers", num_workers, 0)
+        train_size, eval_size = self.split_sizes
+        check_int("train_subset", train_subset, 1, train_size, none="the full split")
+        check_int("val_subset", val_subset, 1, eval_size, none="the full split")
+        check_int("seed", seed, 0, none="a random seed")
+        if not isinstance(augment, bool):
+            raise ValueError(f"invalid augment={augment!r}; valid values: true, false")
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
         # Passing this frame (instead of letting Lightning find it) avoids a self-referencing frame inside
         # Lightning that keeps the caller's frame, and any DataLoader workers in it, alive until the next gc.
         self.save_hyperparameters(frame=inspect.currentframe())
@@ -109,7 +141,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         # Training: an order and augmentation that are pure functions of (seed, epoch), so that a resumed run
         # sees every epoch exactly as the uninterrupted run did; workers are re-created every epoch to get it.
         sampler = EpochSampler(len(dataset), self.seed, followers=[collate_fn]) if train else None
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -146,6 +178,52 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that resumes inside an epoch, through Lightning's interface for stateful loaders.
+
+    Lightning stores ``state_dict()`` in every checkpoint: the epoch of the current pass and the number of batches
+    yielded in it. A loader given that state with ``load_state_dict`` (by Lightning, or by
+    :class:`cimexp.callbacks.RecoveryCheckpoint` where Lightning does not) starts its next pass over that epoch by
+    producing and dropping as many batches, so the resumed epoch goes on with exactly the batches, augmentation and
+    worker RNG states of the uninterrupted run. Producing the skipped batches costs their loading time, not their
+    training time. The skip applies to the saved epoch only: a checkpoint from an epoch's end resumes with the next
+    epoch, whole.
+
+    A pass starts at its first ``next()``, not at ``iter()``: Lightning creates the iterator of a resumed run before
+    it calls the sampler's ``set_epoch``, and worker processes would take their indices and epoch right away.
+    The epoch is the sampler's ``epoch`` (:class:`EpochSampler`, or the ``DistributedSampler`` Lightning wraps it in).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pass_epoch: int | None = None
+        self._yielded = 0
+        self._resume_at: tuple[int | None, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch": epoch of the current pass, "batches": batches yielded in it}``."""
+        return {"epoch": self._pass_epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Skip ``state_dict["batches"]`` batches in the next pass, if that pass is over ``state_dict["epoch"]``."""
+        self._resume_at = (state_dict["epoch"], int(state_dict["batches"]))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._pass()
+
+    def _pass(self) -> Iterator[Any]:
+        epoch = getattr(self.sampler, "epoch", None)
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == epoch else 0
+        self._resume_at = None
+        self._pass_epoch, self._yielded = epoch, 0
+        batches = super().__iter__()
+        for _ in itertools.islice(batches, skip):
+            self._yielded += 1
+        for batch in batches:
+            self._yielded += 1
+            yield batch
 
 
 def _balanced_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
