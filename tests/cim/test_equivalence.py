@@ -13,6 +13,7 @@ import torch
 from cimexp.cim import CIMConv2d, cell_variation, simulate
 
 GRANULARITIES = ("layer", "array", "column")
+VARIATION_LEVELS = ("weight", "cell")  # per-weight gains broadcast over the cells (eq. 5), and per-cell gains
 
 
 def _trained_layer(in_ch, out_ch, k, *, stride=1, padding=0, steps=3, seed=0, **options) -> CIMConv2d:
@@ -58,8 +59,9 @@ def test_every_granularity_pair_and_encoding(weight_granularity, psum_granularit
     )
     x = torch.rand(3, 20, 9, 9, dtype=torch.float64)
     _assert_matches_program(layer, x)
-    with cell_variation(layer, sigma=0.2, seed=1):
-        _assert_matches_program(layer, x)
+    for level in VARIATION_LEVELS:
+        with cell_variation(layer, sigma=0.2, seed=1, level=level):
+            _assert_matches_program(layer, x)
 
 
 GEOMETRIES = {
@@ -72,6 +74,8 @@ GEOMETRIES = {
     "w3_c2_uneven_split": (9, 6, 3, 2, 1, 36, {"w_bits": 3, "cell_bits": 2, "adc_bits": 2}),
     "w5_c1_adc1": (9, 6, 3, 1, 1, 45, {"w_bits": 5, "cell_bits": 1, "adc_bits": 1}),
     "w2_c2": (9, 6, 3, 1, 1, 27, {"w_bits": 2, "cell_bits": 2, "adc_bits": 5}),
+    "w4_c3_sign_bit_msb": (9, 6, 3, 1, 1, 36, {"cell_bits": 3}),  # 1 + 3 bits: the MSB cell holds the sign bit
+    "w6_c4_signed_2bit_msb": (9, 6, 3, 1, 1, 36, {"w_bits": 6, "cell_bits": 4, "adc_bits": 3}),  # 2 + 4 bits
     "signed_inputs": (9, 6, 3, 1, 1, 27, {"a_bits": None}),
     "a8_adc8": (9, 6, 3, 1, 1, 27, {"a_bits": 8, "adc_bits": 8}),
     "no_psum_quant": (9, 6, 3, 2, 1, 27, {"psum_quant": False}),
@@ -101,8 +105,9 @@ def test_geometries_and_bit_widths(name, granularity):
     if options.get("a_bits", 4) is None:
         x = x - 0.5  # signed inputs reach the arrays unquantized
     _assert_matches_program(layer, x)
-    with cell_variation(layer, sigma=0.3, seed=7):
-        _assert_matches_program(layer, x)
+    for level in VARIATION_LEVELS:
+        with cell_variation(layer, sigma=0.3, seed=7, level=level):
+            _assert_matches_program(layer, x)
 
 
 def test_adc_saturation():
@@ -178,8 +183,9 @@ def test_bit_serial_inputs(dac_bits, weight_encoding, granularity):
     ]
     x = torch.rand(2, 20, 7, 7, dtype=torch.float64)
     _assert_matches_program(layer, x)
-    with cell_variation(layer, sigma=0.2, seed=3):
-        _assert_matches_program(layer, x)
+    for level in VARIATION_LEVELS:
+        with cell_variation(layer, sigma=0.2, seed=3, level=level):
+            _assert_matches_program(layer, x)
 
 
 def test_bit_serial_without_adc_equals_one_cycle():

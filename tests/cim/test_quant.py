@@ -40,7 +40,43 @@ def test_twos_complement_slices_recombine_to_every_weight(w_bits, cell_bits):
     assert torch.equal((codes * shifts).sum(1)[0], w)
     lower = codes[:, 1:]  # unsigned cells (none when one cell holds the whole weight)
     assert lower.numel() == 0 or (lower.min() >= 0 and lower.max() <= 2**cell_bits - 1)
-    assert codes[:, 0].min() >= -(2 ** (cell_bits - 1)) and codes[:, 0].max() <= 2 ** (cell_bits - 1) - 1
+    msb = codes[:, 0]
+    if m.msb_bits == 1:  # the sign bit alone, stored as 0/1 with significance -2^(w_bits-1)
+        assert (
+            m.sign_bit_msb and set(msb.unique().tolist()) <= {0.0, 1.0} and m.split_shift()[0] == -(2 ** (w_bits - 1))
+        )
+    else:  # a signed cell of msb_bits bits
+        assert msb.min() >= -(2 ** (m.msb_bits - 1)) and msb.max() <= 2 ** (m.msb_bits - 1) - 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    w_bits=st.integers(1, 9),
+    cell_bits=st.integers(1, 4),
+    adc_bits=st.integers(1, 6),
+    encoding=st.sampled_from(list(WeightEncoding)),
+)
+def test_every_adc_range_faces_the_sign_of_its_columns_partial_sums(w_bits, cell_bits, adc_bits, encoding):
+    """With non-negative inputs a column whose cell codes are all >= 0 has partial sums >= 0, so its ADC range must
+    be unsigned, [0, 2^b - 1]: a signed range would leave half of the codes unused. Before the sign-bit cell,
+    4-bit weights on 3-bit (or 1-bit) cells had their MSB column on a signed ADC that never saw a positive value."""
+    if cell_bits > w_bits or (encoding is WeightEncoding.DIFFERENTIAL and w_bits < 2):
+        return
+    m = ArrayMapping.create(
+        4, 4, (1, 1), array_size=64, w_bits=w_bits, cell_bits=cell_bits, adc_bits=adc_bits, encoding=encoding,
+        signed_inputs=False,
+    )  # fmt: skip
+    lo, hi = m.weight_range()
+    w = torch.arange(0 if encoding is WeightEncoding.DIFFERENTIAL else lo, hi + 1, dtype=torch.float64)
+    codes = slice_bits(w.expand(m.n_polarities, m.n_splits, -1).clone(), m)
+    adc_min, adc_max = m.adc_range()
+    for p in range(m.n_polarities):
+        for s in range(m.n_splits):
+            assert adc_max[p][s] - adc_min[p][s] == 2**adc_bits - 1  # always 2^b codes
+            if codes[p, s].min() >= 0:
+                assert adc_min[p][s] == 0, (p, s, codes[p, s].unique().tolist())
+            else:  # a signed cell: its partial sums take both signs (a 1-bit ADC then has codes -1, 0)
+                assert codes[p, s].max() > 0 and adc_min[p][s] < 0 and (adc_max[p][s] > 0 or adc_bits == 1)
 
 
 @settings(max_examples=40, deadline=None)

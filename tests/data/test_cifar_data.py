@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cimexp.data import CIFAR10DataModule, CIFAR100DataModule
+from cimexp.data import CIFAR10DataModule, CIFAR100DataModule, DataError
+from cimexp.data.cifar import _CIFARDataModule
 
 CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
@@ -85,7 +86,99 @@ def test_download_goes_to_data_dir(tmp_path, monkeypatch, write_batches):
 
 def test_rejects_labels_outside_the_classes(tmp_path, write_npz):
     write_npz(tmp_path, num_classes=100, train=200, test=100)
-    with pytest.raises(ValueError, match=r"cifar10 labels must be in \[0, 10\)"):
+    with pytest.raises(DataError, match=r"train.npz: cifar10 labels must be in \[0, 10\)"):
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+
+
+def test_cifar100_refuses_a_cifar10_copy(tmp_path, write_npz):
+    """The issue's case: data=cifar100 with CIMEXP_DATA at the CIFAR-10 copy (train.npz/test.npz directly in it)."""
+    write_npz(tmp_path, num_classes=10, train=200, test=100)
+    with pytest.raises(DataError) as error:
+        CIFAR100DataModule(data_dir=tmp_path).setup()
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}/train.npz: the labels cover 10 classes (in [0, 9]), but cifar100 has 100")
+    assert "is this CIFAR-10?" in message and f"{tmp_path}/cifar100/ (train.npz, test.npz)" in message
+
+
+def test_a_dataset_named_folder_wins_over_the_bare_folder(tmp_path, write_npz):
+    """CIMEXP_DATA holding the CIFAR-10 copy itself and a cifar100/ folder: each dataset reads its own copy."""
+    write_npz(tmp_path, num_classes=10, train=200, test=100)
+    write_npz(tmp_path / "cifar100", num_classes=100, train=200, test=100)
+    cifar100, cifar10 = CIFAR100DataModule(data_dir=tmp_path), CIFAR10DataModule(data_dir=tmp_path)
+    cifar100.setup()
+    cifar10.setup()
+    assert len(cifar100.train_set.targets.unique()) == 100 and len(cifar10.train_set.targets.unique()) == 10
+
+
+def test_split_sizes_and_image_shapes_are_checked(tmp_path, write_npz, monkeypatch):
+    write_npz(tmp_path)
+    monkeypatch.setattr(_CIFARDataModule, "split_sizes", (50_000, 10_000))  # the real sizes
+    with pytest.raises(DataError, match=r"train.npz: 40 images, but the train split of cifar10 has 50000"):
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+
+    images = np.zeros((40, 16, 16, 3), np.uint8)
+    np.savez(tmp_path / "train.npz", images=images, labels=np.arange(40) % 10)
+    with pytest.raises(DataError, match=r"train.npz: the images are 16x16 with 3 channels; cifar10 has 32x32 RGB"):
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+
+
+def _write_bad_train_npz(path: Path, kind: str) -> None:
+    """A ``train.npz`` that is wrong in the way ``kind`` says (beside a valid ``test.npz``)."""
+    images = np.zeros((40, 32, 32, 3), np.uint8)
+    labels = np.arange(40) % 10
+    if kind == "truncated":
+        np.savez_compressed(path, images=images, labels=labels)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"this is not a numpy file\n" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "single_array":
+        with open(path, "wb") as file:  # np.save to a file object keeps the .npz name
+            np.save(file, images)
+    elif kind == "array_names":
+        np.savez(path, x=images, y=labels)
+    elif kind == "dtype":
+        np.savez(path, images=images.astype(np.float32), labels=labels)
+    elif kind == "nchw":
+        np.savez(path, images=images.transpose(0, 3, 1, 2), labels=labels)
+    elif kind == "count":
+        np.savez(path, images=images, labels=labels[:30])
+    elif kind == "float_labels":
+        np.savez(path, images=images, labels=labels.astype(np.float32))
+    elif kind == "object_labels":
+        np.savez(path, images=images, labels=np.array([str(i) for i in labels], dtype=object))
+
+
+BAD_FILES = {
+    "truncated": r"not a readable \.npz archive \(BadZipFile",
+    "garbage": r"not a readable \.npz archive \(ValueError: .*pickled",
+    "empty": r"not a readable \.npz archive \(EOFError",
+    "single_array": r"a single array uint8 \[40, 32, 32, 3\], not an \.npz archive",
+    "array_names": r"lacks arrays \['images', 'labels'\] \(it has \['x', 'y'\]\)",
+    "dtype": r"'images' must be uint8 \(pixel values 0\.\.255\); got float32 \[40, 32, 32, 3\]",
+    "nchw": r"'images' must be channels-last \[N, H, W, C\] .*; got \[40, 3, 32, 32\] \(channels-first NCHW\?",
+    "count": r"40 images but 30 labels",
+    "float_labels": r"'labels' must be integers \[N\]; got float32 \[40\]",
+    "object_labels": r"cannot read its arrays \(ValueError: Object arrays cannot be loaded",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_a_bad_file_is_reported_with_its_path_and_what_is_wrong(tmp_path, write_npz, kind):
+    write_npz(tmp_path)
+    bad = tmp_path / "train.npz"
+    _write_bad_train_npz(bad, kind)
+    with pytest.raises(DataError, match=f"^{bad}: ({BAD_FILES[kind]})"):
+        CIFAR10DataModule(data_dir=tmp_path).setup()
+
+
+@pytest.mark.parametrize("content", [b"garbage", b""])
+def test_a_bad_pickled_batch_is_reported_with_its_path(tmp_path, write_batches, content):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_batches(folder, CIFAR10_BATCHES)
+    (folder / "data_batch_3").write_bytes(content)
+    with pytest.raises(DataError, match=f"^{folder}/data_batch_3: not a readable CIFAR python batch"):
         CIFAR10DataModule(data_dir=tmp_path).setup()
 
 
@@ -170,3 +263,11 @@ def test_real_cifar10_copy():
     assert torch.bincount(dm.train_set.targets).tolist() == [5000] * 10
     pixels = dm.train_set.images[:, 0, 0, :3]
     assert pixels[0].tolist() == [59, 43, 50]
+
+
+@pytest.mark.slow
+def test_real_cifar10_copy_is_not_cifar100():
+    if not (REAL_CIFAR10 / "train.npz").is_file():
+        pytest.skip(f"real CIFAR-10 not available in {REAL_CIFAR10}")
+    with pytest.raises(DataError, match=r"train.npz: the labels cover 10 classes .* is this CIFAR-10\?"):
+        CIFAR100DataModule(data_dir=REAL_CIFAR10).setup()

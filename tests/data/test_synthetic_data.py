@@ -42,5 +42,5 @@ def test_synthetic_is_seeded_balanced_and_sized():
 
 
 def test_synthetic_rejects_too_few_images():
-    with pytest.raises(ValueError, match="val_size must be at least num_classes=10; got 5"):
+    with pytest.raises(ValueError, match="invalid val_size=5; valid values: an integer >= 10"):
         SyntheticDataModule(val_size=5)

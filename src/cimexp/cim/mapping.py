@@ -6,7 +6,9 @@ never straddles two arrays (the paper's tiling; the last tile may be partly empt
 input channel ``t * channels_per_tile + r // (kh*kw)`` at kernel position ``r % (kh*kw)`` (row-major).
 
 Each integer weight occupies ``S`` cells (splits) in ``S`` adjacent columns of the same array; an array holds
-``array_size // S`` output channels. With differential encoding every array has a twin of opposite polarity.
+``array_size // S`` output channels. The most significant cell holds what is left, ``msb_bits`` bits, fewer than
+``cell_bits`` when ``cell_bits`` does not divide the weight bits (4-bit weights on 3-bit cells: 1 + 3). With
+differential encoding every array has a twin of opposite polarity.
 Index names used throughout (and in :class:`~cimexp.cim.program.CIMProgram`): ``P`` polarities, ``S`` splits,
 ``T`` row tiles, ``R`` rows per tile, ``O`` output channels, ``n_ct`` column tiles.
 """
@@ -101,6 +103,20 @@ class ArrayMapping:
         return math.ceil(self.magnitude_bits / self.cell_bits)
 
     @property
+    def msb_bits(self) -> int:
+        """Bits of the most significant cell: ``magnitude_bits - (S-1) * cell_bits``, in ``1 .. cell_bits``."""
+        return self.magnitude_bits - (self.n_splits - 1) * self.cell_bits
+
+    @property
+    def sign_bit_msb(self) -> bool:
+        """Whether the most significant cell holds only the sign bit of a two's-complement weight (``msb_bits`` 1:
+        ``cell_bits`` 1, or 4-bit weights on 3-bit cells). That cell then stores the bit as an unsigned code 0/1
+        with a negative significance, ``split_shift[0] = -2^(w_bits-1)``: its column's partial sums are never
+        negative, so its ADC gets the unsigned range and all ``2^adc_bits`` codes. (As a signed code in ``{-1, 0}``
+        its partial sums would never be positive, and a signed ADC range would waste half its codes on them.)"""
+        return self.encoding is WeightEncoding.TWOS_COMPLEMENT and self.msb_bits == 1
+
+    @property
     def channels_per_tile(self) -> int:
         return min(self.in_channels, self.array_size // self.kernel_area)
 
@@ -134,8 +150,12 @@ class ArrayMapping:
 
     # --- per-split / per-polarity constants ------------------------------------------------------------------
     def split_shift(self) -> list[int]:
-        """Significance of split ``s``: ``2^(cell_bits * (S-1-s))``, most significant split first."""
-        return [2 ** (self.cell_bits * (self.n_splits - 1 - s)) for s in range(self.n_splits)]
+        """Significance of split ``s``: ``2^(cell_bits * (S-1-s))``, most significant split first; negative for a
+        sign-bit cell (:attr:`sign_bit_msb`)."""
+        shifts = [2 ** (self.cell_bits * (self.n_splits - 1 - s)) for s in range(self.n_splits)]
+        if self.sign_bit_msb:
+            shifts[0] = -shifts[0]
+        return shifts
 
     def polarity(self) -> list[int]:
         return [1, -1] if self.n_polarities == 2 else [1]
@@ -148,8 +168,9 @@ class ArrayMapping:
         return -(top + 1), top
 
     def column_signed(self) -> list[list[bool]]:
-        """``[P][S]``: can this column's partial sum be negative? (signed inputs, or a signed MSB cell)."""
-        msb_signed = self.encoding is WeightEncoding.TWOS_COMPLEMENT
+        """``[P][S]``: can this column's partial sum be negative? (signed inputs, or a signed MSB cell of two or
+        more bits; a sign-bit cell stores 0/1, see :attr:`sign_bit_msb`)."""
+        msb_signed = self.encoding is WeightEncoding.TWOS_COMPLEMENT and not self.sign_bit_msb
         return [
             [self.signed_inputs or (msb_signed and s == 0) for s in range(self.n_splits)]
             for _ in range(self.n_polarities)
@@ -159,7 +180,7 @@ class ArrayMapping:
         """``(adc_min, adc_max)``, each ``[P][S]``: ``[-2^(b-1), 2^(b-1)-1]`` for columns that can go negative,
         ``[0, 2^b - 1]`` for the others (all codes of an unsigned ADC are then useful). A 1-bit ADC on a signed
         column thus has codes ``{-1, 0}``: prefer ``adc_bits >= 2`` with two's complement, or differential
-        encoding, whose columns are all unsigned."""
+        encoding, whose columns are all unsigned. A sign-bit MSB cell (:attr:`sign_bit_msb`) is unsigned."""
         b = self.adc_bits
         signed = self.column_signed()
         lo = [[-(2 ** (b - 1)) if sg else 0 for sg in row] for row in signed]
@@ -230,23 +251,37 @@ def slice_bits(w_int: torch.Tensor, mapping: ArrayMapping) -> torch.Tensor:
     ``w_int``: ``[P, S, ...]`` integer-valued; copy ``s`` is the weight quantized with split ``s``'s scale (with
     layer/array weight granularity all copies are equal). Returns the same shape, where entry ``[p, s]`` is the
     cell code of split ``s`` taken from copy ``s``: ``floor(w / 2^(c*(S-1-s)))``, reduced mod ``2^c`` except for the
-    signed MSB cell of two's complement. For differential encoding ``w_int`` holds each polarity's non-negative
-    magnitude. The backward pass gives every split ``1/S`` of the straight-through gradient,
-    ``d code_s / d w = 1 / (S * 2^(c*(S-1-s)))``, so that with shared scales the sliced layer's weight gradient
-    equals plain LSQ's (``sum_s shift_s * d code_s/d w = 1``).
+    signed MSB cell of two's complement, which keeps it whole, or stores its negation (0 or 1) when it holds only
+    the sign bit (:attr:`ArrayMapping.sign_bit_msb`). For differential encoding ``w_int`` holds each polarity's
+    non-negative magnitude. The backward pass gives every split ``1/S`` of the straight-through gradient,
+    ``d code_s / d w = 1 / (S * shift_s)`` with ``shift_s`` of :meth:`ArrayMapping.split_shift`, so that with
+    shared scales the sliced layer's weight gradient equals plain LSQ's (``sum_s shift_s * d code_s/d w = 1``).
     """
-    return _SliceBits.apply(w_int, mapping.cell_bits, mapping.encoding is WeightEncoding.TWOS_COMPLEMENT)
+    if mapping.encoding is not WeightEncoding.TWOS_COMPLEMENT:
+        msb = _UNSIGNED
+    else:
+        msb = _SIGN_BIT if mapping.sign_bit_msb else _SIGNED
+    return _SliceBits.apply(w_int, mapping.cell_bits, msb)
+
+
+_UNSIGNED, _SIGNED, _SIGN_BIT = "unsigned", "signed", "sign_bit"
+"""How :class:`_SliceBits` codes the most significant split: reduced mod ``2^c`` like the others, whole (a signed
+cell), or negated (a sign-bit cell: 0/1 with a negative significance)."""
 
 
 class _SliceBits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w_int: torch.Tensor, cell_bits: int, signed_msb: bool) -> torch.Tensor:
+    def forward(ctx, w_int: torch.Tensor, cell_bits: int, msb: str) -> torch.Tensor:
         n_splits = w_int.shape[1]
         shift = _split_shift_view(n_splits, cell_bits, w_int)
         high = torch.floor(w_int / shift)
         codes = high - torch.floor(high / 2**cell_bits) * 2**cell_bits
-        if signed_msb:
+        if msb == _SIGNED:
             codes[:, 0] = high[:, 0]
+        elif msb == _SIGN_BIT:  # high[:, 0] is -1 or 0; the cell stores 1 or 0 and its significance is negative
+            codes[:, 0] = -high[:, 0]
+            shift = shift.clone()
+            shift[:, 0] = -shift[:, 0]
         ctx.save_for_backward(shift)
         return codes
 
@@ -268,7 +303,7 @@ def slice_inputs(a_int: torch.Tensor, dac_bits: int, n_cycles: int) -> torch.Ten
     first: ``[*shape] -> [K, *shape]`` with ``a_int = sum_k 2^(dac_bits*(K-1-k)) * slice_k``. As for weights
     (:func:`slice_bits`), each slice gets ``1/K`` of the straight-through gradient divided by its significance."""
     copies = a_int.unsqueeze(0).expand(n_cycles, *a_int.shape).unsqueeze(0)  # [1, K, *shape]
-    return _SliceBits.apply(copies, dac_bits, False).squeeze(0)
+    return _SliceBits.apply(copies, dac_bits, _UNSIGNED).squeeze(0)
 
 
 def _split_shift_view(n_splits: int, cell_bits: int, like: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from cimexp.data.base import ImageDataModule
+from cimexp.data.base import DataError, ImageDataModule, check_int
 
 
 class ImageNetDataModule(ImageDataModule):
@@ -33,7 +33,7 @@ class ImageNetDataModule(ImageDataModule):
     def __init__(self, *, data_dir: str | Path = "data", num_classes: int = 1000, **kwargs) -> None:
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir).expanduser()
-        self.num_classes = num_classes
+        self.num_classes = check_int("num_classes", num_classes, 1)
 
     def _load_splits(self) -> tuple[Dataset, Dataset]:
         root = self._locate()
@@ -50,7 +50,7 @@ class ImageNetDataModule(ImageDataModule):
         )
         for split in splits:
             if len(split.classes) != self.num_classes:
-                raise ValueError(
+                raise DataError(
                     f"{split.root} has {len(split.classes)} class folders but num_classes={self.num_classes}"
                 )
         return splits

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cimexp.data.base import ImageDataModule
+from cimexp.data.base import ImageDataModule, check_int
 from cimexp.data.batch import UInt8ImageDataset
 
 _SIGNAL = 48.0
@@ -46,17 +46,19 @@ class SyntheticDataModule(ImageDataModule):
         val_size: int = 256,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        for arg, value in (("num_classes", num_classes), ("image_size", image_size)):
-            if value < 1:
-                raise ValueError(f"{arg} must be a positive integer; got {value}")
+        check_int("num_classes", num_classes, 1)
+        check_int("image_size", image_size, 1)
         for arg, value in (("train_size", train_size), ("val_size", val_size)):
-            if value < num_classes:
-                raise ValueError(f"{arg} must be at least num_classes={num_classes}; got {value}")
+            check_int(arg, value, num_classes)  # at least one image per class
         self.num_classes = num_classes
         self.image_size = image_size
         self.train_size = train_size
         self.val_size = val_size
+        super().__init__(**kwargs)  # after the sizes: it checks the subsets against them
+
+    @property
+    def split_sizes(self) -> tuple[int, int]:
+        return self.train_size, self.val_size
 
     def _load_splits(self) -> tuple[Dataset, Dataset]:
         generator = torch.Generator().manual_seed(self.seed)
