@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from cimexp.cim import cim_layers
+from cimexp.callbacks import VariationAwareTraining
+from cimexp.cim import CIMConv2d, cim_layers
 from cimexp.train import train, validate_config
 
 
@@ -61,15 +63,41 @@ def test_variation_aware_training_is_seeded_and_leaves_the_nominal_chip(run) -> 
         _, objects = run(["logger=none", f"variation.train_sigma={sigma}"], name)
         model = objects["module"].model
         assert all(layer.cell_gain is None for _, layer in cim_layers(model))  # removed after every step
-        assert objects["results"]["variation"] == {"train_sigma": sigma}
+        assert objects["results"]["variation"] == {"train_sigma": sigma, "level": "weight"}
         weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.equal(weights["aware"], weights["aware_again"])
     assert not torch.allclose(weights["aware"], weights["plain"])
 
 
+@pytest.mark.parametrize("level", ["weight", "cell"])
+def test_variation_aware_training_draws_at_the_configured_level(level: str) -> None:
+    """Per weight: ``[1, 1, T, R, O]`` gains broadcast over the cells; per cell: ``[P, S, T, R, O]``; both reproducible
+    from (seed, step) and removed after the step."""
+    model = torch.nn.Sequential(CIMConv2d(4, 8, 3, array_size=36))
+    callback = VariationAwareTraining(sigma=0.2, seed=1, level=level)
+    trainer = SimpleNamespace(global_step=5)
+    callback.on_train_batch_start(trainer, model, None, 0)
+    layer, m = model[0], model[0].mapping
+    per_weight = (m.n_row_tiles, m.rows_per_tile, 8)
+    assert layer.cell_gain.shape == ((1, 1) if level == "weight" else (m.n_polarities, m.n_splits)) + per_weight
+    assert layer.variation_level.value == level
+    gain = layer.cell_gain
+    callback.on_train_batch_end(trainer, model)
+    assert layer.cell_gain is None and layer.variation_level is None
+    callback.on_train_batch_start(trainer, model, None, 0)
+    assert torch.equal(layer.cell_gain, gain)
+    with pytest.raises(ValueError, match="invalid variation.level 'die'; valid choices: weight, cell"):
+        VariationAwareTraining(sigma=0.2, level="die")
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("adc.gain_sigma=-0.1", "gain_sigma=-0.1"), ("adc.share=0", "share=0"), ("cim.dac_bits=5", "dac_bits=5")],
+    [
+        ("adc.gain_sigma=-0.1", "gain_sigma=-0.1"),
+        ("adc.share=0", "share=0"),
+        ("cim.dac_bits=5", "dac_bits=5"),
+        ("variation.level=chip", "invalid variation.level 'chip'; valid choices: weight, cell"),
+    ],
 )
 def test_bad_settings_fail_before_training(make_cfg, override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

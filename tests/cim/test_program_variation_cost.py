@@ -53,12 +53,35 @@ def test_program_save_load_round_trip_readable_without_cimexp(tmp_path):
     meta = json.loads(meta_path.read_text())
     assert meta["format"] == "cimexp.CIMProgram" and meta["act_bits"] == 4 and meta["stride"] == [2, 2]
     assert "psum_scale" in meta["contract"] and meta["shapes"]["cell_codes"] == [1, 2, 3, 27, 4]
+    assert meta["variation_level"] == "weight" and meta["format_version"] == 3
     with np.load(npz) as arrays:
         assert arrays["cell_gain"].shape == (1, 2, 3, 27, 4) and not np.all(arrays["cell_gain"] == 1)
     loaded = CIMProgram.load(tmp_path / "layer1.json")
+    assert loaded.variation_level == "weight"
     x = torch.rand(2, 9, 7, 7)
     torch.testing.assert_close(simulate(loaded, x), simulate(program, x))
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.1])
+def test_program_files_before_variation_levels_load_as_per_cell(tmp_path, sigma):
+    """Format 2 drew gains per cell and had no variation_level: such files read as level cell (None unvaried)."""
+    layer = _calibrated(9, 4, 3, array_size=27)
+    with cell_variation(layer, sigma=sigma, seed=3, level="cell"):
+        _, meta_path = layer.cim_program().save(tmp_path / "old")
+    meta = json.loads(meta_path.read_text())
+    del meta["variation_level"]
+    meta_path.write_text(json.dumps({**meta, "format_version": 2}))
+    assert CIMProgram.load(meta_path).variation_level == ("cell" if sigma else None)
+
+
+def test_program_variation_level_of_gains_set_by_hand_follows_their_shape():
+    layer = _calibrated(9, 4, 3, array_size=27)
+    m = layer.mapping
+    layer.cell_gain = torch.full((1, 1, m.n_row_tiles, m.rows_per_tile, 4), 1.1)
+    assert layer.cim_program().variation_level == "weight"
+    layer.cell_gain = torch.full((1, m.n_splits, m.n_row_tiles, m.rows_per_tile, 4), 1.1)
+    assert layer.cim_program().variation_level == "cell"
 
 
 # --- variation -------------------------------------------------------------------------------------------------
@@ -91,9 +114,10 @@ def test_variation_is_one_reproducible_chip_per_seed_and_restored_on_exit():
     assert model[0].cell_gain is None and torch.equal(model(x), clean)
 
 
-def test_variation_gains_are_lognormal_with_the_requested_sigma():
+@pytest.mark.parametrize("level", ["weight", "cell"])
+def test_variation_gains_are_lognormal_with_the_requested_sigma(level):
     layer = CIMConv2d(64, 64, 3, array_size=128)
-    with cell_variation(layer, sigma=0.3, seed=0):
+    with cell_variation(layer, sigma=0.3, seed=0, level=level):
         theta = layer.cell_gain.log()
     assert abs(theta.mean().item()) < 0.01 and abs(theta.std().item() - 0.3) < 0.01
 
@@ -101,6 +125,118 @@ def test_variation_gains_are_lognormal_with_the_requested_sigma():
 def test_negative_sigma_is_rejected():
     with pytest.raises(ValueError, match="invalid sigma=-0.1"), cell_variation(nn.Sequential(), -0.1):
         pass
+
+
+def test_invalid_level_names_the_value_and_the_choices():
+    message = "invalid level 'chip'; valid choices: weight, cell"
+    with pytest.raises(ValueError, match=message), cell_variation(nn.Sequential(), 0.1, level="chip"):
+        pass
+
+
+def _lognormal_std(sigma: float) -> float:
+    """Standard deviation of ``exp(theta)``, ``theta ~ N(0, sigma^2)`` (~sigma for small sigma)."""
+    return float(np.sqrt(np.expm1(sigma**2) * np.exp(sigma**2)))
+
+
+def _weight_layer(**options) -> CIMConv2d:
+    """W4 on 2-bit cells (two's complement: w = 4 * c_msb + c_lsb), one step for the layer, so that thousands of
+    weights share each integer value (36,864 weights, ~2,500 of them -1)."""
+    torch.manual_seed(0)
+    layer = CIMConv2d(64, 64, 3, array_size=128, weight_granularity="layer", psum_granularity="layer", **options)
+    layer = layer.double()
+    calibrate(layer, torch.rand(2, 64, 8, 8, dtype=torch.float64))
+    return layer.eval()
+
+
+def _int_weights(p: CIMProgram, gain: torch.Tensor) -> torch.Tensor:
+    """Integer weights ``[T, R, O]`` the cells of ``p`` store with conductance factors ``gain`` ``[P, S, T, R, O]``:
+    ``sum_p polarity * sum_s split_shift * code * gain``."""
+    return (p.cell_codes * gain * _sign_shift(p).reshape(*p.cell_codes.shape[:2], 1, 1, 1)).sum((0, 1))
+
+
+def _sign_shift(p: CIMProgram) -> torch.Tensor:
+    """``[P, S]``: what a cell code of each polarity and split counts in its weight."""
+    return p.polarity.reshape(-1, 1) * p.split_shift.reshape(1, -1)
+
+
+@pytest.mark.parametrize("encoding", ["twos_complement", "differential"])
+@pytest.mark.parametrize("granularity", ["column", "layer"])
+def test_weight_level_is_eq5_one_factor_per_weight(encoding, granularity):
+    """Level weight: every varied (dequantized) weight is exactly its ideal value times one exp(theta), shared by
+    all its splits and polarities, also with a different step per split (column granularity)."""
+    torch.manual_seed(0)
+    layer = CIMConv2d(
+        20, 12, 3, array_size=54, weight_encoding=encoding, weight_granularity=granularity, psum_granularity="column"
+    ).double()
+    calibrate(layer, torch.rand(2, 20, 8, 8, dtype=torch.float64))
+    ideal = layer.eval().cim_program()
+    assert ideal.variation_level is None
+    with cell_variation(layer, sigma=0.2, seed=4, level="weight"):
+        p = layer.cim_program()
+    assert p.variation_level == "weight" and p.cell_gain.shape == p.cell_codes.shape
+    gain = p.cell_gain[0, 0]  # [T, R, O]: one factor per weight
+    assert torch.equal(p.cell_gain, gain.expand_as(p.cell_gain)) and not torch.all(gain == 1)
+
+    def dequantized(program: CIMProgram, cell_gain: torch.Tensor) -> torch.Tensor:
+        scale = program.weight_scale.unsqueeze(3)  # [P, S, T, 1, O]
+        return _int_weights(program, cell_gain * scale)
+
+    expected = dequantized(ideal, ideal.cell_gain) * gain
+    torch.testing.assert_close(dequantized(p, p.cell_gain), expected, rtol=1e-12, atol=0)
+
+
+def test_weight_level_relative_std_is_sigma_for_every_weight_value():
+    """Eq. 5 makes the relative error of a weight independent of its bit pattern: weight -1 (codes -1 and 3) varies
+    like weight 1 (codes 0 and 1), with the std of exp(theta)."""
+    layer, sigma = _weight_layer(), 0.1
+    with cell_variation(layer, sigma=sigma, seed=0, level="weight"):
+        p = layer.cim_program()
+    ideal, varied = _int_weights(p, torch.ones_like(p.cell_gain)), _int_weights(p, p.cell_gain)
+    for value in (-7, -4, -3, -2, -1, 1, 2, 3, 7):
+        relative = varied[ideal == value] / value
+        assert len(relative) > 500
+        assert abs(relative.std().item() - _lognormal_std(sigma)) < 0.1 * sigma, value
+        assert abs(relative.mean().item() - np.exp(sigma**2 / 2)) < 0.01, value
+
+
+def test_weight_minus_one_is_not_inflated_at_weight_level_but_is_per_cell():
+    """The bug this level fixes: per cell, weight -1 = -4 * g_msb + 3 * g_lsb has std sqrt(16 + 9) * std(g) ~ 5 sigma;
+    per weight (eq. 5) it has sigma."""
+    layer, sigma = _weight_layer(), 0.1
+    stds = {}
+    for level in ("weight", "cell"):
+        with cell_variation(layer, sigma=sigma, seed=0, level=level):
+            p = layer.cim_program()
+        ideal, varied = _int_weights(p, torch.ones_like(p.cell_gain)), _int_weights(p, p.cell_gain)
+        assert (p.cell_codes[0, :, ideal == -1] == torch.tensor([[-1.0], [3.0]])).all()  # the codes of -1
+        stds[level] = varied[ideal == -1].std().item()
+    assert abs(stds["weight"] - _lognormal_std(sigma)) < 0.1 * sigma
+    assert abs(stds["cell"] - 5 * _lognormal_std(sigma)) < 0.5 * sigma
+
+
+@pytest.mark.parametrize("encoding", ["twos_complement", "differential"])
+def test_cell_level_scales_every_cell_magnitude_by_its_own_factor(encoding):
+    """Level cell: one exp(theta) per cell, multiplying the conductance |code|; the sign of the signed MSB cell
+    (two's complement, code < 0) is the periphery's and does not vary, so a cell contributes code * exp(theta)
+    and the varied weight is the sum of its cells. The variance of a weight is the sum of its cells' variances."""
+    layer, sigma = _weight_layer(weight_encoding=encoding), 0.1
+    with cell_variation(layer, sigma=sigma, seed=0, level="cell"):
+        p = layer.cim_program()
+    assert p.variation_level == "cell" and p.cell_gain.shape == p.cell_codes.shape
+    assert (p.cell_gain > 0).all()  # a conductance stays positive whatever the code's sign
+    assert len(torch.unique(p.cell_gain[:, :, 0, 0, 0])) == p.cell_gain.shape[0] * p.cell_gain.shape[1]
+    ideal, varied = _int_weights(p, torch.ones_like(p.cell_gain)), _int_weights(p, p.cell_gain)
+    msb = p.cell_codes[0, 0]
+    if encoding == "twos_complement":  # negative MSB codes: contribution -|code| * 4 * g, i.e. code * 4 * g
+        negative = (msb < 0) & (p.cell_codes[0, 1] == 0)
+        assert negative.any()
+        torch.testing.assert_close(varied[negative], 4 * msb[negative] * p.cell_gain[0, 0][negative])
+    for value in (-3, -1, 1, 3):
+        selected = ideal == value
+        codes = p.cell_codes[:, :, selected] * _sign_shift(p).unsqueeze(-1)  # [P, S, N] signed contributions
+        expected = _lognormal_std(sigma) * codes.square().sum((0, 1)).sqrt()  # sqrt(sum of cell variances)
+        assert torch.all(expected == expected[0])  # one integer weight, one cell pattern
+        assert abs(varied[selected].std().item() - expected[0].item()) < 0.1 * expected[0].item(), value
 
 
 # --- accounting ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from cimexp.files import atomic_write
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 CONTRACT = """\
 a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None)
@@ -78,8 +78,11 @@ class CIMProgram:
     input_shift: torch.Tensor  # [K] significance of each input cycle, most significant first ([1]: one cycle)
     cell_codes: torch.Tensor  # [P, S, T, R, O] integer-valued
     cell_gain: torch.Tensor  # [P, S, T, R, O] multiplicative conductance factor (ones without variation)
+    # The variation model cell_gain follows (cimexp.cim.variation): "weight" (eq. 5: one factor per weight, equal
+    # over its polarities and splits), "cell" (one per cell, scaling its conductance magnitude), None (no variation).
+    variation_level: str | None
     polarity: torch.Tensor  # [P] +1 (two's complement) or +1, -1 (differential)
-    split_shift: torch.Tensor  # [S] 2^(cell_bits*(S-1-s))
+    split_shift: torch.Tensor  # [S] 2^(cell_bits*(S-1-s)); negative for a sign-bit MSB cell (codes 0/1)
     weight_scale: torch.Tensor  # [P, S, T, O]
     psum_quant: bool
     psum_scale: torch.Tensor  # [P, S, T, O], output units
@@ -106,6 +109,9 @@ class CIMProgram:
             "r % (kh*kw) in row-major order",
             "adc_code_range": "per (polarity, split): [-2^(b-1), 2^(b-1)-1] for columns whose partial sum can be "
             "negative (signed MSB cell, or unquantized signed inputs), [0, 2^b-1] otherwise",
+            "variation_levels": "variation_level weight: cell_gain is one log-normal factor per weight (paper eq. 5), "
+            "equal over its polarities and splits; cell: one per cell, scaling its conductance magnitude |code|; "
+            "null: no variation (cell_gain all ones)",
             "shapes": {name: list(a.shape) for name, a in arrays.items()},
         }
         for f in fields(self):
@@ -125,12 +131,14 @@ class CIMProgram:
             raise ValueError(f"{stem.with_suffix('.json')} is not a cimexp CIMProgram file")
         with np.load(stem.with_suffix(".npz")) as data:
             arrays = {name: torch.from_numpy(data[name]) for name in data.files}
-        kwargs = {f.name: meta[f.name] for f in fields(cls) if f.name not in _ARRAY_FIELDS}
+        kwargs = {f.name: meta[f.name] for f in fields(cls) if f.name not in _ARRAY_FIELDS and f.name in meta}
         for key in ("kernel_size", "stride", "padding", "dilation"):
             kwargs[key] = tuple(kwargs[key])
         kwargs.update({name: arrays.get(name) for name in _ARRAY_FIELDS})
         if meta.get("format_version", 1) < 2:  # before bit-serial inputs: one input cycle
             kwargs["dac_bits"], kwargs["input_shift"] = kwargs["act_bits"], torch.ones(1)
+        if meta.get("format_version", 1) < 3:  # before variation levels: gains were drawn per cell
+            kwargs["variation_level"] = None if bool((kwargs["cell_gain"] == 1).all()) else "cell"
         return cls(**kwargs)
 
     def to_dict(self) -> dict:
