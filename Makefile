@@ -1,7 +1,7 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
-	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise
+	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
 PYTHON ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
@@ -35,6 +35,9 @@ bench-net: ## Benchmark a ResNet-20 training step, float vs CIM schemes (cimexp.
 lint: ## Ruff lint and format check
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+
+post_training: ## Post-training calibration table (no training): granularity pairs x methods x ADC bits; ARGS=...
+	$(PYTHON) -m cimexp.post_training $(ARGS)
 
 granularity_grid: ## Fig. 7: weight x partial-sum granularity grid, w/o PSQ and float (PRESET=quick|full, ARGS=...)
 	$(PYTHON) -m cimexp.train -m +sweep=granularity_grid/$(PRESET) $(ARGS)

@@ -12,14 +12,16 @@ from cimexp.cim.layer import (
     CIMConv2d,
     calibrate,
     cim_layers,
+    reestimate_batchnorm,
     set_adc_errors,
+    set_calibration,
     set_psum_quant,
     start_telemetry,
     stop_telemetry,
     telemetry_active,
 )
 from cimexp.cim.mapping import ArrayMapping
-from cimexp.cim.options import Granularity, WeightEncoding
+from cimexp.cim.options import Calibration, Granularity, StepInit, VariationLevel, WeightEncoding
 from cimexp.cim.program import CIMProgram, simulate
 from cimexp.cim.quant import set_kernels
 from cimexp.cim.variation import cell_variation
@@ -27,10 +29,13 @@ from cimexp.cim.variation import cell_variation
 __all__ = [
     "ADCErrors",
     "ArrayMapping",
+    "Calibration",
     "CIMConv2d",
     "CIMProgram",
     "CostModel",
     "Granularity",
+    "StepInit",
+    "VariationLevel",
     "WeightEncoding",
     "calibrate",
     "cell_variation",
@@ -39,7 +44,9 @@ __all__ = [
     "dequant_ops",
     "layer_cost",
     "PsumStats",
+    "reestimate_batchnorm",
     "set_adc_errors",
+    "set_calibration",
     "set_kernels",
     "set_psum_quant",
     "simulate",

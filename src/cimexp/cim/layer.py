@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 
 from cimexp.cim.adc import ADCErrors, ADCState, PsumStats, draw_adc_state, nonideal_adc_shift_add
 from cimexp.cim.mapping import ArrayMapping, input_shift, slice_bits, slice_inputs
-from cimexp.cim.options import Granularity, WeightEncoding, check_bits
+from cimexp.cim.options import Calibration, Granularity, StepInit, VariationLevel, WeightEncoding, check_bits
 from cimexp.cim.program import CIMProgram
 from cimexp.cim.quant import (
     adc_shift_add,
@@ -44,6 +45,7 @@ from cimexp.cim.quant import (
     mse_init,
     positive,
     quantize_int,
+    range_init,
     round_ste,
     sync_mean,
 )
@@ -72,10 +74,12 @@ class CIMConv2d(nn.Conv2d):
         weight_encoding: ``"twos_complement"`` or ``"differential"`` (see
             :class:`~cimexp.cim.options.WeightEncoding`).
 
-    Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights (LSQ's
-    ``2 E|w| / sqrt(qmax)`` per step group), activation and ADC steps from that batch's inputs and partial sums;
-    or explicitly with :func:`calibrate`. After that they are parameters only: in eval mode an output never depends
-    on the rest of the batch. Initialisation state is saved in the ``state_dict``.
+    Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights, activation
+    and ADC steps from that batch's inputs and partial sums, each as ``calibration`` says (a
+    :class:`~cimexp.cim.options.Calibration`; default: LSQ's ``2 E|v| / sqrt(qmax)`` per step group refined by an
+    MSE search); or explicitly with :func:`calibrate`, which also chooses the methods. After that they are
+    parameters only: in eval mode an output never depends on the rest of the batch. Initialisation state is saved
+    in the ``state_dict``; the methods are not (they matter only when steps are initialised).
     """
 
     def __init__(
@@ -143,7 +147,9 @@ class CIMConv2d(nn.Conv2d):
         self._adc_qmax = float(max(map(max, adc_max)))  # LSQ's gradient scale, a Python number: no device sync
         self.register_buffer("split_shift", torch.tensor(m.split_shift(), **const), persistent=False)
         self.register_buffer("polarity", torch.tensor(m.polarity(), **const), persistent=False)
+        # Variation (cimexp.cim.variation): gains [P, S, T, R, O] per cell, or [1, 1, T, R, O] per weight; None: none.
         self.register_buffer("cell_gain", None, persistent=False)
+        self.variation_level: VariationLevel | None = None  # the level cell_gain was drawn at
         shifts = input_shift(self.a_bits, self.dac_bits) if self.a_bits is not None else [1]
         self.register_buffer("input_shift", torch.tensor(shifts, **const), persistent=False)
         self.adc_state: ADCState | None = None  # non-ideal ADCs (set_adc_errors); None: ideal
@@ -151,6 +157,7 @@ class CIMConv2d(nn.Conv2d):
         self.weight_step_ready = False
         self.act_step_ready = self.a_bits is None
         self.psum_step_ready = False
+        self.calibration = Calibration()  # how steps are initialised (calibrate / set_calibration)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **cim_options: Any) -> CIMConv2d:
@@ -252,7 +259,8 @@ class CIMConv2d(nn.Conv2d):
         return slice_bits(w_int, m)
 
     def _conductances(self, s_w: torch.Tensor) -> torch.Tensor:
-        """Programmed cell values ``[T, P, S, O, R]`` (codes times the variation gain), tile-major for the conv."""
+        """Programmed cell values ``[T, P, S, O, R]`` (codes times the variation gain, per cell or broadcast from
+        one per weight), tile-major for the conv."""
         codes = self.cell_codes(s_w)
         if self.cell_gain is not None:
             codes = codes * self.cell_gain.permute(0, 1, 4, 2, 3)
@@ -420,7 +428,12 @@ class CIMConv2d(nn.Conv2d):
         m = self.mapping
         s_w = self._weight_step_full()
         codes = self.cell_codes(s_w).permute(0, 1, 3, 4, 2)  # [P, S, T, R, O]
-        gain = torch.ones_like(codes) if self.cell_gain is None else self.cell_gain
+        gain = torch.ones_like(codes) if self.cell_gain is None else self.cell_gain.expand_as(codes)
+        level = None
+        if self.cell_gain is not None:  # gains set by hand carry no level: per-cell shape or per-weight shape
+            per_cell = self.cell_gain.shape[:2] == codes.shape[:2]
+            level = self.variation_level or (VariationLevel.CELL if per_cell else VariationLevel.WEIGHT)
+            level = VariationLevel.parse(level).value
         s_a = 1.0 if self.a_bits is None else float(positive(self.act_step))
         cpu = {"device": "cpu"}
         return CIMProgram(
@@ -437,7 +450,8 @@ class CIMConv2d(nn.Conv2d):
             dac_bits=self.dac_bits,
             input_shift=self.input_shift.to(**cpu),
             cell_codes=codes.to(**cpu),
-            cell_gain=gain.to(**cpu),
+            cell_gain=gain.to(**cpu).contiguous(),
+            variation_level=level,
             polarity=self.polarity.to(**cpu),
             split_shift=self.split_shift.to(**cpu),
             weight_scale=s_w.to(**cpu).clone(),
@@ -449,18 +463,29 @@ class CIMConv2d(nn.Conv2d):
         )
 
     # --- lazy initialisation ----------------------------------------------------------------------------------
-    # Each step group starts at LSQ's 2 E|v| / sqrt(qmax), refined by a search for the lowest quantization MSE on
-    # the observed values (mse_init); groups follow the granularity, so layer-wise steps see the whole layer.
-    def _init_steps(self, samples, lsq_mean_abs, qmin, qmax, granularity) -> torch.Tensor:
+    # Each step group is set as self.calibration says (StepInit): LSQ's 2 E|v| / sqrt(qmax) refined by a search for
+    # the lowest quantization MSE on the observed values (mse, the default), LSQ's rule alone (lsq), or the group's
+    # max or p-th percentile magnitude over qmax (max, percentile). Groups follow the granularity, so layer-wise
+    # steps see the whole layer.
+    def _init_steps(self, samples, lsq_mean_abs, qmin, qmax, granularity, method: StepInit) -> torch.Tensor:
+        """Initial steps from ``samples`` ``[N, P, S, T, O]`` in the shape of ``granularity``'s step; with
+        ``granularity=None`` one step (shape ``[]``) for all of ``samples`` ``[N]`` (activations)."""
         m = self.mapping
-        return mse_init(
-            samples,
-            lsq_init(lsq_mean_abs, qmax if granularity is Granularity.COLUMN else _amax(qmax)),
-            qmin,
-            qmax,
-            reduce=lambda per_column: m.reduce_to_step(per_column, granularity),
-            expand=lambda step: m.expand_step(step, granularity),
-        )
+        if granularity is None:
+            shape, reduce, expand = (), _same, _same
+        else:
+            shape = m.step_shape(granularity)
+            reduce = functools.partial(m.reduce_to_step, granularity=granularity)
+            expand = functools.partial(m.expand_step, granularity=granularity)
+        if method in (StepInit.MAX, StepInit.PERCENTILE):
+            percentile = 100.0 if method is StepInit.MAX else self.calibration.percentile
+            n_groups = math.prod(shape)
+            groups = expand(torch.arange(n_groups, device=samples.device).reshape(shape))
+            return range_init(samples, qmin, qmax, percentile, groups, n_groups).reshape(shape)
+        step = lsq_init(lsq_mean_abs, qmax if granularity in (None, Granularity.COLUMN) else _amax(qmax))
+        if method is StepInit.LSQ:
+            return step
+        return mse_init(samples, step, qmin, qmax, reduce=reduce, expand=expand)
 
     @torch.no_grad()
     def _init_weight_step(self) -> None:
@@ -475,7 +500,8 @@ class CIMConv2d(nn.Conv2d):
             w.abs().sum(0).div(self._real_rows_per_tile(w).unsqueeze(-1)).expand(m.n_polarities, m.n_splits, -1, -1),
             self.weight_granularity,
         )
-        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity)
+        method = self.calibration.weight
+        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity, method)
         self.weight_step.copy_(step)
         self.weight_step_ready = True
 
@@ -488,8 +514,10 @@ class CIMConv2d(nn.Conv2d):
 
     @torch.no_grad()
     def _init_act_step(self, x: torch.Tensor) -> None:
-        samples = _subsample(x.detach().flatten())
-        step = mse_init(samples, lsq_init(samples.abs().mean(), self.act_qmax), 0.0, float(self.act_qmax), _same, _same)
+        method = self.calibration.act
+        samples = _subsample(x.detach().flatten(), INIT_SAMPLES[method])
+        qmax = float(self.act_qmax)
+        step = self._init_steps(samples, samples.abs().mean(), 0.0, qmax, None, method)
         self.act_step.copy_(sync_mean(step))
         self.act_step_ready = True
 
@@ -497,13 +525,14 @@ class CIMConv2d(nn.Conv2d):
     def _init_psum_step(self, psum: torch.Tensor) -> None:
         """From partial sums ``[B, G, O, L]`` (``G`` = tile-major (t, p, s))."""
         m = self.mapping
+        method = self.calibration.psum
         cols = (m.n_row_tiles, m.n_polarities, m.n_splits, self.out_channels)
         samples = psum.detach().permute(0, 3, 1, 2).reshape(-1, *cols).permute(0, 2, 3, 1, 4)  # [N, P, S, T, O]
-        samples = _subsample(samples)
+        samples = _subsample(samples, INIT_SAMPLES[method])
         qmin = self.adc_min.reshape(m.n_polarities, m.n_splits, 1, 1)
         qmax = self.adc_max.reshape(m.n_polarities, m.n_splits, 1, 1)
         mean_abs = m.reduce_to_step(samples.abs().mean(0), self.psum_granularity)
-        step = self._init_steps(samples, mean_abs, qmin, qmax, self.psum_granularity)
+        step = self._init_steps(samples, mean_abs, qmin, qmax, self.psum_granularity, method)
         self.psum_step.copy_(sync_mean(step))
         self.psum_step_ready = True
 
@@ -537,8 +566,20 @@ def _check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:
     return dac_bits
 
 
-def _subsample(samples: torch.Tensor, max_samples: int = 4096) -> torch.Tensor:
-    """At most ``max_samples`` evenly strided rows of ``samples`` (step initialisation needs statistics only)."""
+INIT_SAMPLES: dict[StepInit, int | None] = {
+    StepInit.MAX: None,
+    StepInit.PERCENTILE: 2**16,
+    StepInit.LSQ: 4096,
+    StepInit.MSE: 4096,
+}
+"""Observed values per column (activations: in all) that each method initialises a step from, evenly strided
+(``None``: all of them). Max must see every value; a 99.99th percentile needs well over 10^4."""
+
+
+def _subsample(samples: torch.Tensor, max_samples: int | None = 4096) -> torch.Tensor:
+    """At most ``max_samples`` evenly strided rows of ``samples`` (all for ``None``)."""
+    if max_samples is None:
+        return samples
     stride = max(1, samples.shape[0] // max_samples)
     return samples[::stride]
 
@@ -574,10 +615,26 @@ def set_psum_quant(model: nn.Module, enabled: bool, recalibrate: bool = True) ->
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, *inputs: torch.Tensor, weights: bool = True) -> int:
+def calibrate(
+    model: nn.Module,
+    *inputs: torch.Tensor,
+    weights: bool = True,
+    method: Calibration | Mapping[str, object] | str | None = None,
+) -> int:
     """Initialise the step sizes of every CIM layer from data: forgets the current steps (weight steps too, unless
-    ``weights=False``) and runs ``model(*inputs)`` once in eval mode, which sets activation and ADC steps from this
-    batch's statistics. The model's train/eval mode is restored. Returns the number of CIM layers calibrated."""
+    ``weights=False``) and runs ``model(*inputs)`` once in eval mode (BatchNorm on its running statistics), which
+    sets activation and ADC steps from this batch's statistics. To calibrate on several batches, concatenate them.
+
+    ``method`` says how each step is set (:class:`~cimexp.cim.options.Calibration`, see
+    :class:`~cimexp.cim.options.StepInit`): ``None`` for the defaults (``mse`` everywhere), a mapping such as
+    ``{"weight": "max", "psum": "percentile", "percentile": 99.99}``, or one method name for all quantizers. The
+    layers keep it (:func:`set_calibration`): steps initialised later, such as two-stage QAT's ADC steps, use it
+    too. The model's train/eval mode is restored. Returns the number of CIM layers calibrated.
+
+    Raises:
+        ValueError: a bad method; the message names it and the valid choices. Nothing has changed then.
+    """
+    set_calibration(model, method)
     layers = [layer for _, layer in cim_layers(model)]
     for layer in layers:
         layer.weight_step_ready = layer.weight_step_ready and not weights
@@ -590,6 +647,50 @@ def calibrate(model: nn.Module, *inputs: torch.Tensor, weights: bool = True) -> 
     finally:
         model.train(was_training)
     return len(layers)
+
+
+def set_calibration(model: nn.Module, method: Calibration | Mapping[str, object] | str | None = None) -> int:
+    """Choose how the CIM layers of ``model`` initialise their step sizes from now on (``method`` as in
+    :func:`calibrate`), without initialising anything: for steps that a later forward pass sets (the first one,
+    or stage 2 of two-stage QAT). Returns the number of CIM layers set."""
+    calibration = Calibration.parse(method)
+    layers = [layer for _, layer in cim_layers(model)]
+    for layer in layers:
+        layer.calibration = calibration
+    return len(layers)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute the running statistics of every BatchNorm layer of ``model`` as plain averages over ``batches``
+    (inputs of one forward pass each), everything else in eval mode. After :func:`calibrate`, BatchNorm then
+    normalises what the quantized layers output instead of what the float network did. The momenta and the
+    train/eval mode are restored. Returns the number of BatchNorm layers.
+
+    Raises:
+        ValueError: ``batches`` is empty; the statistics are left as they were.
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for inputs in batches:
+            if seen == 0:
+                for norm in norms:
+                    norm.reset_running_stats()
+                    norm.momentum = None  # cumulative average over the batches
+                    norm.train()
+            model(inputs)
+            seen += 1
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("reestimate_batchnorm: no batches given; pass at least one input batch")
+    return len(norms)
 
 
 def set_adc_errors(model: nn.Module, errors: ADCErrors | None) -> int:

@@ -1,4 +1,5 @@
-"""Validated option types of the CIM layer: quantization granularity and weight encoding.
+"""Validated option types of the CIM layer: quantization granularity, weight encoding, variation level and step
+calibration.
 
 Strings from configs (``"column"``, ``"differential"``) are parsed once, here, into enums; a bad value raises a
 ``ValueError`` that names it and lists the valid choices.
@@ -7,6 +8,9 @@ Strings from configs (``"column"``, ``"differential"``) are parsed once, here, i
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 
 class Granularity(enum.IntEnum):
@@ -39,7 +43,9 @@ class WeightEncoding(enum.Enum):
     - ``TWOS_COMPLEMENT``: one array; the ``w_bits``-bit two's-complement integer (range
       ``[-2^(w_bits-1), 2^(w_bits-1)-1]``) is split over ``S = ceil(w_bits / cell_bits)`` cells, most significant
       first. The most significant cell is signed, the others unsigned; ``sum_s cell_s * 2^(cell_bits*(S-1-s))``
-      equals the integer weight.
+      equals the integer weight. A most significant cell left with one bit (``cell_bits`` 1, or 4-bit weights on
+      3-bit cells) stores the sign bit as 0/1 with significance ``-2^(w_bits-1)`` instead
+      (:attr:`~cimexp.cim.mapping.ArrayMapping.sign_bit_msb`).
     - ``DIFFERENTIAL``: a positive and a negative array (``w = w+ - w-``, as RRAM macros do). The weight range is
       symmetric, ``[-(2^(w_bits-1)-1), 2^(w_bits-1)-1]`` (``w_bits`` counts the sign), so each polarity stores an
       unsigned magnitude of ``w_bits - 1`` bits over ``S = ceil((w_bits-1) / cell_bits)`` unsigned cells.
@@ -51,6 +57,112 @@ class WeightEncoding(enum.Enum):
     @classmethod
     def parse(cls, value: str | WeightEncoding, what: str = "weight_encoding") -> WeightEncoding:
         return _parse_enum(cls, value, what)
+
+
+class VariationLevel(enum.Enum):
+    """What one log-normal factor ``exp(theta)`` of memory-cell variation multiplies (:mod:`cimexp.cim.variation`).
+
+    - ``WEIGHT``: the paper's eq. 5, ``w_var = w * exp(theta)``: one factor per weight, shared by all its cells
+      (splits) and both polarities, so every varied weight is its ideal (quantized) value times ``exp(theta)``.
+    - ``CELL``: one factor per physical cell, multiplying that cell's conductance, i.e. the magnitude ``|code|`` of
+      its cell code; the sign of two's complement's signed MSB cell comes from the periphery and does not vary.
+    """
+
+    WEIGHT = "weight"
+    CELL = "cell"
+
+    @classmethod
+    def parse(cls, value: str | VariationLevel, what: str = "variation level") -> VariationLevel:
+        return _parse_enum(cls, value, what)
+
+
+class StepInit(enum.Enum):
+    """How a step size is set from observed values ``v`` (weights, activations or partial sums), one step per
+    granularity group, with ``qmax`` the top integer code of the group's range:
+
+    - ``MAX``: ``max |v| / qmax``, so nothing clips (for an unsigned range, ``max(v) / qmax``: negative values
+      clip to 0 whatever the step).
+    - ``PERCENTILE``: the ``p``-th percentile of those magnitudes over ``qmax``; the top ``100 - p`` percent clip.
+    - ``LSQ``: LSQ's ``2 E|v| / sqrt(qmax)`` (Esser et al., 2020).
+    - ``MSE``: the step of lowest quantization MSE on ``v``, searched from LSQ's over 1/64x..2x in quarter octaves
+      (:func:`cimexp.cim.quant.mse_init`).
+    """
+
+    MAX = "max"
+    PERCENTILE = "percentile"
+    LSQ = "lsq"
+    MSE = "mse"
+
+
+WEIGHT_STEP_INITS = (StepInit.MAX, StepInit.LSQ, StepInit.MSE)
+"""Methods for weight steps. Not ``PERCENTILE``: a column's step sees one weight per row (~100), where any
+percentile worth clipping at is the max."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How :func:`cimexp.cim.calibrate` (or a CIM layer's first forward pass) initialises the step sizes: one
+    :class:`StepInit` per quantizer. Strings are parsed (``Calibration(weight="max", psum="percentile")``); a bad
+    value raises ``ValueError`` naming it and the valid choices.
+
+    Attributes:
+        weight: weight steps, from the weights (``max``, ``lsq`` or ``mse``).
+        act: activation (DAC) steps, from the batch's layer inputs.
+        psum: partial-sum (ADC) steps, from the batch's partial sums, in integer MAC units.
+        percentile: ``p`` of the quantizers whose method is ``percentile``, in ``(0, 100]``.
+
+    The defaults (``mse`` everywhere) are the layer's behaviour before methods were selectable.
+    """
+
+    weight: StepInit | str = StepInit.MSE
+    act: StepInit | str = StepInit.MSE
+    psum: StepInit | str = StepInit.MSE
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _parse_step_init(self.weight, "calibration.weight", WEIGHT_STEP_INITS))
+        object.__setattr__(self, "act", _parse_step_init(self.act, "calibration.act", tuple(StepInit)))
+        object.__setattr__(self, "psum", _parse_step_init(self.psum, "calibration.psum", tuple(StepInit)))
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, int | float) or not (0 < p <= 100 and math.isfinite(p)):
+            raise ValueError(f"invalid calibration.percentile={p!r}; valid values: a number in (0, 100]")
+        object.__setattr__(self, "percentile", float(p))
+
+    @classmethod
+    def parse(cls, method: Calibration | Mapping[str, object] | str | None) -> Calibration:
+        """``method`` as a :class:`Calibration`: one already, ``None`` (the defaults), a mapping of its fields
+        (``{"weight": "max", "psum": "percentile"}``), or one method name for every quantizer (``"lsq"``)."""
+        if isinstance(method, cls):
+            return method
+        if method is None:
+            return cls()
+        if isinstance(method, str):
+            return cls(weight=method, act=method, psum=method)
+        if isinstance(method, Mapping):
+            names = [f.name for f in fields(cls)]
+            unknown = sorted(str(key) for key in method if key not in names)
+            if unknown:
+                raise ValueError(f"invalid calibration keys {unknown}; valid keys: {', '.join(names)}")
+            return cls(**{str(key): value for key, value in method.items()})
+        raise ValueError(
+            f"invalid calibration method {method!r}; valid: a Calibration, a mapping of {{weight, act, psum, "
+            "percentile}}, one method name or None"
+        )
+
+    def to_dict(self) -> dict[str, str | float]:
+        """Plain values (method names and ``percentile``), e.g. for results files."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {
+            key: getattr(self, key).value for key in ("weight", "act", "psum")
+        }
+
+
+def _parse_step_init(value: object, what: str, allowed: tuple[StepInit, ...]) -> StepInit:
+    key = value.value if isinstance(value, StepInit) else str(value).strip().lower()
+    for member in allowed:
+        if key == member.value:
+            return member
+    choices = ", ".join(m.value for m in allowed)
+    raise ValueError(f"invalid {what} {key if isinstance(value, StepInit) else repr(value)}; valid choices: {choices}")
 
 
 def _parse_enum(cls, value, what: str):

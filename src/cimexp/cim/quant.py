@@ -78,12 +78,65 @@ def lsq_init(mean_abs: torch.Tensor, qmax: float | torch.Tensor) -> torch.Tensor
     """LSQ's initial step ``2 * E|v| / sqrt(max(qmax, 1))``. Entries with no signal (``E|v| = 0``, e.g. an all-zero
     column) take the mean of the others, so they start at a useful size if a signal appears later."""
     qmax = torch.as_tensor(qmax, dtype=mean_abs.dtype, device=mean_abs.device).clamp_min(1.0)  # 1-bit signed: 0
-    step = 2.0 * mean_abs / torch.sqrt(qmax)
+    return fill_dead(2.0 * mean_abs / torch.sqrt(qmax))
+
+
+def fill_dead(step: torch.Tensor) -> torch.Tensor:
+    """``step`` with its zero entries (groups that saw no signal) set to the mean of the others (1 if all are
+    zero): a zero step would stay at :data:`STEP_EPS`, useless once a signal appears."""
     alive = step > 0
     if bool(alive.all()):
         return step
     fallback = step[alive].mean() if bool(alive.any()) else torch.ones((), dtype=step.dtype, device=step.device)
     return torch.where(alive, step, fallback)
+
+
+@torch.no_grad()
+def range_init(
+    samples: torch.Tensor,
+    qmin: torch.Tensor | float,
+    qmax: torch.Tensor | float,
+    percentile: float,
+    groups: torch.Tensor,
+    n_groups: int,
+) -> torch.Tensor:
+    """Steps that put the ``percentile``-th percentile of each group's magnitudes on the top code: max calibration
+    at 100 (nothing clips), percentile calibration below.
+
+    ``samples`` ``[N, *cols]`` holds N observed values per column; ``qmin``, ``qmax`` broadcast to ``cols`` (the
+    code range of every column); ``groups`` ``[*cols]`` (int64) gives every column's step group in
+    ``0 .. n_groups - 1``. A value's magnitude is ``|v| / qmax`` in a signed code range and ``max(v, 0) / qmax`` in
+    an unsigned one (``qmin >= 0``), so the columns of one group may have different ranges. The percentile pools
+    all values of a group and interpolates linearly between order statistics (as ``torch.quantile``). Returns
+    ``[n_groups]``; groups without signal get the mean of the others (:func:`fill_dead`).
+    """
+    like = {"dtype": samples.dtype, "device": samples.device}
+    qmin = torch.as_tensor(qmin, **like)
+    qmax = torch.as_tensor(qmax, **like).clamp_min(1.0)
+    magnitude = torch.where(qmin < 0, samples.abs(), samples.clamp_min(0)) / qmax
+    magnitude = magnitude.reshape(samples.shape[0], -1)  # [N, C]
+    ids = groups.reshape(-1).to(samples.device)
+    if percentile >= 100:
+        per_column = magnitude.amax(0)
+        step = per_column.new_zeros(n_groups).scatter_reduce_(0, ids, per_column, "amax")
+    elif ids.numel() == n_groups:  # one column per group
+        step = magnitude.new_empty(n_groups).index_copy_(0, ids, percentile_of(magnitude, percentile))
+    else:
+        step = torch.stack([percentile_of(magnitude[:, ids == g].flatten(), percentile) for g in range(n_groups)])
+    return fill_dead(step)
+
+
+def percentile_of(values: torch.Tensor, percentile: float) -> torch.Tensor:
+    """The ``percentile``-th percentile (0..100) of ``values`` along dim 0, interpolating linearly between order
+    statistics like ``torch.quantile`` (which refuses inputs above 2^24 elements; this has no such limit)."""
+    n = values.shape[0]
+    position = percentile / 100 * (n - 1)
+    low = math.floor(position)
+    below = values.kthvalue(low + 1, 0).values
+    if position == low:
+        return below
+    above = values.kthvalue(low + 2, 0).values
+    return below + (position - low) * (above - below)
 
 
 MSE_SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(-24, 5))
