@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import cimexp.evaluate
 from cimexp.evaluate import evaluate, resolve_checkpoint
+from cimexp.results import HEADER, METRICS
 from cimexp.train import train
 
 TRAINED_DATA = [
@@ -23,8 +24,7 @@ TRAINED_DATA = [
 """Synthetic 8x8 images without augmentation (a 4-pixel crop of an 8x8 image hides the class pattern)."""
 EVAL_DATA = [*TRAINED_DATA, "data.val_size=100", "data.eval_batch_size=100"]
 RESULT_KEYS = {
-    "kind",
-    "status",
+    *HEADER,
     "run_name",
     "sweep_group",
     "run_dir",
@@ -43,7 +43,7 @@ RESULT_KEYS = {
     "train_results",
     "wall_time_s",
 }
-METRIC_KEYS = {"val/acc", "val/acc_top5", "val/loss"}
+METRIC_KEYS = set(METRICS)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_clean_equals_sigma_zero_and_variation_changes_accuracy(
     assert results["kind"] == "evaluate" and results["status"] == "finished"
     assert results["ckpt"] == str((trained_run / "checkpoints" / "last.ckpt").resolve())
     assert results["run_dir"] == str((tmp_path / "zero").resolve())
-    assert results["variation"] == {"sigma": 0.0, "seed": 3}
+    assert results["variation"] == {"sigma": 0.0, "seed": 3, "level": "weight"}
     assert results["adc_errors"]["noise_lsb"] == 0 and results["adc_errors"]["share"] == 1
     assert results["cim"] == train_results["cim"] and results["schedule"] == train_results["schedule"]
     assert (results["model"], results["data"], results["seed"]) == ("resnet20", "synthetic", 0)
@@ -119,15 +119,21 @@ def test_clean_equals_sigma_zero_and_variation_changes_accuracy(
     assert noisy["results"]["final"]["val/acc"] < results["clean"]["val/acc"] - 0.1
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
+    # per-cell variation: another chip model, recorded in the results
+    _, per_cell = run_eval([f"ckpt={trained_run}", "variation.sigma=1.0", "variation.level=cell"], "noisy_cell")
+    assert validations == [1, 1, 1]
+    assert per_cell["results"]["variation"] == {"sigma": 1.0, "seed": 0, "level": "cell"}
+    assert per_cell["results"]["final"] != noisy["results"]["final"]
+
     # sigma = 0 in a new run directory: clean and final both from the cache, no validation, no data loaded
     _, cached = run_eval([f"ckpt={trained_run}", "variation.sigma=0"], "zero_cached")
-    assert validations == [1, 1]
+    assert validations == [1, 1, 1]
     assert cached["results"]["final"] == cached["results"]["clean"] == results["clean"]
     assert cached["results"]["cim_summary"] == results["cim_summary"]
 
     # the same job again: finished before, so nothing is evaluated
     again_metrics, again = run_eval([f"ckpt={trained_run}", "variation.sigma=0", "variation.seed=3"], "zero")
-    assert validations == [1, 1] and again_metrics == metrics and again["results"] == results
+    assert validations == [1, 1, 1] and again_metrics == metrics and again["results"] == results
 
 
 def test_adc_noise_at_evaluation_time(trained_run: Path, run_eval, tmp_path: Path) -> None:
@@ -154,6 +160,8 @@ def test_bad_checkpoints_are_refused_with_a_clear_error(trained_run: Path, run_e
         run_eval([], "missing")
     with pytest.raises(ValueError, match="variation.sigma"):
         run_eval([f"ckpt={trained_run}", "variation.sigma=-0.1"], "sigma")
+    with pytest.raises(ValueError, match="invalid variation.level 'chip'; valid choices: weight, cell"):
+        run_eval([f"ckpt={trained_run}", "variation.level=chip"], "level")
     with pytest.raises(ValueError, match="trained on cimexp.data.SyntheticDataModule.*data=cifar100"):
         evaluate(make_cfg([f"ckpt={trained_run}", "data=cifar10"], "data", "evaluate"))
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")

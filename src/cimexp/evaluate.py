@@ -4,7 +4,7 @@
 config. It loads a training checkpoint of this platform, rebuilds the network from the resolved training config
 stored in the checkpoint (``ImageClassifier`` saves it as the ``config`` hyperparameter), validates it on the
 evaluation split (= the test split, as in the paper) without variation ("clean") and inside
-``cell_variation(model, sigma, seed)`` with the configured ADC non-idealities ``adc.*`` ("final"), and writes
+``cell_variation(model, sigma, seed, level)`` with the configured ADC non-idealities ``adc.*`` ("final"), and writes
 ``results.json`` into its own run directory::
 
     python -m cimexp.evaluate ckpt=logs/train/runs/<run>/checkpoints/last.ckpt variation.sigma=0.1 variation.seed=0
@@ -32,13 +32,13 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from cimexp.callbacks import QATSchedule
-from cimexp.cim import CostModel, cell_variation, cim_layers, cim_summary, set_adc_errors
+from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_layers, cim_summary, set_adc_errors
 from cimexp.files import atomic_write_json, read_checkpoint
 from cimexp.module import ImageClassifier
+from cimexp.results import METRICS, hashed_config, make_record, read_results, reusable_results
 from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
 from cimexp.utils import (
     finish_wandb,
-    finished_results,
     git_state,
     register_resolvers,
     resolved_config,
@@ -47,10 +47,6 @@ from cimexp.utils import (
 )
 
 register_resolvers()
-
-METRICS = {"val/acc": "val/acc", "val/acc5": "val/acc_top5", "val/loss": "val/loss"}
-"""Validation metrics logged by ``ImageClassifier`` -> their names in the ``clean``/``final`` entries of
-results.json (top-1 and top-5 accuracy as fractions in [0, 1], mean cross-entropy)."""
 
 _CACHE_IGNORED_DATA_KEYS = ("batch_size", "eval_batch_size", "num_workers", "download", "augment", "train_subset")
 """Data settings that cannot change the clean accuracy (CIM layers in eval mode are batch-independent)."""
@@ -133,11 +129,11 @@ def _training_results(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        record = read_results(path)
     except (OSError, ValueError) as error:
         print(f"[cimexp] ignoring the training run's unreadable {path}: {error}", flush=True)
         return None
-    if not isinstance(record, dict):
+    except TypeError:
         print(f"[cimexp] ignoring the training run's {path}: not a JSON object", flush=True)
         return None
     record.pop("history", None)
@@ -175,14 +171,15 @@ def validate_config(cfg: DictConfig) -> None:
     """Check the evaluation settings before anything is loaded.
 
     Raises:
-        ValueError: ``ckpt`` unset, a negative ``variation.sigma``, a bad ``adc.*`` error or ``cost.*`` setting,
-            or more than one device.
+        ValueError: ``ckpt`` unset, a negative ``variation.sigma``, a bad ``variation.level``, a bad ``adc.*``
+            error or ``cost.*`` setting, or more than one device.
     """
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
         raise ValueError("ckpt=<path> is required: a training checkpoint (.ckpt) or a training run directory")
     sigma = cfg.variation.sigma
     if not isinstance(sigma, int | float) or sigma < 0:
         raise ValueError(f"invalid variation.sigma={sigma!r}; valid values: a number >= 0")
+    VariationLevel.parse(cfg.variation.level, "variation.level")
     adc_errors(cfg.adc)
     CostModel.from_config(cfg.cost)
     trainer = cfg.trainer
@@ -197,9 +194,10 @@ def validate_config(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Evaluate ``cfg.ckpt`` clean and under cell variation; write results.json, the resolved config and git state.
 
-    A run directory that already holds finished evaluation results is not evaluated again (re-launched sweeps skip
-    their finished jobs). The clean accuracy is read from ``cfg.clean_cache_dir`` when an earlier job computed it
-    for the same checkpoint file and evaluation data.
+    A run directory that already holds finished evaluation results of the same config (the checkpoint file by its
+    content) is not evaluated again (re-launched sweeps skip their finished jobs); one of another config is refused
+    (:func:`cimexp.results.reusable_results`). The clean accuracy is read from ``cfg.clean_cache_dir`` when an
+    earlier job computed it for the same checkpoint file and evaluation data.
 
     Args:
         cfg: a config composed from ``conf/evaluate.yaml``; Hydra's runtime config must be set.
@@ -210,7 +208,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``datamodule``, ``module``, ``trainer``, ``loggers``).
     """
     output_dir = Path(cfg.paths.output_dir)
-    done = finished_results(output_dir, kind="evaluate")
+    config = resolved_config(cfg)
+    files = {"ckpt": _checkpoint_file(cfg)}
+    hashed = hashed_config(config, files)
+    done = reusable_results(output_dir, "evaluate", config, files)
     if done is not None:
         print(f"[cimexp] finished before, not evaluated again: {output_dir}/results.json", flush=True)
         return _flat_metrics(done), {"cfg": cfg, "results": done}
@@ -228,7 +229,6 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"{str(checkpoint.path)!r} was trained on {trained_on} but data={cfg.data._target_}; "
             "evaluate on the training dataset (e.g. data=cifar100 for a CIFAR-100 checkpoint)"
         )
-    config = resolved_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(config))
     atomic_write_json(output_dir / "git.json", git_state())
@@ -251,11 +251,11 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         else:
             set_adc_errors(net, errors)
             torch.manual_seed(int(cfg.adc.seed))  # the per-conversion ADC noise of this evaluation
-            with cell_variation(net, sigma, variation_seed):
+            with cell_variation(net, sigma, variation_seed, cfg.variation.level):
                 final = _validate(trainer, module, datamodule)
             set_adc_errors(net, None)
 
-        results = _results(cfg, checkpoint, net, datamodule, clean, final, time.perf_counter() - start)
+        results = _results(cfg, checkpoint, net, datamodule, clean, final, time.perf_counter() - start, hashed=hashed)
         atomic_write_json(output_dir / "results.json", results)
         metrics = _flat_metrics(results)
         for logger in loggers:
@@ -279,15 +279,26 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _validate(trainer: L.Trainer, module: ImageClassifier, datamodule: L.LightningDataModule) -> dict[str, float]:
-    """One validation pass: the metrics of :data:`METRICS` under their results.json names."""
+    """One validation pass: the metrics of :data:`cimexp.results.METRICS`."""
     (logged,) = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return {name: float(logged[key]) for key, name in METRICS.items()}
+    return {name: float(logged[name]) for name in METRICS}
+
+
+def _checkpoint_file(cfg: DictConfig) -> Path | None:
+    """The checkpoint file ``cfg.ckpt`` names (:func:`resolve_checkpoint`); ``None`` when it names none."""
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
+        return None
+    try:
+        return resolve_checkpoint(cfg.ckpt)
+    except FileNotFoundError:
+        return None
 
 
 def _clean_cache_file(cfg: DictConfig, ckpt: Path) -> tuple[Path, dict[str, Any]] | None:
     """``(file, key)`` of the cached clean metrics of ``ckpt`` on the configured evaluation data; ``None`` when
     caching is off. The key holds the checkpoint file's identity (path, size, modification time), the data settings
-    that choose the images, and the trainer settings that change the arithmetic or the number of batches."""
+    that choose the images, the trainer settings that change the arithmetic or the number of batches, and the
+    metric names."""
     if cfg.get("clean_cache_dir") is None:
         return None
     stat = ckpt.stat()
@@ -298,6 +309,7 @@ def _clean_cache_file(cfg: DictConfig, ckpt: Path) -> tuple[Path, dict[str, Any]
         "mtime_ns": stat.st_mtime_ns,
         "data": {k: v for k, v in data.items() if k not in _CACHE_IGNORED_DATA_KEYS},
         "trainer": {k: cfg.trainer.get(k) for k in ("accelerator", "precision", "limit_val_batches")},
+        "metrics": list(METRICS),  # entries cached under other metric names are computed again
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.clean_cache_dir) / f"{ckpt.stem}-{digest}.json", key
@@ -322,8 +334,11 @@ def _results(
     clean: dict[str, float],
     final: dict[str, float],
     wall_time_s: float,
+    *,
+    hashed: dict[str, Any],
 ) -> dict[str, Any]:
-    """The content of results.json (``"kind": "evaluate"``)."""
+    """The content of results.json (an ``evaluate`` record of :mod:`cimexp.results`; ``hashed``: the run's
+    :func:`cimexp.results.hashed_config`)."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     config = checkpoint.config
     schedule = instantiate(config["schedule"])
@@ -331,29 +346,34 @@ def _results(
         schedule.load_state_dict(checkpoint.callback_states[schedule.state_key])
     train_results = checkpoint.train_results
     cim = cim_settings(config, net)
-    return {
-        "kind": "evaluate",
-        "status": "finished",
-        "run_name": run_name(),
-        "sweep_group": sweep_group(),
-        "run_dir": str(Path(cfg.paths.output_dir).resolve()),
-        "overrides": list(hydra_cfg.overrides.task) if hydra_cfg else [],
-        "ckpt": str(checkpoint.path.resolve()),
-        "cim": cim,
-        "schedule": schedule_summary(schedule),
-        "model": (train_results or {}).get("model") or config["model"]["_target_"].rpartition(".")[2],
-        "data": hydra_cfg.runtime.choices.get("data", cfg.data._target_) if hydra_cfg else cfg.data._target_,
-        "seed": config.get("seed"),
-        "variation": {"sigma": float(cfg.variation.sigma), "seed": int(cfg.variation.seed)},
-        "adc_errors": adc_errors(cfg.adc).to_dict(),
-        "clean": clean,
-        "final": final,
-        "cim_summary": cim_summary(net, example_input(datamodule, net), CostModel.from_config(cfg.cost))
+    return make_record(
+        "evaluate",
+        "finished",
+        hashed,
+        run_name=run_name(),
+        sweep_group=sweep_group(),
+        run_dir=str(Path(cfg.paths.output_dir).resolve()),
+        overrides=list(hydra_cfg.overrides.task) if hydra_cfg else [],
+        ckpt=str(checkpoint.path.resolve()),
+        cim=cim,
+        schedule=schedule_summary(schedule),
+        model=(train_results or {}).get("model") or config["model"]["_target_"].rpartition(".")[2],
+        data=hydra_cfg.runtime.choices.get("data", cfg.data._target_) if hydra_cfg else cfg.data._target_,
+        seed=config.get("seed"),
+        variation={
+            "sigma": float(cfg.variation.sigma),
+            "seed": int(cfg.variation.seed),
+            "level": VariationLevel.parse(cfg.variation.level).value,
+        },
+        adc_errors=adc_errors(cfg.adc).to_dict(),
+        clean=clean,
+        final=final,
+        cim_summary=cim_summary(net, example_input(datamodule, net), CostModel.from_config(cfg.cost))
         if cim is not None
         else None,
-        "train_results": train_results,
-        "wall_time_s": wall_time_s,
-    }
+        train_results=train_results,
+        wall_time_s=wall_time_s,
+    )
 
 
 def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -368,8 +388,9 @@ def _summary_line(results: dict[str, Any]) -> str:
     variation = results["variation"]
     return (
         f"[cimexp] evaluate {results['model']}/{results['data']} {setting} | "
-        f"clean val/acc {100 * results['clean']['val/acc']:.2f}% | sigma {variation['sigma']:g} seed "
-        f"{variation['seed']}{_errors_text(results['adc_errors'])}: val/acc {100 * results['final']['val/acc']:.2f}% | "
+        f"clean val/acc {100 * results['clean']['val/acc']:.2f}% | sigma {variation['sigma']:g} ({variation['level']}) "
+        f"seed {variation['seed']}{_errors_text(results['adc_errors'])}: val/acc "
+        f"{100 * results['final']['val/acc']:.2f}% | "
         f"{results['run_dir']}/results.json"
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -114,28 +113,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(path)
 
 
-def finished_results(run_dir: str | Path, kind: str) -> dict[str, Any] | None:
-    """The results.json of ``run_dir`` if it records a finished run of ``kind`` (``train`` or ``evaluate``).
-
-    ``None`` when the file is missing, unreadable, or says ``"status": "running"`` / ``"interrupted"``; a run
-    that ran to its end with a non-finite loss (``"diverged"``) counts as finished. Results written before
-    ``kind`` was recorded count as ``train``. Re-launched sweep jobs use this to return their stored metrics
-    instead of running again.
-    """
-    path = Path(run_dir) / "results.json"
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, dict) or results.get("status") not in ("finished", "diverged"):
-        return None
-    return results if results.get("kind", "train") == kind else None
-
-
 def unfinished_checkpoint(run_dir: str | Path) -> Path | None:
-    """``run_dir/checkpoints/last.ckpt`` if it exists: a run killed after its last completed epoch resumes from it.
+    """``run_dir/checkpoints/last.ckpt`` if it exists: a killed or stopped run resumes from it (it is written at the
+    end of every epoch, inside long epochs, and when Ctrl-C or SIGTERM stops the run; ``RecoveryCheckpoint``).
 
-    Callers check :func:`finished_results` first; a finished run also has a last.ckpt.
+    Callers check :func:`cimexp.results.reusable_results` first; a finished run also has a last.ckpt.
     """
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None

@@ -8,21 +8,25 @@ Two kinds of runs write ``results.json``:
   one draw of log-normal cell variation (``variation: {sigma, seed}``, accuracy in ``final``), with the training
   run's results (``train_results``, without history) when known.
 
-Accuracies are fractions in the files and percentages (top-1 %) in the table.
+The file format is :mod:`cimexp.results`; files are read through its :func:`~cimexp.results.read_results`, which
+upgrades files of earlier versions (metric names). Accuracies are fractions in the files and percentages (top-1 %)
+in the table. Paths in the table (``run_dir``, ``ckpt``, skipped files) are relative to the sweep root
+(:func:`sweep_root`), so committed tables hold no machine's absolute paths.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-RESULTS_FILE = "results.json"
-KINDS = ("train", "evaluate")
+from cimexp.results import KINDS, RESULTS_FILE, read_results, upgrade
+
 GRANULARITIES = ("layer", "array", "column")
 """Quantization granularities from coarse to fine (the paper's order)."""
 FLOAT = "float"
@@ -145,50 +149,64 @@ def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[p
     Returns:
         ``(runs, skipped)``: ``runs`` has one row per finished run with the :data:`COLUMNS` (then any extra
         ``cim_summary.total`` keys, then :data:`HISTORY_KEY`), sorted by kind, model, dataset, granularity,
-        schedule, sigma and seed; ``skipped`` has the columns ``path`` and ``reason``.
+        schedule, sigma and seed; ``skipped`` has the columns ``path`` and ``reason``. Paths are relative to
+        :func:`sweep_root` of ``paths``.
 
     Raises:
         FileNotFoundError: a path is neither a directory nor a ``results.json`` file (see :func:`find_results`).
     """
+    paths = list(paths)
+    root = sweep_root(paths)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for path in find_results(paths):
+        shown = _relative(path, root)
         try:
-            record = json.loads(path.read_text())
-            debug = (record.get("choices") or {}).get("debug") if isinstance(record, dict) else None
+            record = read_results(path)
+            debug = (record.get("choices") or {}).get("debug")
             if debug is not None and not include_debug:
-                skipped.append(
-                    {"path": str(path), "reason": f"smoke run (debug={debug}); include it with --include-debug"}
-                )
+                skipped.append({"path": shown, "reason": f"smoke run (debug={debug}); include it with --include-debug"})
                 continue
-            rows.append(parse_results(record, path.parent))
+            rows.append(parse_results(record, path.parent, root))
         except UnfinishedRun as reason:
-            skipped.append({"path": str(path), "reason": f"unfinished: {reason}"})
+            skipped.append({"path": shown, "reason": f"unfinished: {reason}"})
         except OSError as error:
-            skipped.append({"path": str(path), "reason": f"unreadable: {error}"})
+            skipped.append({"path": shown, "reason": f"unreadable: {error}"})
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
             # One bad file (truncated JSON, an old or foreign schema) must not stop the report.
             message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
-            skipped.append({"path": str(path), "reason": f"malformed ({type(error).__name__}): {message}"})
+            skipped.append({"path": shown, "reason": f"malformed ({type(error).__name__}): {message}"})
     return runs_table(rows), pd.DataFrame(skipped, columns=["path", "reason"])
 
 
-def parse_results(record: Any, run_dir: str | Path) -> dict[str, Any]:
+def sweep_root(paths: Iterable[str | Path]) -> Path:
+    """The directory the table's paths are relative to: the deepest directory holding every given path (a
+    ``results.json`` file counts as its directory), resolved."""
+    dirs = [Path(p).resolve() for p in paths]
+    dirs = [d.parent if d.is_file() else d for d in dirs]
+    if not dirs:
+        return Path.cwd().resolve()
+    return Path(os.path.commonpath(dirs))
+
+
+def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """One table row (a dict of :data:`COLUMNS`, extra cost keys and :data:`HISTORY_KEY`) from the parsed content
-    of a ``results.json`` found in ``run_dir``.
+    of a ``results.json`` found in ``run_dir`` (read through :func:`cimexp.results.upgrade`).
+
+    ``run_dir`` and the record's ``ckpt`` appear relative to ``root`` (the sweep root; ``None``: absolute). The
+    checkpoint's path is taken relative to the run directory the record names, so it stays right when the
+    results tree was produced on another machine or moved.
 
     Raises:
         UnfinishedRun: ``status`` is not ``"finished"``.
-        ValueError, KeyError, TypeError: the content does not follow either schema (the message says where).
+        ValueError, KeyError, TypeError: the content does not follow the schema (the message says where).
     """
-    if not isinstance(record, dict):
-        raise TypeError(f"the file holds a JSON {type(record).__name__}, not an object")
+    record = upgrade(record)
     status = record.get("status")
     if status != "finished":
         raise UnfinishedRun(f"status={status!r}")
-    kind = record.get("kind") or "train"
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    kind = record["kind"]
+    shown_dir = _relative(run_dir, root) if root is not None else str(Path(run_dir).resolve())
 
     row: dict[str, Any] = {
         "kind": kind,
@@ -202,16 +220,17 @@ def parse_results(record: Any, run_dir: str | Path) -> dict[str, Any]:
         "run_name": record.get("run_name"),
         "sweep_group": record.get("sweep_group"),
         "git_commit": (record.get("git") or {}).get("commit"),
-        "run_dir": str(Path(run_dir).resolve()),
+        "run_dir": shown_dir,
     }
     final = record["final"]
     row["acc"] = _percent(final["val/acc"], "final.val/acc", required=True)
-    row["acc_top5"] = _percent(final.get("val/acc5", final.get("val/acc_top5")), "final.val/acc5")
+    row["acc_top5"] = _percent(final.get("val/acc5"), "final.val/acc5")
     row["loss"] = _number(final.get("val/loss"), "final.val/loss")
     if kind == "train":
         row.update(_train_fields(record))
     else:
         row.update(_evaluate_fields(record))
+        row["ckpt"] = _table_path(record.get("ckpt"), record.get("run_dir"), shown_dir, root)
     row["noise_lsb"] = float((record.get("adc_errors") or {}).get("noise_lsb", 0.0))
     trained = record if kind == "train" else (record.get("train_results") or {})
     row["train_noise_lsb"] = float((trained.get("adc_errors") or {}).get("noise_lsb", 0.0))
@@ -342,9 +361,27 @@ def _evaluate_fields(record: dict[str, Any]) -> dict[str, Any]:
         "sigma": _number(variation["sigma"], "variation.sigma", required=True),
         "seed": variation.get("seed"),
         "train_seed": record.get("seed"),
-        "ckpt": record.get("ckpt"),
         HISTORY_KEY: [],
     }
+
+
+def _relative(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` (both resolved), with ``/`` separators; ``.`` for the root itself."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
+def _table_path(path: Any, recorded_run_dir: Any, shown_dir: str, root: str | Path | None) -> str | None:
+    """A path a record names (e.g. ``ckpt``) as the table shows it: relative to the sweep root. An absolute path is
+    taken relative to the run directory the record names (``run_dir``, on the machine that wrote it) and joined to
+    the run's directory in the table; without a recorded run directory, relative to ``root``."""
+    if path is None:
+        return None
+    path = str(path)
+    if not os.path.isabs(path):
+        return Path(path).as_posix()
+    if isinstance(recorded_run_dir, str) and os.path.isabs(recorded_run_dir):
+        return Path(os.path.normpath(os.path.join(shown_dir, os.path.relpath(path, recorded_run_dir)))).as_posix()
+    return _relative(path, root) if root is not None else Path(path).as_posix()
 
 
 def _history(records: Any) -> list[dict[str, float]]:
