@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from cimexp.report import (
     adc_energy_figure,
@@ -31,6 +35,7 @@ from cimexp.report import (
 )
 from cimexp.report.cli import main
 from cimexp.report.collect import COLUMNS
+from cimexp.report.figures import REFERENCE_LABEL
 from cimexp.report.publish import FIGURES
 from cimexp.report.tables import (
     NO_PSQ_COLUMN,
@@ -39,7 +44,12 @@ from cimexp.report.tables import (
     adc_noise_table,
     clip_rate_table,
     comparison_table,
+    estimate_columns,
+    paired_lines,
+    paired_table,
     pareto_front,
+    summary_table,
+    to_markdown,
     varying,
 )
 
@@ -229,7 +239,9 @@ def test_collect_one_row_per_finished_run_with_the_table_columns(collected, tree
     runs, _ = collected
     assert list(runs.columns[: len(COLUMNS)]) == list(COLUMNS)
     assert (runs["kind"] == "train").sum() == N_TRAIN and (runs["kind"] == "evaluate").sum() == N_EVALUATE
-    assert runs["run_dir"].map(lambda d: (Path(d) / "results.json").is_file()).all()  # where the file is found
+    # where the file is found, relative to the sweep root: committed tables hold no machine's absolute paths
+    assert not runs["run_dir"].map(lambda d: Path(d).is_absolute()).any()
+    assert runs["run_dir"].map(lambda d: (tree / d / "results.json").is_file()).all()
 
     grid_row = runs[(runs["dataset"] == "cifar10") & (runs["scheme"] == "layer/column") & (runs["kind"] == "train")]
     row = grid_row.iloc[0]
@@ -259,7 +271,9 @@ def test_collect_one_row_per_finished_run_with_the_table_columns(collected, tree
     without_train = evaluated[evaluated["seed"] == 1].iloc[0]
     assert with_train["epochs"] == 1 and with_train["train_time_s"] == 90.0 and with_train["acc_best"] == 90.0
     assert pd.isna(without_train["epochs"]) and pd.isna(without_train["train_time_s"])
-    assert with_train["ckpt"] == "/ckpts/column_column.ckpt"
+    # the checkpoint relative to the run directory the record names, joined to the run's directory in the table
+    run_dir = Path(with_train["run_dir"])
+    assert Path(with_train["ckpt"]) == run_dir.parent / "ckpts" / "column_column.ckpt"  # /elsewhere/../ckpts/...
 
 
 def test_collect_skips_and_lists_bad_files_without_crashing(collected) -> None:
@@ -282,10 +296,15 @@ def test_find_results_names_a_missing_path_and_deduplicates(tree: Path) -> None:
 def test_grid_table_pivots_weight_by_psum_with_no_psq_and_float(collected) -> None:
     grid = grid_table(collected[0])
     assert grid.index.names == ["model", "dataset", "schedule", "weight_granularity"]  # cifar100 has two-stage
-    assert list(grid.columns) == ["layer", "array", "column", NO_PSQ_COLUMN, "float"]
+    means = ["layer", "array", "column", NO_PSQ_COLUMN, "float"]
+    assert list(grid.columns) == [c for name in means for c in estimate_columns(name)]
     layer = grid.loc[("resnet20", "cifar10", "one_stage", "layer")]
     assert layer["layer"] == pytest.approx(81.0)  # mean of seeds 0 and 1
-    assert layer["column"] == pytest.approx(85.0) and pd.isna(layer["array"])
+    assert (layer["layer_std"], layer["layer_n"]) == (pytest.approx(math.sqrt(2.0)), 2)
+    half = 12.7062047361747 * math.sqrt(2.0) / math.sqrt(2.0)  # t(0.975, 1) * std / sqrt(n)
+    assert (layer["layer_ci_low"], layer["layer_ci_high"]) == pytest.approx((81.0 - half, 81.0 + half))
+    assert layer["column"] == pytest.approx(85.0) and pd.isna(layer["array"]) and layer["column_n"] == 1
+    assert pd.isna(layer["column_std"]) and pd.isna(layer["column_ci_low"])  # one seed: no spread to give
     assert layer[NO_PSQ_COLUMN] == pytest.approx(89.0) and layer["float"] == pytest.approx(91.0)
     column = grid.loc[("resnet20", "cifar10", "one_stage", "column")]
     assert (column["array"], column["column"], column[NO_PSQ_COLUMN]) == pytest.approx((86.0, 88.0, 90.0))
@@ -299,9 +318,12 @@ def test_variation_table_mean_and_std_over_seeds(collected) -> None:
     assert len(table) == len(VARIATION_ACC)
     for (scheme, sigma), accs in VARIATION_ACC.items():
         values = pd.Series(accs) * 100
-        assert table.loc[(scheme, sigma), "acc_mean"] == pytest.approx(values.mean())
-        assert table.loc[(scheme, sigma), "acc_std"] == pytest.approx(values.std())
-        assert table.loc[(scheme, sigma), "n"] == 2
+        assert table.loc[(scheme, sigma), "acc"] == pytest.approx(values.mean())
+        if sigma > 0:  # two chip instances of one training seed
+            assert table.loc[(scheme, sigma), "acc_std"] == pytest.approx(values.std())
+            assert table.loc[(scheme, sigma), "acc_n"] == 2
+        else:  # without variation the chip seed changes nothing: one replicate per training seed, no spread
+            assert table.loc[(scheme, sigma), "acc_n"] == 1 and pd.isna(table.loc[(scheme, sigma), "acc_std"])
     assert table.loc[("layer/layer", 0.2), "acc_std"] == pytest.approx(math.sqrt(50.0))
 
 
@@ -368,7 +390,8 @@ def test_adc_noise_table_pivots_evaluation_noise_per_training_noise(tmp_path: Pa
     assert table.loc[("layer/layer", 0.0), "noise=1 LSB"] == pytest.approx(45.0)
     assert table.loc[("layer/layer", 0.5), "noise=1 LSB"] == pytest.approx(69.0)
     assert table.loc[("column/column", 0.0), "noise=0 LSB"] == pytest.approx(85.0)
-    assert table["n"].tolist() == [2, 2, 2]
+    assert table["noise=1 LSB_n"].tolist() == [2, 2, 2]  # each noisy evaluation is a replicate
+    assert table["noise=0 LSB_n"].tolist() == [1, 1, 1]  # noise-free ones are deterministic: one per training seed
     assert table.index.tolist() == [("layer/layer", 0.0), ("layer/layer", 0.5), ("column/column", 0.0)]
     assert adc_noise_table(collected[0]).empty  # the variation sweep has one noise level
     assert variation_table(runs).empty  # and this sweep one sigma: no Fig. 10 of a single point
@@ -450,7 +473,7 @@ def test_figures_are_drawn_only_with_data_and_stale_ones_removed(collected, repo
     shutil.copytree(report_dir, tmp_path, dirs_exist_ok=True)  # a full report from before
     floats_only = runs[runs["scheme"] == "float"]
     report = make_report(floats_only)
-    assert report.figures == {} and set(report.tables) == set()
+    assert report.figures == {} and set(report.tables) == {"summary"}  # the float run, over its one seed
     write_report(report, tmp_path)
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "variation.csv").exists()
     assert "Not drawn: needs evaluation runs" in (tmp_path / "report.md").read_text()
@@ -530,3 +553,202 @@ def test_smoke_runs_of_debug_profiles_stay_out_unless_asked_for(tmp_path: Path) 
     assert skipped["reason"].tolist() == ["smoke run (debug=fdr); include it with --include-debug"]
     runs, skipped = collect([tmp_path], include_debug=True)
     assert len(runs) == 2 and skipped.empty
+
+
+# --- seeds and statistics: configurations over seeds, paired differences, figures that fit their canvas ----------
+
+PAIRED_ACC = {  # scheme -> accuracy of seeds 0, 1, 2 (cifar10, 4-bit ADC)
+    "column/column": (0.88, 0.90, 0.87),
+    "layer/column": (0.86, 0.89, 0.84),  # column/column - layer/column: 2, 1, 3 points
+    "layer/layer": (0.80, 0.80, 0.79),
+}
+
+
+def write_paired_runs(root: Path) -> None:
+    """Three seeds of three schemes, and a fourth seed of layer/layer alone (nothing to pair it with)."""
+    for scheme, accs in PAIRED_ACC.items():
+        weight, psum = scheme.split("/")
+        for seed, acc in enumerate(accs):
+            write_results(root, f"{weight}_{psum}/seed={seed}", train_results("cifar10", weight, psum, acc, seed))
+    write_results(root, "layer_layer/seed=3", train_results("cifar10", "layer", "layer", 0.50, seed=3))
+
+
+def test_summary_table_gives_each_configuration_over_its_seeds(tmp_path: Path) -> None:
+    write_paired_runs(tmp_path)
+    runs, _ = collect([tmp_path])
+    table = summary_table(runs).set_index("scheme")
+    assert list(table.columns[:3]) == ["kind", "model", "dataset"] and "seed" not in table.columns
+    column = table.loc["column/column"]
+    assert (column["acc"], column["acc_std"], column["acc_n"]) == (pytest.approx(88.333333), pytest.approx(1.527525), 3)
+    half = 4.302652729749464 * column["acc_std"] / math.sqrt(3)
+    assert (column["acc_ci_low"], column["acc_ci_high"]) == pytest.approx((88.333333 - half, 88.333333 + half))
+    assert table.loc["layer/layer", "acc_n"] == 4  # all its seeds, paired or not
+    markdown = to_markdown(summary_table(runs))
+    assert "| 88.33 ± 1.53 (n=3) [84.54, 92.13] |" in markdown and "_std" not in markdown
+
+
+def test_paired_differences_pair_schemes_by_seed(tmp_path: Path) -> None:
+    write_paired_runs(tmp_path)
+    runs, _ = collect([tmp_path])
+    table = paired_table(runs).set_index("scheme")
+    assert set(table.index) == {"layer/column", "layer/layer"} and set(table["reference"]) == {"column/column"}
+    # differences 2, 1, 3: mean 2, std 1, half-width t(0.975, 2) / sqrt(3) = 2.48414
+    row = table.loc["layer/column"]
+    assert (row["difference"], row["difference_std"], row["difference_n"]) == (pytest.approx(2.0), 1.0, 3)
+    assert (row["difference_ci_low"], row["difference_ci_high"]) == pytest.approx((-0.484138, 4.484138), abs=1e-6)
+    assert table.loc["layer/layer", "difference_n"] == 3  # seed 3 has no column/column run to pair with
+    lines = paired_lines(paired_table(runs))
+    assert "resnet20 / cifar10: column/column - layer/column: +2.00 ± 1.00 (n=3), 95% CI [-0.48, 4.48]" in lines
+    against_layer = paired_table(runs, reference="layer/layer").set_index("scheme")
+    assert against_layer.loc["column/column", "difference"] == pytest.approx(-(8.0 + 10.0 + 8.0) / 3)
+    assert "| column/column | layer/column | +2.00 ± 1.00 (n=3) [-0.48, 4.48] |" in to_markdown(paired_table(runs))
+
+
+def test_paired_differences_under_variation_pair_training_seed_and_chip(collected) -> None:
+    table = paired_table(collected[0])
+    evaluated = table[table["kind"] == "evaluate"].set_index("sigma")
+    # column/column - layer/layer per chip at sigma 0.2: (80 - 60, 76 - 50) = (20, 26)
+    assert evaluated.loc[0.2, "difference"] == pytest.approx(23.0) and evaluated.loc[0.2, "difference_n"] == 2
+    assert evaluated.loc[0.0, "difference_n"] == 1  # without variation the chips are one and the same network
+
+
+def test_every_table_of_the_report_shows_n(report_dir: Path) -> None:
+    for name in ["summary", "paired_differences", "granularity_grid", "variation", "reference_comparison"]:
+        markdown = (report_dir / f"{name}.md").read_text()
+        assert "(n=" in markdown, name
+        assert not any(column.endswith(("_std", "_ci_low")) for column in markdown.splitlines()[0].split(" | "))
+    assert "| 81.00 ± 1.41 (n=2) [68.29, 93.71] |" in (report_dir / "granularity_grid.md").read_text()
+    assert "| 85.00 (n=1) |" in (report_dir / "granularity_grid.md").read_text()  # one seed, said so
+    grid = pd.read_csv(report_dir / "granularity_grid.csv")  # the CSV keeps the numbers apart
+    assert {"layer", "layer_std", "layer_n", "layer_ci_low", "layer_ci_high"} <= set(grid.columns)
+    markdown = (report_dir / "report.md").read_text()
+    assert "95% Student-t" in markdown and "- resnet20 / cifar10" in markdown
+
+
+def make_seeded_tree(root: Path, seeds: tuple[int, ...], adc_bits: tuple[int, ...]) -> Path:
+    """A results tree like a sweep with seed lists: every weight x partial-sum pair, w/o PSQ and float at each
+    ADC resolution (a panel each) and seed, with telemetry and ADC energy; one- vs two-stage curves; variation
+    runs of two schemes at three sigmas, two chips per training seed."""
+    schemes = [(w, p, True) for w in ("layer", "array", "column") for p in ("layer", "array", "column")]
+    schemes += [(w, w, False) for w in ("layer", "array", "column")]
+    for bits in adc_bits:
+        for i, (weight, psum, psum_quant) in enumerate(schemes):
+            for seed in seeds:
+                acc = 0.78 + 0.004 * i + (0.04 if not psum_quant else 0.0) - 0.03 * (4 - bits) + 0.006 * seed
+                record = train_results("cifar10", weight, psum, acc, seed, psum_quant)
+                record["cim"]["adc_bits"] = bits
+                if psum_quant:
+                    rates = [rate * (1 + 0.1 * seed) for rate in CLIP_RATES[psum]]
+                    record["psum_telemetry"] = {f"layer{j}.conv": {"clip_rate": r} for j, r in enumerate(rates)}
+                write_results(root, f"grid/adc={bits}/{weight}_{psum}_{psum_quant}/seed={seed}", record)
+    for seed in seeds:
+        write_results(root, f"grid/float/seed={seed}", train_results("cifar10", None, None, 0.91 - 0.002 * seed, seed))
+        jitter = [(time_s, acc - 0.01 * seed) for time_s, acc in ONE_STAGE_CURVE]
+        one_stage = train_results("cifar100", "column", "column", 0.88, seed, history=jitter)
+        two_stage = train_results(
+            "cifar100", "layer", "column", 0.85, seed, schedule="two_stage", history=TWO_STAGE_CURVE
+        )
+        write_results(root, f"qat/one/seed={seed}", one_stage)
+        write_results(root, f"qat/two/seed={seed}", two_stage)
+        for scheme in ("layer/layer", "column/column"):
+            weight, psum = scheme.split("/")
+            for sigma in (0.0, 0.1, 0.2):
+                for chip in (0, 1):
+                    acc = 0.85 - sigma * (1.5 if weight == "layer" else 0.8) - 0.01 * chip * (sigma > 0) - 0.003 * seed
+                    record = evaluate_results(weight, psum, sigma, chip, acc, with_train=True)
+                    record["seed"] = seed
+                    write_results(root, f"variation/{weight}_{psum}/s={sigma}/chip={chip}/seed={seed}", record)
+    return root
+
+
+def assert_fits_canvas(name: str, figure: Figure) -> None:
+    """``figure`` as drawn lies inside its canvas (its tight bounding box, each panel with its tick labels, each
+    legend, title, axis label and text), and nothing written meets anything else written: titles and axis labels
+    of different panels, the legend and the panels, the texts inside one panel."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = figure.get_size_inches()
+    tight = figure.get_tightbbox(renderer)  # inches
+    tolerance = 1.0 / figure.dpi  # one pixel
+    assert tight.x0 >= -tolerance and tight.y0 >= -tolerance, (name, tight)
+    assert tight.x1 <= width + tolerance and tight.y1 <= height + tolerance, (name, tight, (width, height))
+    canvas_box = figure.bbox
+    labels = [(ax, text) for ax in figure.axes for text in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+    texts = [*(text for _, text in labels), *(text for ax in figure.axes for text in ax.texts)]
+    for artist in [*figure.axes, *figure.legends, *texts]:
+        box = artist.get_tightbbox(renderer) if isinstance(artist, Axes) else artist.get_window_extent(renderer)
+        inside = box.x0 >= -1 and box.y0 >= -1 and box.x1 <= canvas_box.x1 + 1 and box.y1 <= canvas_box.y1 + 1
+        assert inside, (name, artist, box, canvas_box)
+    for (ax_a, a), (ax_b, b) in itertools.combinations(labels, 2):
+        if ax_a is not ax_b and a.get_text() and b.get_text():
+            overlap = a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer))
+            assert not overlap, (name, a.get_text(), b.get_text())
+    for legend, ax in itertools.product(figure.legends, figure.axes):
+        assert not legend.get_window_extent(renderer).overlaps(ax.get_tightbbox(renderer)), (name, "legend")
+    for ax in figure.axes:
+        for a, b in itertools.combinations(ax.texts, 2):
+            overlap = a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer))
+            assert not overlap, (name, a.get_text(), b.get_text())
+
+
+@pytest.mark.parametrize(
+    ("seeds", "adc_bits"),
+    [((0,), (4,)), ((0, 1, 2), (4, 3))],
+    ids=["one seed, one panel (the quick grid)", "three seeds, two panels"],
+)
+def test_every_figure_fits_its_canvas_with_error_bars_and_a_legend_entry_for_each_mark(
+    tmp_path: Path, seeds: tuple[int, ...], adc_bits: tuple[int, ...]
+) -> None:
+    runs, _ = collect([make_seeded_tree(tmp_path, seeds, adc_bits)])
+    report = make_report(runs, reference=reference_table(["paper"]))
+    assert set(report.figures) == set(FIGURES)
+    for name, figure in report.figures.items():
+        assert_fits_canvas(name, figure)
+        (legend,) = figure.legends  # one legend below the panels, which says what the spread is
+        assert "±1 std" in legend.get_title().get_text(), name
+
+    grid = report.figures["granularity_grid"]
+    (legend,) = grid.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    star = legend.legend_handles[labels.index(REFERENCE_LABEL)]  # the paper's numbers are explained
+    assert star.get_marker() == "*"
+    assert {"float network", "layer partial sums", "column partial sums"} <= set(labels)
+    renderer = FigureCanvasAgg(grid).get_renderer()
+    grid_panels = [ax for ax in grid.axes if ax.get_title().split(",")[0] == "resnet20 / cifar10"]
+    assert len(grid_panels) == len(adc_bits)  # (the cifar100 panels hold the QAT curves' runs)
+    for ax in grid_panels:
+        boxes = [text.get_window_extent(renderer) for text in ax.texts]  # value and n of each bar
+        assert len(boxes) == 9 and all(f"n={len(seeds)}" in text.get_text() for text in ax.texts)
+        assert all(not a.overlaps(b) for a, b in itertools.combinations(boxes, 2)), "bar labels collide"
+        panel = ax.get_window_extent(renderer)
+        assert all(panel.x0 <= b.x0 and b.x1 <= panel.x1 and panel.y0 <= b.y0 <= b.y1 <= panel.y1 for b in boxes)
+        bars_with_error = [line for line in ax.lines if line.get_linestyle() == "None" and line.get_marker() == "_"]
+        assert bool(bars_with_error) == (len(seeds) > 1)  # error bars (their caps) where there is a spread
+
+
+def test_cli_makes_a_report_again_from_its_runs_csv(report_dir: Path, tmp_path: Path) -> None:
+    """A committed report is made again from its own tables: no results.json needed."""
+    out = tmp_path / "again"
+    assert main([str(report_dir / "runs.csv"), "--reference", "paper", "--out", str(out)]) == 0
+    for name in ["runs", "granularity_grid", "variation", "paired_differences", "summary", "skipped"]:
+        assert (out / f"{name}.md").read_text() == (report_dir / f"{name}.md").read_text(), name
+    assert (out / "history.csv").read_text() == (report_dir / "history.csv").read_text()
+    assert main([str(report_dir / "runs.csv"), "--out", str(out), "--paired-reference", "layer/layer"]) == 0
+    assert "| layer/layer | column/column | -7.00 (n=1) |" in (out / "paired_differences.md").read_text()
+
+
+def test_cli_names_an_unknown_paired_reference(report_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(report_dir / "runs.csv"), "--out", str(report_dir / "x"), "--paired-reference", "colum/column"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'colum/column' is not a scheme of these runs: layer/layer" in error
+
+
+@pytest.mark.parametrize("committed", ["quick", "quick/beyond", "quick/qat_schedules"])
+def test_committed_report_figures_fit_their_canvas(committed: str) -> None:
+    """The committed reports as their figures are drawn from their own runs tables (many panels, long titles)."""
+    report = load_report(REPO / "experiments" / "results" / committed)
+    assert report.figures
+    for name, figure in report.figures.items():
+        assert_fits_canvas(f"{committed}: {name}", figure)

@@ -45,13 +45,15 @@ JOBS = {
 
 def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> list[tuple[DictConfig, Path]]:
     """``(config, job directory)`` of every job of ``+sweep=<sweep>`` as Hydra's basic sweeper launches them (its
-    params, then the command-line overrides ``extra``); Hydra's runtime config is left set to the last job's.
+    params, then the command-line overrides ``extra``, which may sweep lists such as ``seed=0,1,2``); Hydra's runtime
+    config is left set to the last job's.
 
     Evaluation sweeps: only the jobs of the first ``variation.sigma`` and ``variation.seed`` (these change no config
     but their own value, and composing costs ~0.1 s a job).
     """
     config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
-    master = compose([f"+sweep={sweep}", *extra], output_dir, config_name)
+    single = [o for o in extra if "," not in o.partition("=")[2] or o.partition("=")[2][:1] in "'\""]
+    master = compose([f"+sweep={sweep}", *single], output_dir, config_name)  # without the command line's lists
     params = {key: value for key, value in master.hydra.sweeper.params.items()}
     for key in ("variation.sigma", "variation.seed"):
         if key in params and not any(o.startswith(f"{key}=") for o in extra):
@@ -109,7 +111,7 @@ def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, t
         assert job_dir.parent == Path(config["paths"]["log_dir"]) / "sweeps" / grid / preset
         assert "sweep=" not in job_dir.name and "=" in job_dir.name
         if sweep.startswith(EVALUATE_SWEEPS):
-            assert config["variation"] == {"sigma": 0, "seed": 0}
+            assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
         elif preset == "quick":
             assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
         else:
@@ -141,7 +143,7 @@ def test_adc_noise_sweep_reads_plain_and_noise_aware_checkpoints(composed) -> No
     assert len(plain) == len(noise_aware) == 2
     assert {Path(c["ckpt"]) for c, _ in composed["adc_noise/quick"]} == plain | noise_aware
     assert {c["adc"]["noise_lsb"] for c, _ in composed["noise_aware/quick"]} == {0.5}
-    assert {c["variation"]["train_sigma"] for c, _ in composed["variation_aware/quick"]} == {0.2}
+    assert {tuple(c["variation"].values()) for c, _ in composed["variation_aware/quick"]} == {(0.2, "weight")}
     adc_bits = {(c["granularity"]["weight"], c["cim"]["adc_bits"]) for c, _ in composed["adc_energy/quick"]}
     assert adc_bits == {(w, b) for w in ("layer", "column") for b in (2, 3, 4, 5)}
 
@@ -177,10 +179,40 @@ def test_sweep_command_line_overrides_pick_jobs(compose_app, tmp_path: Path) -> 
     ((_, job_dir),) = sweep_jobs(
         compose_app, tmp_path, "qat_schedules/quick", ("+scheme=layer_column", "schedule.stage1_epochs=3")
     )
-    assert job_dir.name == "+scheme=layer_column,schedule.stage1_epochs=3"
+    assert job_dir.name == "+scheme=layer_column,schedule.stage1_epochs=3,seed=0"
     extra = ("grid_scheme=layer_array", "variation.sigma=0.3", "variation.seed=1")
     ((_, job_dir),) = sweep_jobs(compose_app, tmp_path, "variation/quick", extra)
-    assert job_dir.name == "grid_scheme=layer_array,variation.seed=1,variation.sigma=0.3"
+    assert job_dir.name == "grid_scheme=layer_array,train_seed=0,variation.seed=1,variation.sigma=0.3"
+    GlobalHydra.instance().clear()
+
+
+def test_every_sweep_lists_its_seeds(compose_app, tmp_path: Path) -> None:
+    """Training sweeps sweep ``seed``, evaluation sweeps the training seed of their checkpoints (``train_seed``): one
+    seed by default, a list on the command line (``seed=0,1,2``)."""
+    for sweep in SWEEPS:
+        config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
+        params = compose_app([f"+sweep={sweep}"], tmp_path, config_name).hydra.sweeper.params
+        key = "train_seed" if config_name == "evaluate" else "seed"
+        assert str(params.get(key)) == "0", (sweep, dict(params))
+    GlobalHydra.instance().clear()
+
+
+def test_seed_lists_give_every_seed_its_own_job_directory(compose_app, tmp_path: Path) -> None:
+    """``seed=0,1,2``: three jobs per scheme, each in a directory that names its seed (no two seeds collide), and the
+    variation sweep with ``train_seed=0,1,2`` reads each seed's checkpoint."""
+    jobs = sweep_jobs(compose_app, tmp_path, "granularity_grid/quick", ("+scheme=column_column", "seed=0,1,2"))
+    names = [job_dir.name for _, job_dir in jobs]
+    assert names == [f"+scheme=column_column,seed={seed}" for seed in (0, 1, 2)]
+    assert [cfg.seed for cfg, _ in jobs] == [0, 1, 2]
+    grid_dirs = [job_dir for _, job_dir in jobs]
+    extra = ("grid_scheme=column_column", "train_seed=0,1,2")
+    evaluations = sweep_jobs(compose_app, tmp_path, "variation/quick", extra)
+    read = []
+    for cfg, job_dir in evaluations:
+        HydraConfig().set_config(cfg)
+        read.append(Path(resolved_config(cfg)["ckpt"]))
+        assert f"train_seed={cfg.train_seed}," in job_dir.name
+    assert read == grid_dirs and len({job_dir for _, job_dir in evaluations}) == 3
     GlobalHydra.instance().clear()
 
 
@@ -190,6 +222,33 @@ def test_launchers_compose(launcher: str, make_cfg) -> None:
     target = {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher"}[launcher]
     assert cfg.hydra.launcher._target_.endswith(target)
     OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+
+
+def test_slurm_jobs_are_requeued_by_lightnings_slurm_plugin(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trainer=slurm`` gives the Trainer Lightning's SLURM environment with auto-requeue on SIGUSR1, which
+    ``hydra/launcher=slurm`` asks SLURM to send before the time limit; inside a job, Lightning then handles SIGUSR1."""
+    import signal
+
+    from hydra.utils import instantiate
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    cfg = make_cfg(["trainer=slurm", "hydra/launcher=slurm"])
+    assert cfg.hydra.launcher.additional_parameters.signal.startswith("USR1@")
+    slurm_job = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cimexp", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0"}
+    for name, value in {**slurm_job, "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    # Built on the CPU of any machine: the cluster environment is what counts here.
+    trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment)
+    assert environment.auto_requeue and environment.requeue_signal == signal.SIGUSR1
+    before = signal.getsignal(signal.SIGUSR1)
+    trainer._signal_connector.register_signal_handlers()
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is not before  # Lightning's requeue handler
+    finally:
+        trainer._signal_connector.teardown()
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_ddp_in_a_multirun_is_fine_under_slurm(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,7 +313,7 @@ def test_val_subset_is_class_balanced_and_seeded() -> None:
     assert len(dm.val_set) == 30 and torch.bincount(labels).tolist() == [3] * 10
     assert len(dm.train_set) == 20  # the training split is untouched
     assert torch.equal(subset(0), subset(0)) and not torch.equal(subset(0), subset(1))
-    with pytest.raises(ValueError, match="val_subset must be a positive integer"):
+    with pytest.raises(ValueError, match="invalid val_subset=0; valid values: an integer in"):
         SyntheticDataModule(val_subset=0)
 
 

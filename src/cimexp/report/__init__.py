@@ -5,8 +5,11 @@ Modules, in the order data flows:
 
 - :mod:`~cimexp.report.collect`: ``results.json`` files -> the runs table (one row per finished run) and the
   list of files skipped (unfinished, unreadable, malformed).
-- :mod:`~cimexp.report.tables`: runs table -> granularity grid (Fig. 7), variation (Fig. 10), training curves and
-  time-to-accuracy (Fig. 9), comparison with published numbers.
+- :mod:`~cimexp.report.stats`: mean, std, n and Student-t confidence intervals of repeated runs, and paired
+  differences over the same seeds (plain Python).
+- :mod:`~cimexp.report.tables`: runs table -> one row per configuration over its seeds, paired differences between
+  schemes, granularity grid (Fig. 7), variation (Fig. 10), training curves and time-to-accuracy (Fig. 9),
+  comparison with published numbers.
 - :mod:`~cimexp.report.figures`: the figures (granularity grid, dequantization ops, QAT curves, variation, ADC
   energy), as matplotlib figures.
 - :mod:`~cimexp.report.publish`: all of it as a :class:`Report`, written to a directory (CSV, Markdown, PNG,
@@ -18,7 +21,7 @@ In a notebook::
     from cimexp.report import collect, make_report
     runs, skipped = collect(["logs/train/multiruns"])
     report = make_report(runs, skipped)
-    report.tables["granularity_grid"], report.figures["granularity_grid"]
+    report.tables["granularity_grid"], report.tables["paired_differences"], report.figures["granularity_grid"]
 """
 
 from cimexp.report.collect import collect, find_results, parse_results
@@ -35,7 +38,10 @@ from cimexp.report.tables import (
     comparison_table,
     grid_table,
     history_table,
+    mean_curves,
+    paired_table,
     reference_table,
+    summary_table,
     time_to_accuracy_table,
     variation_table,
 )
@@ -53,10 +59,13 @@ __all__ = [
     "load_report",
     "log_to_wandb",
     "make_report",
+    "mean_curves",
+    "paired_table",
     "parse_results",
     "qat_figure",
     "reference_table",
     "save_figure",
+    "summary_table",
     "time_to_accuracy_table",
     "variation_figure",
     "variation_table",

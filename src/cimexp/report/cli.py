@@ -1,6 +1,7 @@
-"""``python -m cimexp.report DIR [DIR ...] [--out REPORT_DIR] [--reference paper|CSV] [--wandb]``: collect the
-``results.json`` of training and evaluation runs below the given directories and write the report (tables,
-figures, skipped files) into one directory; optionally log it to W&B."""
+"""``python -m cimexp.report DIR [DIR ...] [--out REPORT_DIR] [--reference paper|CSV] [--paired-reference SCHEME]
+[--wandb]``: collect the ``results.json`` of training and evaluation runs below the given directories (or the
+``runs.csv`` of earlier reports) and write the report (tables with mean ± std, n and 95% intervals, paired
+differences between schemes, figures with error bars, skipped files) into one directory; optionally log it to W&B."""
 
 from __future__ import annotations
 
@@ -8,9 +9,22 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cimexp.report.collect import RESULTS_FILE, collect
-from cimexp.report.publish import FIGURES, Report, log_to_wandb, make_report, write_report
-from cimexp.report.tables import REFERENCE_COLUMNS, reference_table, to_markdown
+import pandas as pd
+
+from cimexp.report.collect import RESULTS_FILE, collect, with_column_types
+from cimexp.report.publish import FIGURES, Report, log_to_wandb, make_report, read_saved, write_report
+from cimexp.report.tables import (
+    PAIRED_REFERENCE,
+    REFERENCE_COLUMNS,
+    history_table,
+    paired_lines,
+    reference_table,
+    to_markdown,
+)
+
+RUNS_FILE = "runs.csv"
+"""A report's runs table: given instead of a directory, the report is made again from it (and the skipped files and
+training curves next to it), without the results.json files."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
         "paths",
         nargs="+",
         metavar="DIR",
-        help=f"run or multirun directories, searched recursively for {RESULTS_FILE} (or such files themselves)",
+        help=f"run or multirun directories, searched recursively for {RESULTS_FILE} (or such files themselves), "
+        f"or the {RUNS_FILE} of an earlier report (to make it again, e.g. after a change of the report code)",
     )
     cli.add_argument("--out", type=Path, help="report directory (default: report/ inside the first DIR)")
     cli.add_argument(
@@ -33,6 +48,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="published accuracies to compare with (repeatable): `paper` for the numbers stated in Kim et al. 2025, "
         f"or a CSV with the columns {', '.join(REFERENCE_COLUMNS)}",
+    )
+    cli.add_argument(
+        "--paired-reference",
+        default=PAIRED_REFERENCE,
+        metavar="SCHEME",
+        help=f"the scheme paired differences are taken against (default: {PAIRED_REFERENCE}), as the `scheme` "
+        "column names it: layer/column, column w/o PSQ, float, ...",
     )
     cli.add_argument(
         "--include-debug", action="store_true", help="also report smoke runs of a debug= profile (left out by default)"
@@ -52,19 +74,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     try:
-        runs, skipped = collect(args.paths, include_debug=args.include_debug)
+        runs, skipped, history = gather(args.paths, include_debug=args.include_debug)
         reference = reference_table(args.reference)
     except (FileNotFoundError, ValueError) as error:
         cli.error(str(error))
+    schemes = list(dict.fromkeys(runs["scheme"].dropna()))
+    if args.paired_reference != PAIRED_REFERENCE and args.paired_reference not in schemes:
+        cli.error(f"--paired-reference {args.paired_reference!r} is not a scheme of these runs: {', '.join(schemes)}")
     first = Path(args.paths[0])
     out = args.out if args.out is not None else (first if first.is_dir() else first.parent) / "report"
-    report = make_report(runs, skipped, reference=reference)
+    report = make_report(runs, skipped, history, reference=reference, paired_reference=args.paired_reference)
     files = write_report(report, out)
     print(summary(report, out, len(files)), flush=True)
     if args.wandb:
         run_dir = log_to_wandb(report, project=args.wandb_project, mode=args.wandb_mode, save_dir=out)
         print(f"[cimexp.report] W&B run: {run_dir if run_dir is not None else 'disabled'}", flush=True)
     return 0 if len(runs) else 1
+
+
+def gather(
+    paths: Sequence[str], include_debug: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    """``(runs, skipped, history)`` of the given paths: results.json files collected below directories, and the
+    saved tables of earlier reports given by their :data:`RUNS_FILE` (``None``: none to give).
+
+    Raises:
+        FileNotFoundError: a path is none of these.
+    """
+    saved_reports = [Path(p) for p in paths if Path(p).name == RUNS_FILE and Path(p).is_file()]
+    results = [p for p in paths if Path(p) not in saved_reports]
+    runs: list[pd.DataFrame] = []
+    skipped: list[pd.DataFrame] = []
+    history: list[pd.DataFrame] = []
+    if results:
+        collected, collect_skipped = collect(results, include_debug=include_debug)
+        runs.append(collected)
+        skipped.append(collect_skipped)
+        history.append(history_table(collected))
+    for path in saved_reports:
+        saved = read_saved(path.parent)
+        runs.append(saved.runs)
+        skipped += [saved.skipped] if saved.skipped is not None else []
+        history += [saved.history] if saved.history is not None else []
+    return (
+        with_column_types(pd.concat(runs, ignore_index=True)) if len(runs) > 1 else runs[0],
+        pd.concat(skipped, ignore_index=True) if skipped else None,
+        pd.concat(history, ignore_index=True) if history else None,
+    )
 
 
 def summary(report: Report, out: Path, n_files: int) -> str:
@@ -79,6 +135,11 @@ def summary(report: Report, out: Path, n_files: int) -> str:
     if "granularity_grid" in report.tables:
         lines += ["", "Top-1 accuracy (%), weight (rows) x partial-sum (columns) granularity:"]
         lines += [to_markdown(report.tables["granularity_grid"]).rstrip()]
+    if "paired_differences" in report.tables:
+        paired = report.tables["paired_differences"]
+        lines += ["", "Paired differences over the same seeds (percentage points; mean ± std (n), 95% CI):"]
+        lines += [f"  {line}" for line in paired_lines(paired[paired["kind"] == "train"])]
+        lines += ["  (evaluation runs: paired_differences.md)"] if (paired["kind"] == "evaluate").any() else []
     lines += ["", f"[cimexp.report] wrote {n_files} files to {out} (open {out / 'report.md'})"]
     for name, needs in FIGURES.items():
         lines.append(f"  figure {name}: " + ("drawn" if name in report.figures else f"not drawn, needs {needs}"))

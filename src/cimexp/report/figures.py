@@ -4,11 +4,17 @@ They are drawn with matplotlib's object API (``matplotlib.figure.Figure``, no py
 without a display and without global state, and a notebook shows a returned figure inline. Each ``*_figure``
 function returns ``None`` when the table lacks the data it needs. Colours follow the weight granularity, markers
 and hatches the partial-sum granularity, in every figure.
+
+Every point is a mean over the independent replicates of its configuration (seeds; for evaluations, training
+seeds x chip instances), drawn with ±1 sample standard deviation (error bars or a band) and the number of
+replicates in the legend title. One legend below the panels, laid out to fit the figure: fewer columns when it
+is wide, and the figure grows by the legend's height, so nothing is cut off at any size.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cimexp.report.collect import (
@@ -30,7 +38,7 @@ from cimexp.report.tables import (
     PANEL_KEYS,
     adc_energy_table,
     clip_rate_table,
-    curve_labels,
+    mean_curves,
     scheme_stats,
     train_runs,
     variation_table,
@@ -38,6 +46,14 @@ from cimexp.report.tables import (
 )
 
 ACC_LABEL = "Top-1 accuracy (%)"
+SPREAD = "±1 std"
+"""What the error bars and bands show: one sample standard deviation over the replicates, each side."""
+REFERENCE_LABEL = "published (--reference)"
+"""Legend entry of the reference stars."""
+LEGEND_COLUMNS = 4
+"""The most legend columns; fewer where the legend would be wider than the figure."""
+TITLE_CHARACTERS = 48
+"""Panel titles wrap at this many characters (10-point text over a panel of 4.8 inches)."""
 WEIGHT_COLORS = {"layer": "#4C72B0", "array": "#DD8452", "column": "#55A868"}
 PSUM_MARKERS = {"layer": "o", "array": "s", "column": "D", NO_PSQ: "X"}
 PSUM_HATCHES = {"layer": "", "array": "///", "column": "xxx"}
@@ -64,10 +80,11 @@ def save_figure(figure: Figure, stem: str | Path) -> list[Path]:
 def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> Figure | None:
     """Accuracy of the training runs for each weight x partial-sum granularity pair (the paper's Fig. 7).
 
-    Bars grouped by weight granularity (colour), one per partial-sum granularity (hatch), mean over seeds with the
-    std as error bar; coloured dashed lines: the same weight granularity without partial-sum quantization; black
-    dashed line: the float network; stars: published ``reference`` numbers. One panel per model and data set (and per
-    setting or schedule that varies). ``None`` without training runs that quantize partial sums.
+    Bars grouped by weight granularity (colour), one per partial-sum granularity (hatch): the mean over seeds, with
+    ±1 std error bars and, inside the bar, its value and n; dashed lines in the weight granularity's colour: the
+    same weights without partial-sum quantization; black dashed line: the float network; stars: published
+    ``reference`` numbers. One panel per model and data set (and per setting or schedule that varies). ``None``
+    without training runs that quantize partial sums.
     """
     train = train_runs(runs)
     cim = train[train["weight_granularity"] != FLOAT]
@@ -84,6 +101,9 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
     width = 0.8 / len(psums)
     panels = list(bars.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels))
+    extra: dict[str, Any] = {
+        f"{p} partial sums": Patch(facecolor="lightgray", edgecolor="white", hatch=PSUM_HATCHES[p]) for p in psums
+    }
     for ax, (key, panel) in zip(axes, panels, strict=True):
         where = dict(zip(panel_keys, key, strict=True))
         shown: list[float] = []
@@ -93,8 +113,8 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
                 if point.empty:
                     continue
                 x = i + (j - (len(psums) - 1) / 2) * width
-                mean, std = float(point["mean"].iloc[0]), point["std"].iloc[0]
-                container = ax.bar(
+                mean, std, n = float(point["mean"].iloc[0]), point["std"].iloc[0], int(point["n"].iloc[0])
+                ax.bar(
                     x,
                     mean,
                     width * 0.92,
@@ -105,41 +125,47 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
                     linewidth=0.5,
                     capsize=2,
                 )
-                ax.bar_label(container, fmt="%.2f", fontsize=7, rotation=90, padding=2)
+                # value and n inside the bar, at its foot: clear of error bars, baselines and stars above
+                ax.text(
+                    x,
+                    0.015,
+                    f"{mean:.2f}\nn={n}",
+                    transform=ax.get_xaxis_transform(),
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                    linespacing=1.0,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+                )
                 shown += [mean] if pd.isna(std) else [mean - std, mean + std]
                 ref = _reference_acc(reference, where, weight, psum)
                 if ref is not None:
-                    ax.plot(x, ref, marker="*", color="black", markersize=9, linestyle="none", label="published")
+                    ax.plot(x, ref, marker="*", color="black", markersize=9, linestyle="none", label=REFERENCE_LABEL)
                     shown.append(ref)
             baseline = _match(no_psq, where, no_psq_keys, weight_granularity=weight)
             if baseline is not None:
-                ax.hlines(
-                    baseline,
-                    i - 0.45,
-                    i + 0.45,
-                    colors=WEIGHT_COLORS.get(weight, "gray"),
-                    linestyles="--",
-                    label=f"{weight} weights w/o PSQ",
-                )
+                ax.hlines(baseline, i - 0.45, i + 0.45, colors=WEIGHT_COLORS.get(weight, "gray"), linestyles="--")
+                extra["w/o PSQ (same weights; dashed, in their colour)"] = Line2D([], [], color="gray", linestyle="--")
                 shown.append(baseline)
         float_acc = _match(floats, where, PANEL_KEYS)
         if float_acc is not None:
-            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float")
+            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float network")
             shown.append(float_acc)
         ax.set_xticks(range(len(weights)), weights)
         ax.set_xlim(-0.5, len(weights) - 0.5)
         ax.set_xlabel("Weight granularity")
         ax.set_ylabel(ACC_LABEL)
         ax.set_title(_title(where), fontsize=10)
-        _zoom(ax, shown, headroom=0.45)
-    hatches = [Patch(facecolor="lightgray", edgecolor="white", hatch=PSUM_HATCHES[p]) for p in GRANULARITIES]
-    _legend(figure, axes, hatches, [f"{p} partial sums" for p in GRANULARITIES])
+        _zoom(ax, shown, headroom=0.2)
+    title = f"bars: mean over seeds (value and n inside), error bars: {SPREAD}"
+    _legend(figure, axes, list(extra.values()), list(extra), title=title, extra_first=True)
     return figure
 
 
 def dequant_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy versus dequantization operations per layer (log x), one marker per granularity pair (the paper's
-    Fig. 8): colour = weight granularity, marker = partial-sum granularity, mean over seeds with std error bars;
+    Fig. 8): colour = weight granularity, marker = partial-sum granularity, mean over seeds with ±1 std error bars;
     black dashed line: the float network. ``None`` without quantized training runs that have a cost summary."""
     train = train_runs(runs)
     psq = train[(train["weight_granularity"] != FLOAT) & train["psum_quant"] & train["dequant_ops_per_layer"].notna()]
@@ -168,57 +194,65 @@ def dequant_figure(runs: pd.DataFrame) -> Figure | None:
             )
         float_acc = _match(floats, where, PANEL_KEYS)
         if float_acc is not None:
-            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float")
+            ax.axhline(float_acc, color="black", linestyle="--", linewidth=1, label="float network")
         ax.set_xscale("log")
         ax.set_xlabel("Dequantization operations per layer")
         ax.set_ylabel(ACC_LABEL)
         ax.set_title(_title(where), fontsize=10)
         ax.grid(True, alpha=0.3)
-    _legend(figure, axes, title="weight/partial-sum granularity")
+    title = f"weight/partial-sum granularity; mean over seeds ({_replicates(points['n'])}), error bars: {SPREAD}"
+    _legend(figure, axes, title=title)
     return figure
 
 
 def qat_figure(history: pd.DataFrame) -> Figure | None:
     """Training curves (the paper's Fig. 9): accuracy versus cumulative training time (validation excluded) and
-    versus epoch, one line per training run (dashed: two-stage QAT), a star at each run's best. One row of two
-    panels per model and data set. ``None`` without per-epoch history."""
-    if history.empty:
+    versus epoch, one line per configuration (mean over its seeds per epoch, a ±1 std band; dashed: two-stage QAT),
+    a star at each line's best. One row of two panels per model and data set. ``None`` without per-epoch history."""
+    curves = mean_curves(history)
+    if curves.empty:
         return None
-    labels = curve_labels(history)
-    panels = list(history.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    panels = list(curves.groupby(list(PANEL_KEYS), dropna=False, sort=False))
     figure = Figure(figsize=(11, 3.8 * len(panels)), layout="constrained")
     axes = figure.subplots(len(panels), 2, squeeze=False)
     for (ax_time, ax_epoch), (key, panel) in zip(axes, panels, strict=True):
-        for index, (run_dir, curve) in enumerate(panel.groupby("run_dir", sort=False)):
+        for index, (label, curve) in enumerate(panel.groupby("curve", sort=False)):
             curve = curve.sort_values("epoch")
+            n = int(curve["acc_n"].max())
             style = {
                 "color": f"C{index % 10}",
                 "linestyle": "--" if curve["schedule"].iloc[0] == "two_stage" else "-",
-                "label": labels[run_dir],
+                "label": f"{label} (n={n})",
             }
             best = curve.loc[curve["acc"].idxmax()]
-            ax_time.plot(curve["cum_train_time_s"] / 60.0, curve["acc"], marker=".", **style)
-            ax_time.plot(best["cum_train_time_s"] / 60.0, best["acc"], marker="*", markersize=10, color=style["color"])
-            ax_epoch.plot(curve["epoch"], curve["acc"], marker=".", **style)
-            ax_epoch.plot(best["epoch"], best["acc"], marker="*", markersize=10, color=style["color"])
+            std = curve["acc_std"].fillna(0.0)
+            for ax, x, best_x in (
+                (ax_time, curve["cum_train_time_s"] / 60.0, best["cum_train_time_s"] / 60.0),
+                (ax_epoch, curve["epoch"], best["epoch"]),
+            ):
+                ax.plot(x, curve["acc"], marker=".", **style)
+                ax.fill_between(x, curve["acc"] - std, curve["acc"] + std, color=style["color"], alpha=0.15)
+                ax.plot(best_x, best["acc"], marker="*", markersize=10, color=style["color"], linestyle="none")
         title = _title(dict(zip(PANEL_KEYS, key, strict=True)))
         for ax, xlabel in ((ax_time, "Cumulative training time (min)"), (ax_epoch, "Epoch")):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ACC_LABEL)
             ax.set_title(title, fontsize=10)
             ax.grid(True, alpha=0.3)
-        ax_epoch.legend(fontsize=7, loc="lower right")
+    best = Line2D([], [], marker="*", markersize=10, color="gray", linestyle="none")
+    title = f"mean over seeds per epoch (n), band: {SPREAD}; dashed: two-stage QAT"
+    _legend(figure, list(axes[:, 0]), [best], ["best epoch"], title=title)
     return figure
 
 
 def variation_figure(runs: pd.DataFrame) -> Figure | None:
-    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the evaluation runs (variation
-    and training seeds) versus sigma, a band of +-1 std, one line per scheme. One panel per model and data set.
+    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the replicates (training seeds x
+    chip instances) versus sigma, a band of ±1 std, one line per scheme. One panel per model and data set.
     ``None`` unless evaluation runs cover more than one sigma."""
     table = variation_table(runs)
     if table.empty:
         return None
-    line_keys = [c for c in table.columns if c not in (*PANEL_KEYS, "sigma", "acc_mean", "acc_std", "n")]
+    line_keys = [c for c in table.columns if c not in (*PANEL_KEYS, "sigma") and not c.startswith("acc")]
     panels = list(table.groupby(list(PANEL_KEYS), dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
     for ax, (key, panel) in zip(axes, panels, strict=True):
@@ -229,21 +263,23 @@ def variation_figure(runs: pd.DataFrame) -> Figure | None:
             label = ", ".join([str(values["scheme"]), *(f"{k}={values[k]}" for k in label_keys)])
             std = line["acc_std"].fillna(0.0)
             color = f"C{index % 10}"
-            ax.plot(line["sigma"], line["acc_mean"], marker="o", color=color, label=label)
-            ax.fill_between(line["sigma"], line["acc_mean"] - std, line["acc_mean"] + std, color=color, alpha=0.2)
+            ax.plot(line["sigma"], line["acc"], marker="o", color=color, label=label)
+            ax.fill_between(line["sigma"], line["acc"] - std, line["acc"] + std, color=color, alpha=0.2)
         ax.set_xlabel("Log-normal variation σ")
         ax.set_ylabel(ACC_LABEL)
         ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+    replicates = _replicates(table["acc_n"])
+    title = f"mean over training seeds x chip instances ({replicates}; at σ=0 the training seeds), band: {SPREAD}"
+    _legend(figure, axes, title=title)
     return figure
 
 
 def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy versus ADC energy per image, the points and Pareto fronts of :func:`adc_energy_table` (training runs
-    that quantize partial sums, seeds averaged): one panel per model, data set and varying training/evaluation
-    condition. Points are labelled with their DAC and ADC bits where those vary (a ``dac_bits`` x ``adc_bits``
-    sweep). ``None`` when no such run has an ADC energy."""
+    that quantize partial sums; mean over seeds with ±1 std error bars): one panel per model, data set and varying
+    training/evaluation condition. Points are labelled with their DAC and ADC bits where those vary (a
+    ``dac_bits`` x ``adc_bits`` sweep). ``None`` when no such run has an ADC energy."""
     table = adc_energy_table(runs)
     if table.empty:
         return None
@@ -252,32 +288,40 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     panels = list(table.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
     for ax, (key, panel) in zip(axes, panels, strict=True):
+        labelled: dict[tuple[float, str], float] = {}  # the highest point of each energy and bit widths
         for _, point in panel.iterrows():
             weight, psum = point["weight_granularity"], point["psum_granularity"]
             xy = (point["adc_energy_nj"], point["acc"])
             marker, color = PSUM_MARKERS.get(psum, "o"), WEIGHT_COLORS.get(weight, "gray")
-            ax.plot(*xy, marker=marker, color=color, markersize=7, linestyle="none", label=f"{weight}/{psum}")
+            std = point["acc_std"] if pd.notna(point["acc_std"]) else None
+            style = {"marker": marker, "color": color, "markersize": 7, "linestyle": "none", "capsize": 2}
+            ax.errorbar(*xy, yerr=std, **style, label=f"{weight}/{psum}")
             if annotate:
                 text = ", ".join(f"{'DAC' if name == 'dac_bits' else 'ADC'} {point[name]:g}b" for name in annotate)
-                ax.annotate(text, xy, xytext=(4, 2), textcoords="offset points", fontsize=7)
+                labelled[(xy[0], text)] = max(labelled.get((xy[0], text), -math.inf), xy[1])
+        for (energy_nj, text), acc in labelled.items():  # schemes at one cost share its label, once, above them
+            ax.annotate(text, (energy_nj, acc), xytext=(4, 4), textcoords="offset points", fontsize=7)
         energy = panel["adc_energy_nj"]
         front = panel[panel["pareto"]].sort_values("adc_energy_nj")
         style = {"color": "black", "linewidth": 1, "drawstyle": "steps-post"}
-        ax.plot(front["adc_energy_nj"], front["acc"], **style, label="Pareto front")
+        ax.plot(front["adc_energy_nj"], front["acc"], **style, label="Pareto front (means)")
         if energy.max() > 10 * energy.min() > 0:
             ax.set_xscale("log")
         ax.set_xlabel("ADC energy per image (nJ)")
         ax.set_ylabel(ACC_LABEL)
         ax.set_title(_title(dict(zip(panel_keys, key, strict=True))), fontsize=10)
         ax.grid(True, alpha=0.3)
-    _legend(figure, axes, title="weight/partial-sum granularity")
+        ax.margins(x=0.12)  # room for the point labels at the right end
+    title = f"weight/partial-sum granularity; mean over seeds ({_replicates(table['acc_n'])}), error bars: {SPREAD}"
+    _legend(figure, axes, title=title)
     return figure
 
 
 def clip_rate_figure(runs: pd.DataFrame) -> Figure | None:
     """ADC clip rate per CIM layer (network order) of the training runs with partial-sum telemetry, one line per
-    scheme, for the schemes whose weight and partial-sum granularities are layer or column (layer vs column
-    granularity; all schemes when none of those is there). ``None`` without telemetry."""
+    scheme (mean over seeds, ±1 std error bars), for the schemes whose weight and partial-sum granularities are
+    layer or column (layer vs column granularity; all schemes when none of those is there). ``None`` without
+    telemetry."""
     table = clip_rate_table(runs)
     if table.empty:
         return None
@@ -288,19 +332,23 @@ def clip_rate_figure(runs: pd.DataFrame) -> Figure | None:
     figure, axes = _panels(len(panels), width=6.0)
     for ax, (key, panel) in zip(axes, panels, strict=True):
         for (weight, psum), line in panel.groupby(["weight_granularity", "psum_granularity"], sort=False):
-            ax.plot(
+            ax.errorbar(
                 line["layer_index"],
                 line["clip_rate_pct"],
+                yerr=line["clip_rate_pct_std"] if line["clip_rate_pct_std"].notna().any() else None,
                 marker=PSUM_MARKERS.get(psum, "o"),
                 color=WEIGHT_COLORS.get(weight, "gray"),
                 linestyle="-" if psum == "column" else "--",
+                capsize=2,
                 label=f"{weight}/{psum}",
             )
         ax.set_xlabel("CIM layer (network order)")
         ax.set_ylabel("ADC clip rate (% of conversions)")
         ax.set_title(_title(dict(zip(panel_keys, key if isinstance(key, tuple) else (key,), strict=True))), fontsize=10)
         ax.grid(True, alpha=0.3)
-    _legend(figure, axes, title="weight/partial-sum granularity")
+    n = _replicates(table["clip_rate_pct_n"])
+    title = f"weight/partial-sum granularity; mean over seeds ({n}), error bars: {SPREAD}"
+    _legend(figure, axes, title=title)
     return figure
 
 
@@ -321,31 +369,63 @@ def _legend(
     extra_handles: Sequence[Any] = (),
     extra_labels: Sequence[str] = (),
     title: str | None = None,
-) -> None:
-    """One legend below all panels with each label once."""
+    extra_first: bool = False,
+) -> Legend | None:
+    """One legend below all panels with each label once (the extra entries after the panels' own, or before them
+    with ``extra_first``), fitted to the figure (:func:`_fit_legend`)."""
     entries: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            entries.setdefault(label, handle)
-    for handle, label in zip(extra_handles, extra_labels, strict=True):
+    own = [(h, label) for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)]
+    extra = list(zip(extra_handles, extra_labels, strict=True))
+    for handle, label in [*extra, *own] if extra_first else [*own, *extra]:
         entries.setdefault(label, handle)
-    if entries:
-        figure.legend(
-            list(entries.values()),
-            list(entries),
-            loc="outside lower center",
-            ncols=min(len(entries), 4),
-            fontsize=8,
-            title=title,
-            title_fontsize=8,
-        )
+    if not entries:
+        return None
+    columns = math.ceil(len(entries) / math.ceil(len(entries) / LEGEND_COLUMNS))  # rows as full as they can be
+    legend = figure.legend(
+        list(entries.values()),
+        list(entries),
+        loc="outside lower center",
+        ncols=columns,
+        fontsize=8,
+        title=title,
+        title_fontsize=8,
+    )
+    _fit_legend(figure, legend, columns)
+    return legend
 
 
-def _title(where: dict[str, Any]) -> str:
-    """``resnet20 / cifar10`` plus ``key=value`` for the other panel keys."""
+def _fit_legend(figure: Figure, legend: Legend, columns: int) -> None:
+    """Fewer legend columns until the legend fits the figure's width (the figure widens only if one column is
+    still too wide), then the figure taller by the legend's height, so the panels keep their size."""
+    margin = 0.2  # inches
+    while True:
+        figure.draw_without_rendering()
+        box = legend.get_window_extent()
+        width = box.width / figure.dpi
+        if width + margin <= figure.get_figwidth() or columns == 1:
+            break
+        columns -= 1
+        legend.set_ncols(columns)
+    if width + margin > figure.get_figwidth():
+        figure.set_figwidth(width + margin)
+    figure.set_figheight(figure.get_figheight() + box.height / figure.dpi)
+
+
+def _replicates(n: pd.Series) -> str:
+    """``n=3`` or ``n=1-3``: how many replicates are behind the points."""
+    counts = pd.to_numeric(n, errors="coerce").dropna().astype(int)
+    if counts.empty:
+        return "n=0"
+    low, high = counts.min(), counts.max()
+    return f"n={low}" if low == high else f"n={low}-{high}"
+
+
+def _title(where: dict[str, Any], width: int = TITLE_CHARACTERS) -> str:
+    """``resnet20 / cifar10`` plus ``key=value`` for the other panel keys, on lines of at most ``width``
+    characters (so that the titles of neighbouring panels neither meet nor leave the figure)."""
     head = " / ".join(str(where[k]) for k in PANEL_KEYS if k in where)
     rest = [f"{k}={v}" for k, v in where.items() if k not in PANEL_KEYS]
-    return ", ".join([head, *rest])
+    return "\n".join(textwrap.wrap(", ".join([head, *rest]), width, break_long_words=False, break_on_hyphens=False))
 
 
 def _match(stats: pd.DataFrame, where: dict[str, Any], keys: Sequence[str], **fixed: Any) -> float | None:

@@ -23,7 +23,9 @@ from cimexp.report.figures import (
     save_figure,
     variation_figure,
 )
+from cimexp.report.stats import CONFIDENCE
 from cimexp.report.tables import (
+    PAIRED_REFERENCE,
     REFERENCE_COLUMNS,
     adc_energy_table,
     adc_noise_table,
@@ -32,25 +34,45 @@ from cimexp.report.tables import (
     curve_labels,
     grid_table,
     history_table,
+    paired_lines,
+    paired_table,
+    summary_table,
     time_to_accuracy_table,
     to_markdown,
     variation_table,
 )
 
+STATISTICS = (
+    f"Each number over seeds reads `mean ± std (n=k) [low, high]`: the mean over the k independent replicates of "
+    f"a configuration (training seeds; for evaluations, training seeds x chip instances, and the training seeds "
+    f"alone without variation and noise), the sample standard deviation, and the {100 * CONFIDENCE:g}% Student-t "
+    f"confidence interval of the mean; `mean (n=1)` is a single run, with no spread to give. The CSV files hold "
+    f"the same numbers as `<column>`, `<column>_std`, `<column>_n`, `<column>_ci_low`, `<column>_ci_high`"
+)
+"""How report.md explains the statistics in its tables."""
+
 TABLES = {
-    "granularity_grid": "Mean top-1 accuracy (%) over weight (rows) x partial-sum (columns) granularity, seeds "
-    "averaged; `w/o PSQ`: no partial-sum quantization; `float`: the float network (paper Fig. 7)",
-    "variation": "Top-1 accuracy (%) under log-normal cell variation: mean and std over evaluation runs per sigma "
-    "(paper Fig. 10)",
-    "qat_time_to_accuracy": "For each pair of training curves: cumulative training time (min) each needs to reach "
-    "the lower of their best accuracies, and the time saved by the faster (paper Fig. 9 marks)",
-    "reference_comparison": "Our mean accuracy next to published numbers (`--reference`); delta in points",
+    "summary": "One row per configuration (every setting but the seed): top-1 accuracy (%) at the end, best during "
+    "training, top-5, and training time (s), over seeds",
+    "paired_differences": "Paired differences `reference - scheme` in top-1 accuracy (percentage points; positive: "
+    "the reference is higher), over the seeds (and chip instances) both have, all other settings equal, with the "
+    "paired Student-t interval",
+    "granularity_grid": "Top-1 accuracy (%) over weight (rows) x partial-sum (columns) granularity, over seeds; "
+    "`w/o PSQ`: no partial-sum quantization; `float`: the float network (paper Fig. 7)",
+    "variation": "Top-1 accuracy (%) under log-normal cell variation per sigma, over training seeds x chip "
+    "instances (paper Fig. 10)",
+    "qat_time_to_accuracy": "For each pair of training curves (seeds averaged per epoch; n each): cumulative "
+    "training time (min) each needs to reach the lower of their best accuracies, and the time saved by the faster "
+    "(paper Fig. 9 marks)",
+    "reference_comparison": "Our accuracy over seeds next to published numbers (`--reference`); delta: our mean "
+    "minus theirs, in points",
     "adc_energy": "Accuracy (%) against ADC energy per image (nJ, cost.adc_model), absolute and relative to a "
-    "reference configuration (column/column with 4-bit ADCs when present), with the Pareto-optimal configurations",
+    "reference configuration (column/column with 4-bit ADCs when present), with the Pareto-optimal configurations "
+    "(by mean accuracy)",
     "adc_noise": "Top-1 accuracy (%) under Gaussian ADC noise (`adc.noise_lsb`, columns) of checkpoints trained "
-    "without (`train_noise_lsb` 0) and with ADC noise (noise-aware training), no cell variation, noise seeds averaged",
+    "without (`train_noise_lsb` 0) and with ADC noise (noise-aware training), no cell variation, over noise seeds",
     "clip_rate": "ADC clip rate (% of conversions saturating at the code range) per CIM layer, last validation "
-    "epoch of each training run with partial-sum telemetry (the mechanism behind paper Fig. 6)",
+    "epoch of each training run with partial-sum telemetry, over seeds (the mechanism behind paper Fig. 6)",
 }
 """The aggregated tables (file stem: what it shows), written when they have rows."""
 
@@ -86,6 +108,7 @@ def make_report(
     skipped: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     reference: pd.DataFrame | None = None,
+    paired_reference: str = PAIRED_REFERENCE,
 ) -> Report:
     """Compute the tables and draw the figures of a runs table from :func:`cimexp.report.collect.collect`.
 
@@ -94,11 +117,14 @@ def make_report(
         skipped: the files skipped by ``collect`` (``path``, ``reason``); none if omitted.
         history: training curves (:func:`history_table`); computed from ``runs`` if omitted.
         reference: published numbers (:func:`reference_table`) to compare with; none if omitted.
+        paired_reference: the scheme the paired differences are taken against (``column/column``).
     """
     skipped = pd.DataFrame(columns=["path", "reason"]) if skipped is None else skipped
     history = history_table(runs) if history is None else history
     reference = pd.DataFrame(columns=list(REFERENCE_COLUMNS)) if reference is None else reference
     tables = {
+        "summary": summary_table(runs),
+        "paired_differences": paired_table(runs, reference=paired_reference),
         "granularity_grid": grid_table(runs).reset_index(),
         "variation": variation_table(runs),
         "qat_time_to_accuracy": time_to_accuracy_table(history),
@@ -157,8 +183,31 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def load_report(out_dir: str | Path) -> Report:
-    """Read a report directory written by :func:`write_report` back into a :class:`Report` (figures redrawn)."""
+def load_report(out_dir: str | Path, paired_reference: str = PAIRED_REFERENCE) -> Report:
+    """Read a report directory written by :func:`write_report` back into a :class:`Report` (tables recomputed and
+    figures redrawn from its runs, with the reference numbers it was written with)."""
+    saved = read_saved(out_dir)
+    return make_report(saved.runs, saved.skipped, saved.history, saved.reference, paired_reference=paired_reference)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a report directory holds besides what is computed from it: the runs, the files skipped when they were
+    collected, the training curves and the reference numbers (``None`` where the file is missing)."""
+
+    runs: pd.DataFrame
+    skipped: pd.DataFrame | None
+    history: pd.DataFrame | None
+    reference: pd.DataFrame | None
+
+
+def read_saved(out_dir: str | Path) -> Saved:
+    """The :class:`Saved` tables of a report directory (``runs.csv``, ``skipped.csv``, ``history.csv``,
+    ``reference.csv``), with the runs table's column types restored.
+
+    Raises:
+        FileNotFoundError: the directory holds no ``runs.csv``.
+    """
     out = Path(out_dir)
     if not (out / "runs.csv").is_file():
         raise FileNotFoundError(
@@ -167,12 +216,16 @@ def load_report(out_dir: str | Path) -> Report:
             "cimexp.report.collect(<results dir>)."
         )
 
-    def read(name: str) -> pd.DataFrame | None:
-        """A table of the directory (only empty cells are missing: ``none`` is a granularity), if it is there."""
-        path = out / name
-        return with_column_types(pd.read_csv(path, keep_default_na=False, na_values=[""])) if path.is_file() else None
+    def read(name: str) -> pd.DataFrame:
+        """A table of the directory (only empty cells are missing: ``none`` is a granularity)."""
+        return with_column_types(pd.read_csv(out / name, keep_default_na=False, na_values=[""]))
 
-    return make_report(read("runs.csv"), read("skipped.csv"), read("history.csv"), read("reference.csv"))
+    def read_if_there(name: str) -> pd.DataFrame | None:
+        return read(name) if (out / name).is_file() else None
+
+    return Saved(
+        read("runs.csv"), read_if_there("skipped.csv"), read_if_there("history.csv"), read_if_there("reference.csv")
+    )
 
 
 def report_markdown(report: Report) -> str:
@@ -187,16 +240,15 @@ def report_markdown(report: Report) -> str:
         "Every run is a row of [runs.csv](runs.csv) ([runs.md](runs.md)); training curves are in "
         "[history.csv](history.csv).",
         "",
+        f"{STATISTICS}.",
+        "",
     ]
     for name, description in TABLES.items():
         if name in report.tables:
-            lines += [
-                f"## {name}",
-                "",
-                f"{description}. [{name}.csv]({name}.csv)",
-                "",
-                to_markdown(report.tables[name]),
-            ]
+            lines += [f"## {name}", "", f"{description}. [{name}.csv]({name}.csv)", ""]
+            if name == "paired_differences":
+                lines += [f"- {line}" for line in paired_lines(report.tables[name])] + [""]
+            lines.append(to_markdown(report.tables[name]))
     for name, needs in FIGURES.items():
         if name in report.figures:
             lines += [f"## Figure: {name}", "", f"![{name}]({name}.png) ([SVG]({name}.svg))", ""]
@@ -262,8 +314,8 @@ def log_to_wandb(
                 }
             )
         if "variation" in report.tables:
-            variation = report.tables["variation"][["scheme", "sigma", "acc_mean"]]
-            plot = wandb.plot.line(wandb.Table(dataframe=_plain(variation)), "sigma", "acc_mean", stroke="scheme")
+            variation = report.tables["variation"][["scheme", "sigma", "acc"]]
+            plot = wandb.plot.line(wandb.Table(dataframe=_plain(variation)), "sigma", "acc", stroke="scheme")
             run.log({"plot/variation": plot})
         return Path(run.dir).parent if mode != "disabled" else None
     finally:

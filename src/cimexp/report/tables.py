@@ -1,6 +1,13 @@
-"""Aggregated tables over the runs table of :func:`cimexp.report.collect.collect`: the granularity grid (Fig. 7),
+"""Aggregated tables over the runs table of :func:`cimexp.report.collect.collect`: one row per configuration with
+the statistics of its seeds, paired differences between schemes over the same seeds, the granularity grid (Fig. 7),
 accuracy under cell variation (Fig. 10), per-epoch training curves and time-to-accuracy (Fig. 9), and published
 reference numbers. All are pure functions of DataFrames; accuracies are top-1 %.
+
+Every aggregated number comes with its spread, in one column convention: a metric ``X`` (the mean over the
+independent replicates of a configuration, :func:`replicate_units`) is followed by ``X_std`` (sample standard
+deviation), ``X_n`` (how many replicates) and ``X_ci_low`` / ``X_ci_high`` (the 95% Student-t confidence interval of
+the mean; empty below two replicates). :func:`to_markdown` shows the five as one cell, ``mean ± std (n=k) [low,
+high]``, or ``mean (n=1)``, so no table presents one seed as if it were a result.
 """
 
 from __future__ import annotations
@@ -8,11 +15,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from cimexp.report import stats
 from cimexp.report.collect import (
     CONDITION_COLUMNS,
     FLOAT,
@@ -68,18 +77,223 @@ def train_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["kind"] == "train"]
 
 
-def scheme_stats(frame: pd.DataFrame, keys: Sequence[str], value: str = "acc", x: str | None = None) -> pd.DataFrame:
-    """Mean, sample standard deviation and count of ``value`` over the runs of each ``keys`` group (seeds).
+ESTIMATE_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")
+"""Columns that follow a metric's mean (see the module docstring)."""
 
-    Returns the group keys and ``mean``, ``std`` (empty for a single run), ``n`` and, if ``x`` names a column,
-    its mean as ``x``; groups in order of first appearance.
+CONFIGURATION_COLUMNS = (
+    "model",
+    "dataset",
+    "scheme",
+    "weight_granularity",
+    "psum_granularity",
+    "psum_quant",
+    "schedule",
+    "stage1_epochs",
+    *SETTING_COLUMNS,
+    "epochs",
+    "sigma",
+    "noise_lsb",
+    "train_noise_lsb",
+    "train_sigma",
+)
+"""What makes runs one configuration, whose seeds are replicates: every setting the runs table records except the
+seeds (``seed``, ``train_seed``) and what identifies or times a single run. ``epochs`` counts for training runs
+only (an evaluation is of the training run's checkpoint, whatever its length)."""
+
+SCHEME_COLUMNS = ("scheme", "weight_granularity", "psum_granularity", "psum_quant")
+"""The columns that name a quantization scheme; paired differences compare schemes with all else equal."""
+
+TRAIN_METRICS = ("acc", "acc_best", "acc_top5", "train_time_s")
+"""Metrics :func:`summary_table` gives per training configuration."""
+EVALUATE_METRICS = ("acc",)
+"""Metrics :func:`summary_table` gives per evaluation configuration (``acc_clean`` is one number per checkpoint)."""
+
+PAIRED_REFERENCE = "column/column"
+"""The scheme paired differences are taken against by default (the paper's proposal)."""
+
+
+def estimate_columns(name: str) -> list[str]:
+    """The mean column ``name`` and its :data:`ESTIMATE_SUFFIXES` companions."""
+    return [name, *(f"{name}{suffix}" for suffix in ESTIMATE_SUFFIXES)]
+
+
+def replicate_units(runs: pd.DataFrame, pairing: bool = False) -> pd.Series:
+    """The independent replicate each run is, as a label on the index of ``runs``; runs with the same label in one
+    configuration are repeats of one measurement and are averaged before any statistic.
+
+    - Training runs: their seed.
+    - Evaluation runs: the training seed and the chip instance (variation seed). An evaluation without variation and
+      without ADC noise (``sigma`` 0, ``noise_lsb`` 0) is deterministic: its variation seed changes nothing, so
+      the training seed alone.
+    - Evaluations with ADC noise: each run is its own replicate (its ADC noise seed is not in the runs table);
+      with ``pairing``, labelled by training seed and chip instance (their noise draws averaged), so that schemes
+      pair on them.
+    - Runs without a seed: each its own replicate, paired with nothing.
     """
-    aggregations = {"mean": (value, "mean"), "std": (value, "std"), "n": (value, "count")}
-    if x is not None:
-        aggregations["x"] = (x, "mean")
+    index = runs.index
+
+    def column(name: str) -> pd.Series:
+        return runs[name] if name in runs else pd.Series(pd.NA, index=index, dtype=object)
+
+    seed = column("seed")
+    train_seed = column("train_seed") if "train_seed" in runs else seed
+    evaluation = (column("kind") == "evaluate").fillna(False).astype(bool)
+    sigma = pd.to_numeric(column("sigma"), errors="coerce").fillna(0.0)
+    noise = pd.to_numeric(column("noise_lsb"), errors="coerce").fillna(0.0)
+    deterministic = evaluation & (sigma == 0) & (noise == 0)
+    noisy = evaluation & (noise > 0) & (not pairing)
+    chip = seed.astype(object).where(~deterministic, "-")
+    labels = train_seed.astype(str) + "/" + chip.astype(str)
+    own = noisy | train_seed.isna() | (chip.isna() & ~deterministic)
+    positions = pd.Series([f"run {i}" for i in range(len(runs))], index=index)
+    return labels.where(~own, positions)
+
+
+def summarize(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """Statistics of ``values`` over the independent replicates (:func:`replicate_units`; repeats of one replicate
+    averaged first) of each ``keys`` group: the group keys, then per value its mean and :data:`ESTIMATE_SUFFIXES`
+    columns. Groups in order of first appearance; missing keys form groups of their own."""
+    columns = [*keys, *(column for value in values for column in estimate_columns(value))]
     if frame.empty:
-        return pd.DataFrame(columns=[*keys, *aggregations])
-    return frame.groupby(list(keys), dropna=False, sort=False).agg(**aggregations).reset_index()
+        return pd.DataFrame(columns=columns)
+    numbers = frame[list(values)].apply(pd.to_numeric, errors="coerce").astype(float)
+    replicates = (
+        frame[list(keys)]
+        .assign(**{value: numbers[value] for value in values}, _unit=replicate_units(frame))
+        .groupby([*keys, "_unit"], dropna=False, sort=False)[list(values)]
+        .mean()
+        .reset_index()
+    )
+    groups = replicates.groupby(list(keys), dropna=False, sort=False)[list(values)]
+    aggregated = groups.agg(["mean", "std", "count"])
+    table = aggregated.index.to_frame(index=False)
+    table.columns = list(keys)
+    for value in values:
+        mean, std = aggregated[(value, "mean")].to_numpy(), aggregated[(value, "std")].to_numpy()
+        n = aggregated[(value, "count")].to_numpy().astype(int)
+        bounds = [stats.confidence_interval(float(m), float(s), int(k)) for m, s, k in zip(mean, std, n, strict=True)]
+        table[value] = mean
+        table[f"{value}_std"] = std
+        table[f"{value}_n"] = n
+        table[f"{value}_ci_low"] = [low for low, _ in bounds]
+        table[f"{value}_ci_high"] = [high for _, high in bounds]
+    return table[columns]
+
+
+def scheme_stats(frame: pd.DataFrame, keys: Sequence[str], value: str = "acc", x: str | None = None) -> pd.DataFrame:
+    """:func:`summarize` of one ``value`` with short names: the group keys, ``mean``, ``std`` (empty for one
+    replicate), ``n``, ``ci_low``, ``ci_high`` and, if ``x`` names a column, its mean as ``x``."""
+    values = [value, *([x] if x is not None else [])]
+    table = summarize(frame, keys, values)
+    short = ["mean", "std", "n", "ci_low", "ci_high"]
+    table = table.rename(columns=dict(zip(estimate_columns(value), short, strict=True)))
+    if x is not None:
+        table = table.drop(columns=estimate_columns(x)[1:]).rename(columns={x: "x"})
+    return table
+
+
+def configuration_keys(runs: pd.DataFrame, kind: str) -> list[str]:
+    """The :data:`CONFIGURATION_COLUMNS` of ``runs`` that define a configuration of runs of ``kind``."""
+    return [c for c in CONFIGURATION_COLUMNS if c in runs and not (kind == "evaluate" and c == "epochs")]
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (all settings but the seeds, :data:`CONFIGURATION_COLUMNS`) with the statistics
+    of its runs: :data:`TRAIN_METRICS` for training and :data:`EVALUATE_METRICS` for evaluation configurations,
+    each with its ``_std``, ``_n`` and 95% interval columns.
+
+    Shows ``kind``, ``model``, ``dataset``, ``scheme`` and the configuration columns that vary (the others are the
+    same for every row). Sorted by kind, model, data set, scheme, then the rest. Empty without runs.
+    """
+    parts = []
+    for kind, metrics in (("train", TRAIN_METRICS), ("evaluate", EVALUATE_METRICS)):
+        frame = runs[runs["kind"] == kind]
+        if not frame.empty:
+            summary = summarize(frame, configuration_keys(frame, kind), [m for m in metrics if m in frame])
+            parts.append(summary.assign(kind=kind))
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
+    shown = ["kind", *PANEL_KEYS, "scheme"]
+    shown += varying(table, [c for c in CONFIGURATION_COLUMNS if c not in (*shown, *SCHEME_COLUMNS)])
+    metrics = [c for metric in dict.fromkeys((*TRAIN_METRICS, *EVALUATE_METRICS)) for c in estimate_columns(metric)]
+    table = table[[*shown, *(c for c in metrics if c in table)]]
+    return table.sort_values(shown, key=_granularity_key, kind="stable").reset_index(drop=True)
+
+
+def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: str = "acc") -> pd.DataFrame:
+    """Paired differences ``reference - scheme`` of ``value`` between the ``reference`` scheme and every other
+    scheme, over the replicates both have (the same seeds; for evaluations the same training seed and chip
+    instance, :func:`replicate_units` with ``pairing``) with all other settings equal: mean, std, n and the 95%
+    paired Student-t interval of the difference. Pairing removes what a seed does to both schemes (data order,
+    initial draw, evaluation subset), so it resolves smaller differences than two separate intervals would.
+
+    Columns: ``kind``, ``model``, ``dataset``, the configuration columns that vary, ``reference``, ``scheme``,
+    then ``difference`` with its :data:`ESTIMATE_SUFFIXES` columns (percentage points; positive: the reference is
+    higher). One row per scheme that shares at least one replicate with the reference; empty without any.
+    """
+    rows = []
+    for kind in ("train", "evaluate"):
+        frame = runs[(runs["kind"] == kind) & runs[value].notna()]
+        if frame.empty or reference not in set(frame["scheme"]):
+            continue
+        keys = [c for c in configuration_keys(frame, kind) if c not in SCHEME_COLUMNS]
+        frame = frame.assign(_unit=replicate_units(frame, pairing=True))
+        for group, configuration in frame.groupby(keys, dropna=False, sort=False):
+            by_scheme = {
+                scheme: runs_of.groupby("_unit")[value].mean().to_dict()
+                for scheme, runs_of in configuration.groupby("scheme", sort=False)
+            }
+            if reference not in by_scheme:
+                continue
+            for scheme in sorted(by_scheme, key=_scheme_rank):
+                difference = stats.paired_difference(by_scheme[reference], by_scheme[scheme])
+                if scheme == reference or difference.n == 0:
+                    continue
+                rows.append(
+                    {
+                        "kind": kind,
+                        **dict(zip(keys, group, strict=True)),
+                        "reference": reference,
+                        "scheme": scheme,
+                        **dict(zip(estimate_columns("difference"), _numbers(difference), strict=True)),
+                    }
+                )
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    shown = ["kind", *PANEL_KEYS]
+    shown += varying(table, [c for c in CONFIGURATION_COLUMNS if c not in (*shown, *SCHEME_COLUMNS)])
+    table = table[[*shown, "reference", "scheme", *estimate_columns("difference")]]
+    return table.sort_values([*shown, "scheme"], key=_granularity_key, kind="stable").reset_index(drop=True)
+
+
+def paired_lines(table: pd.DataFrame, digits: int = 2) -> list[str]:
+    """The rows of :func:`paired_table` as text, e.g. ``resnet20 / cifar10, adc_bits=3: column/column -
+    layer/column: +0.85 ± 0.31 (n=3), 95% CI [0.08, 1.62]`` (naming the settings that vary among the rows of
+    its kind)."""
+    lines = []
+    keys = [c for c in table.columns if c not in ("kind", "reference", "scheme", *estimate_columns("difference"))]
+    for _, row in table.iterrows():
+        shown = varying(table[table["kind"] == row["kind"]], [k for k in keys if k not in PANEL_KEYS])
+        where = ", ".join(
+            [" / ".join(str(row[k]) for k in PANEL_KEYS)] + [f"{k}={_plain_value(row[k])}" for k in shown]
+        )
+        numbers = [row[c] for c in estimate_columns("difference")]
+        text = stats.format_estimate(*numbers, digits=digits, signed=True)
+        lines.append(f"{where}: {row['reference']} - {row['scheme']}: {text}")
+    return lines
+
+
+def _numbers(estimate: stats.Estimate) -> tuple[float, float, int, float, float]:
+    return estimate.mean, estimate.std, estimate.n, estimate.ci_low, estimate.ci_high
+
+
+def _plain_value(value: object) -> str:
+    """``4`` rather than ``4.0`` for whole numbers."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
@@ -91,12 +305,13 @@ def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
 
 
 def grid_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
-    """Mean accuracy of the training runs over weight x partial-sum granularity (the paper's Fig. 7), seeds averaged.
+    """Accuracy of the training runs over weight x partial-sum granularity (the paper's Fig. 7), over seeds.
 
     Rows: one per weight granularity, per model and data set (and per other setting or schedule that varies among
     the runs with partial-sum quantization). Columns: ``layer``, ``array``, ``column`` (partial-sum granularity),
     :data:`NO_PSQ_COLUMN` (the same weight granularity without partial-sum quantization, matched on the settings
-    except ADC bits and schedule) and ``float`` (the float network of that model and data set). Empty when there
+    except ADC bits and schedule) and ``float`` (the float network of that model and data set), each the mean over
+    seeds followed by its ``_std``, ``_n`` and 95% interval columns (:data:`ESTIMATE_SUFFIXES`). Empty when there
     is no quantized training run.
     """
     train = train_runs(runs)
@@ -105,32 +320,48 @@ def grid_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
         return pd.DataFrame()
     psq = cim[cim["psum_quant"]]
     keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
-    if psq.empty:
-        grid = pd.DataFrame(columns=[*keys, "weight_granularity"])
-    else:
-        grid = (
-            scheme_stats(psq, [*keys, "weight_granularity", "psum_granularity"], value)
-            .pivot(index=[*keys, "weight_granularity"], columns="psum_granularity", values="mean")
-            .reindex(columns=[g for g in GRANULARITIES if g in set(psq["psum_granularity"])])
-            .reset_index()
-        )
-        grid.columns.name = None
+    row_keys = [*keys, "weight_granularity"]
+    psums = [g for g in GRANULARITIES if g in set(psq["psum_granularity"])]
+    grid = _side_by_side(summarize(psq, [*row_keys, "psum_granularity"], [value]), row_keys, "psum_granularity", value)
+    grid = grid.reindex(columns=[*row_keys, *(c for psum in psums for c in estimate_columns(psum))])
     no_psq_keys = [k for k in keys if k not in ("adc_bits", "schedule")] + ["weight_granularity"]
-    no_psq = scheme_stats(cim[~cim["psum_quant"]], no_psq_keys, value)
-    grid = grid.merge(no_psq[[*no_psq_keys, "mean"]].rename(columns={"mean": NO_PSQ_COLUMN}), how="outer")
-    floats = scheme_stats(train[train["weight_granularity"] == FLOAT], list(PANEL_KEYS), value)
-    grid = grid.merge(floats[[*PANEL_KEYS, "mean"]].rename(columns={"mean": FLOAT}), how="left")
-    grid = grid.sort_values([*keys, "weight_granularity"], key=_granularity_key, kind="stable")
-    return grid.set_index([*keys, "weight_granularity"])
+    no_psq = _renamed(summarize(cim[~cim["psum_quant"]], no_psq_keys, [value]), value, NO_PSQ_COLUMN)
+    grid = grid.merge(no_psq, how="outer", on=no_psq_keys)
+    floats = _renamed(summarize(train[train["weight_granularity"] == FLOAT], list(PANEL_KEYS), [value]), value, FLOAT)
+    grid = grid.merge(floats, how="left", on=list(PANEL_KEYS))
+    for column in grid.columns:
+        if column.endswith("_n"):
+            grid[column] = grid[column].astype("Int64")
+    grid = grid.sort_values(row_keys, key=_granularity_key, kind="stable")
+    return grid.set_index(row_keys)
+
+
+def _renamed(table: pd.DataFrame, value: str, name: str) -> pd.DataFrame:
+    """``table`` with the estimate columns of ``value`` named after ``name``."""
+    return table.rename(columns=dict(zip(estimate_columns(value), estimate_columns(name), strict=True)))
+
+
+def _side_by_side(
+    table: pd.DataFrame, keys: Sequence[str], column: str, value: str, name: Callable[[Any], str] = str
+) -> pd.DataFrame:
+    """A wide table from a :func:`summarize` table: one row per ``keys``, the estimate columns of ``value`` for each
+    level of ``column`` side by side (in order of appearance), named ``name(level)``."""
+    wide: pd.DataFrame | None = None
+    for level in table[column].drop_duplicates():
+        part = _renamed(table[table[column] == level].drop(columns=column), value, name(level))
+        wide = part if wide is None else wide.merge(part, how="outer", on=list(keys))
+    return wide if wide is not None else pd.DataFrame(columns=list(keys))
 
 
 def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean and sample std over the evaluation
-    runs (variation seeds, and training seeds when several) per model, data set, scheme and sigma.
+    """Accuracy under log-normal cell variation (the paper's Fig. 10): statistics over the replicates (training seed
+    x chip instance; at sigma 0 the training seeds alone, :func:`replicate_units`) per model, data set, scheme and
+    sigma.
 
     Columns: the group keys (``model``, ``dataset``, settings and ``schedule`` when they vary, ``scheme``,
-    ``weight_granularity``, ``psum_granularity``, ``sigma``), ``acc_mean``, ``acc_std``, ``n``. Empty unless the
-    evaluation runs cover more than one sigma (an ADC-noise sweep at sigma 0 alone is :func:`adc_noise_table`'s).
+    ``weight_granularity``, ``psum_granularity``, ``sigma``), then ``acc`` with its ``_std``, ``_n`` and 95%
+    interval columns. Empty unless the evaluation runs cover more than one sigma (an ADC-noise sweep at sigma 0
+    alone is :func:`adc_noise_table`'s).
     """
     evaluated = runs[runs["kind"] == "evaluate"]
     if evaluated["sigma"].nunique() < 2:
@@ -143,27 +374,25 @@ def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
         "psum_granularity",
         "sigma",
     ]
-    table = scheme_stats(evaluated, keys).rename(columns={"mean": "acc_mean", "std": "acc_std"})
-    table = table.sort_values(keys, key=_granularity_key, kind="stable")
+    table = summarize(evaluated, keys, ["acc"]).sort_values(keys, key=_granularity_key, kind="stable")
     return table.reset_index(drop=True)
 
 
 def adc_noise_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy under ADC noise, with and without noise-aware training: mean top-1 (%) of the evaluation runs without
-    cell variation (``sigma == 0``) over their noise seeds, one row per model, data set, scheme and training noise
-    (``train_noise_lsb``: 0 for plain training), one column ``noise=<n> LSB`` per evaluation noise ``noise_lsb``;
-    ``n``: the fewest runs behind a cell. Empty unless these runs cover more than one noise level.
+    """Accuracy under ADC noise, with and without noise-aware training: top-1 (%) of the evaluation runs without
+    cell variation (``sigma == 0``) over their noise seeds (each noisy evaluation is a replicate; the noise-free
+    one is one per training seed), one row per model, data set, scheme and training noise (``train_noise_lsb``: 0
+    for plain training), one column ``noise=<n> LSB`` per evaluation noise ``noise_lsb``, each with its ``_std``,
+    ``_n`` and 95% interval columns. Empty unless these runs cover more than one noise level.
     """
     evaluated = runs[(runs["kind"] == "evaluate") & (runs["sigma"] == 0)]
     if evaluated["noise_lsb"].nunique() < 2:
         return pd.DataFrame()
     settings = varying(evaluated, [*SETTING_COLUMNS, "schedule", "train_sigma"])
     keys = [*PANEL_KEYS, *settings, "scheme", "weight_granularity", "psum_granularity", "train_noise_lsb"]
-    stats = scheme_stats(evaluated, [*keys, "noise_lsb"])
-    table = stats.pivot(index=keys, columns="noise_lsb", values="mean")
-    table.columns = [f"noise={level:g} LSB" for level in table.columns]
-    table["n"] = stats.groupby(keys, dropna=False)["n"].min()
-    table = table.reset_index().sort_values(keys, key=_granularity_key, kind="stable")
+    summary = summarize(evaluated, [*keys, "noise_lsb"], ["acc"]).sort_values("noise_lsb", kind="stable")
+    table = _side_by_side(summary, keys, "noise_lsb", "acc", name=lambda level: f"noise={level:g} LSB")
+    table = table.sort_values(keys, key=_granularity_key, kind="stable")
     return table.reset_index(drop=True)
 
 
@@ -178,7 +407,8 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
     :data:`ENERGY_REFERENCE` when it is in the panel, else the panel's costliest configuration.
 
     Columns: the group keys (``model``, ``dataset``, settings and conditions that vary, ``adc_bits``, ``scheme``,
-    ``weight_granularity``, ``psum_granularity``), ``acc`` (mean top-1 %), ``n``, ``adc_energy_nj``,
+    ``weight_granularity``, ``psum_granularity``), ``acc`` (mean top-1 %) with its ``_std``, ``_n`` and 95%
+    interval columns, ``adc_energy_nj``,
     ``energy_rel`` (x the reference's energy), ``acc_delta`` (points against the reference), ``reference`` (the
     reference's scheme and ADC bits) and ``pareto`` (no configuration of the panel is as cheap or cheaper and more
     accurate). Sorted by panel, then energy. Empty without such runs.
@@ -193,7 +423,7 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
     panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
     settings = [c for c in varying(costed, SETTING_COLUMNS) if c != "adc_bits"]
     keys = [*panel_keys, *settings, "adc_bits", "scheme", "weight_granularity", "psum_granularity"]
-    points = scheme_stats(costed, keys, x="adc_energy_nj").rename(columns={"mean": "acc", "x": "adc_energy_nj"})
+    points = summarize(costed, keys, ["acc", "adc_energy_nj"]).drop(columns=estimate_columns("adc_energy_nj")[1:])
     panels = []
     for _, panel in points.groupby(panel_keys, dropna=False, sort=False):
         is_reference = pd.Series(True, index=panel.index)
@@ -206,18 +436,19 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
             reference=f"{reference['scheme']}, {reference['adc_bits']}-bit ADC",
             pareto=pareto_front(panel["adc_energy_nj"], panel["acc"]),
         )
-        panels.append(panel.drop(columns=["std"]))
+        panels.append(panel)
     table = pd.concat(panels).sort_values([*panel_keys, "adc_energy_nj"], kind="stable")
     return table.reset_index(drop=True)
 
 
 def clip_rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     """ADC clip rate (% of conversions that saturate at ``adc_min`` / ``adc_max``) per CIM layer, from the last
-    validation epoch of each training run that recorded partial-sum telemetry; seeds averaged. The mechanism behind
+    validation epoch of each training run that recorded partial-sum telemetry, over seeds. The mechanism behind
     the paper's Fig. 6: one coarse ADC step must cover columns of very different partial-sum ranges.
 
     Long form: ``model``, ``dataset``, the settings and conditions that vary, ``scheme``, ``weight_granularity``,
-    ``psum_granularity``, ``layer_index`` (network order), ``layer``, ``clip_rate_pct``. Empty without telemetry.
+    ``psum_granularity``, ``layer_index`` (network order), ``layer``, ``clip_rate_pct`` with its ``_std``, ``_n``
+    and 95% interval columns. Empty without telemetry.
     """
     if LAYER_CLIP_KEY not in runs:
         return pd.DataFrame()
@@ -228,13 +459,14 @@ def clip_rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     keys = [*PANEL_KEYS, *varying(train, [*SETTING_COLUMNS, *CONDITION_COLUMNS]), "scheme"]
     keys += ["weight_granularity", "psum_granularity"]
     rows = [
-        {**{k: run[k] for k in keys}, "layer_index": i, "layer": layer, "clip_rate_pct": 100.0 * rate}
+        {**{k: run[k] for k in [*keys, "kind", "seed", "train_seed"]}, "layer_index": i, "layer": layer}
+        | {"clip_rate_pct": 100.0 * rate}
         for _, run in train.iterrows()
         for i, (layer, rate) in enumerate(json.loads(run[LAYER_CLIP_KEY]).items())
     ]
     long = pd.DataFrame(rows)
-    table = long.groupby([*keys, "layer_index", "layer"], dropna=False, sort=False)["clip_rate_pct"].mean()
-    table = table.reset_index().sort_values([*keys, "layer_index"], key=_granularity_key, kind="stable")
+    table = summarize(long, [*keys, "layer_index", "layer"], ["clip_rate_pct"])
+    table = table.sort_values([*keys, "layer_index"], key=_granularity_key, kind="stable")
     return table.reset_index(drop=True)
 
 
@@ -242,8 +474,9 @@ def history_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Training curves in long form: one row per training run and validated epoch.
 
     Columns: ``run_dir``, ``model``, ``dataset``, ``scheme``, ``weight_granularity``, ``psum_granularity``,
-    ``schedule``, the settings, ``seed``, then ``epoch``, ``cum_train_time_s`` (training time so far, validation
-    excluded) and ``acc`` (top-1 %). Needs the runs table as :func:`collect` returns it (with its history column).
+    ``schedule``, ``stage1_epochs``, the settings, ``seed``, then ``epoch``, ``cum_train_time_s`` (training time so
+    far, validation excluded) and ``acc`` (top-1 %). Needs the runs table as :func:`collect` returns it (with its
+    history column).
     """
     run_columns = [
         "run_dir",
@@ -252,6 +485,7 @@ def history_table(runs: pd.DataFrame) -> pd.DataFrame:
         "weight_granularity",
         "psum_granularity",
         "schedule",
+        "stage1_epochs",
         *SETTING_COLUMNS,
         "seed",
     ]
@@ -259,7 +493,7 @@ def history_table(runs: pd.DataFrame) -> pd.DataFrame:
     if HISTORY_KEY not in train:
         return pd.DataFrame(columns=[*run_columns, *HISTORY_COLUMNS])
     points = [
-        {**{c: run[c] for c in run_columns}, **point}
+        {**{c: run.get(c) for c in run_columns}, **point}
         for _, run in train.iterrows()
         for point in (run[HISTORY_KEY] if isinstance(run[HISTORY_KEY], list) else [])
     ]
@@ -279,21 +513,58 @@ def curve_labels(history: pd.DataFrame) -> pd.Series:
     return labels
 
 
+CURVE_COLUMNS = ("curve", *PANEL_KEYS, "schedule", "epoch", "cum_train_time_s", *estimate_columns("acc"))
+
+
+def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
+    """Training curves over seeds: one curve per configuration of :func:`history_table`'s runs, per epoch the
+    accuracy over its seeds (``acc`` with its ``_std``, ``_n`` and 95% interval columns) and their mean cumulative
+    training time ``cum_train_time_s``.
+
+    ``curve`` labels a configuration: scheme and schedule, plus the settings (and the two-stage switch epoch) that
+    differ between the curves of one model and data set. Columns: :data:`CURVE_COLUMNS`.
+    """
+    if history.empty:
+        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+    history = history.assign(curve=_configuration_labels(history))
+    keys = ["curve", *PANEL_KEYS, "schedule", "epoch"]
+    table = summarize(history, keys, ["acc", "cum_train_time_s"]).drop(columns=estimate_columns("cum_train_time_s")[1:])
+    return table[list(CURVE_COLUMNS)]
+
+
+def _configuration_labels(history: pd.DataFrame) -> pd.Series:
+    """The :func:`mean_curves` label of each row of ``history``."""
+    labels = pd.Series("", index=history.index, dtype=object)
+    for _, panel in history.groupby(list(PANEL_KEYS), dropna=False, sort=False):
+        extra = varying(panel, SETTING_COLUMNS)
+        two_stage = panel[panel["schedule"] == "two_stage"]
+        if "stage1_epochs" in panel and two_stage["stage1_epochs"].nunique() > 1:
+            extra.append("stage1_epochs")
+        text = panel["scheme"].astype(str) + ", " + panel["schedule"].astype(str).str.replace("_", "-")
+        for column in extra:
+            text = text + f", {column}=" + panel[column].astype(str)
+        labels[panel.index] = text
+    return labels
+
+
 def time_to_accuracy_table(history: pd.DataFrame) -> pd.DataFrame:
-    """For each pair of training curves of the same model and data set: the time each needs to reach the lower of
-    their two best accuracies (the paper's Fig. 9 marks), and how much less the faster one needs.
+    """For each pair of training curves (:func:`mean_curves`, seeds averaged per epoch) of the same model and data
+    set: the time each needs to reach the lower of their two best accuracies (the paper's Fig. 9 marks), and how
+    much less the faster one needs.
 
     The curve with the higher best reaches the other's best accuracy at ``time_a_min`` / ``time_b_min``; the other
     curve reaches it at its own best epoch. Times are cumulative training time (validation excluded) in minutes.
 
-    Columns: ``model``, ``dataset``, ``curve_a``, ``curve_b``, ``best_a``, ``best_b``, ``target_acc``,
-    ``epoch_a``, ``epoch_b``, ``time_a_min``, ``time_b_min``, ``faster``, ``time_saved_pct``
-    (``100 * (1 - faster / slower)``). Empty with fewer than two curves.
+    Columns: ``model``, ``dataset``, ``curve_a``, ``curve_b``, ``n_a``, ``n_b`` (seeds behind each curve),
+    ``best_a``, ``best_b``, ``target_acc``, ``epoch_a``, ``epoch_b``, ``time_a_min``, ``time_b_min``, ``faster``,
+    ``time_saved_pct`` (``100 * (1 - faster / slower)``). Empty with fewer than two curves.
     """
     columns = [
         *PANEL_KEYS,
         "curve_a",
         "curve_b",
+        "n_a",
+        "n_b",
         "best_a",
         "best_b",
         "target_acc",
@@ -304,24 +575,24 @@ def time_to_accuracy_table(history: pd.DataFrame) -> pd.DataFrame:
         "faster",
         "time_saved_pct",
     ]
-    if history.empty:
-        return pd.DataFrame(columns=columns)
-    labels = curve_labels(history)
+    curves_table = mean_curves(history)
     rows = []
-    for panel_key, panel in history.groupby(list(PANEL_KEYS), dropna=False, sort=False):
-        curves = {run_dir: curve.sort_values("epoch") for run_dir, curve in panel.groupby("run_dir", sort=False)}
-        for (dir_a, a), (dir_b, b) in itertools.combinations(curves.items(), 2):
+    for panel_key, panel in curves_table.groupby(list(PANEL_KEYS), dropna=False, sort=False):
+        curves = {label: curve.sort_values("epoch") for label, curve in panel.groupby("curve", sort=False)}
+        for (label_a, a), (label_b, b) in itertools.combinations(curves.items(), 2):
             target = min(a["acc"].max(), b["acc"].max())
             (epoch_a, time_a), (epoch_b, time_b) = _first_reaching(a, target), _first_reaching(b, target)
             faster, saved = None, math.nan
             if time_a > 0 and time_b > 0:
-                faster = labels[dir_a] if time_a <= time_b else labels[dir_b]
+                faster = label_a if time_a <= time_b else label_b
                 saved = 100.0 * (1.0 - min(time_a, time_b) / max(time_a, time_b))
             rows.append(
                 [
                     *panel_key,
-                    labels[dir_a],
-                    labels[dir_b],
+                    label_a,
+                    label_b,
+                    int(a["acc_n"].max()),
+                    int(b["acc_n"].max()),
                     a["acc"].max(),
                     b["acc"].max(),
                     target,
@@ -375,30 +646,35 @@ def reference_table(sources: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def comparison_table(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Our mean training accuracy next to each reference number with the same model, data set and granularities.
+    """Our training accuracy over seeds next to each reference number with the same model, data set and granularities.
 
     One row per reference entry of a model and data set we have training runs of, and per group of our runs
-    (schedule and settings, where they vary); ``acc`` and ``n`` are empty where we have no run of that scheme.
-    ``delta`` is ours minus the reference, in percentage points.
+    (schedule and settings, where they vary); ``acc`` (mean) with its ``_std``, ``_n`` and 95% interval columns,
+    empty where we have no run of that scheme. ``delta`` is our mean minus the reference, in percentage points.
     """
     keys = [*PANEL_KEYS, "weight_granularity", "psum_granularity"]
     train = train_runs(runs)
     if reference.empty or train.empty:
         return pd.DataFrame()
     quantized = train[train["weight_granularity"] != FLOAT]
-    ours = scheme_stats(train, [*keys, *varying(quantized, ["schedule", *SETTING_COLUMNS])])
+    ours = summarize(train, [*keys, *varying(quantized, ["schedule", *SETTING_COLUMNS])], ["acc"])
     reference = reference.merge(train[list(PANEL_KEYS)].drop_duplicates(), on=list(PANEL_KEYS))
-    table = reference.rename(columns={"acc": "reference_acc"}).merge(ours.drop(columns="std"), on=keys, how="left")
-    table = table.rename(columns={"mean": "acc"}).astype({"n": "Int64"})
+    table = reference.rename(columns={"acc": "reference_acc"}).merge(ours, on=keys, how="left")
+    table = table.astype({"acc_n": "Int64"})
     table["delta"] = table["acc"] - table["reference_acc"]
     order = [c for c in table.columns if c not in ("reference_acc", "source")] + ["reference_acc", "source"]
     return table[order]
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured Markdown table; floats with ``digits`` decimals, empty cells for missing values."""
+    """A GitHub-flavoured Markdown table; floats with ``digits`` decimals, empty cells for missing values.
+
+    A mean column ``X`` with its :data:`ESTIMATE_SUFFIXES` companions becomes one cell ``mean ± std (n=k) [low,
+    high]`` (95% interval), or ``mean (n=1)``; a ``difference`` is signed.
+    """
     if table.empty:
         return "_(no rows)_\n"
+    shown = _estimates_as_text(table, digits)
 
     def cell(value: object) -> str:
         if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -407,13 +683,35 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
             return f"{value:.{digits}f}"
         return str(value).replace("|", "\\|")
 
-    header = [str(c) for c in table.columns]
+    header = [str(c) for c in shown.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
+def _estimates_as_text(table: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """``table`` with each complete set of estimate columns replaced by one text column."""
+    names = [
+        c
+        for c in table.columns
+        if isinstance(c, str) and all(f"{c}{suffix}" in table.columns for suffix in ESTIMATE_SUFFIXES)
+    ]
+    if not names:
+        return table
+    shown = table.copy()
+    for name in names:
+        columns = estimate_columns(name)
+        shown[name] = [
+            stats.format_estimate(*row, digits=digits, signed=name == "difference", label_ci=False)
+            for row in table[columns].itertuples(index=False)
+        ]
+        shown = shown.drop(columns=columns[1:])
+    return shown
+
+
 def _granularity_key(column: pd.Series) -> pd.Series:
+    if column.name == "kind":
+        return column.map({"train": 0, "evaluate": 1})
     if column.name in ("weight_granularity", "psum_granularity"):
         return column.map(granularity_rank)
     if column.name == "scheme":
