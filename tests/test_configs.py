@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def test_option_composes_resolves_and_instantiates(
         assert datamodule.num_classes == {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "synthetic": 10}[option]
     if group in CIM_SETTING_GROUPS or group in ("model", "experiment"):
         layer = instantiate(cfg.cim)(16, 32, 3, padding=1)
-        if option == "none":
+        if cfg.cim._target_ == "torch.nn.Conv2d":
             assert type(layer) is nn.Conv2d
         else:
             _assert_layer_matches_config(layer, cfg)
@@ -62,7 +63,7 @@ def test_option_composes_resolves_and_instantiates(
             torch.save(resnet20(num_classes=num_classes).state_dict(), tmp_path / "float.pt")
             cfg.model.init_from = str(tmp_path / "float.pt")
         net = build_net(cfg, num_classes)
-        assert any(True for _ in cim_layers(net))
+        assert any(True for _ in cim_layers(net)) == (cfg.cim._target_ != "torch.nn.Conv2d")
         assert [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features == num_classes
     if group == "schedule":
         schedule = instantiate(cfg.schedule)
@@ -162,6 +163,12 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
     quick = make_cfg(["experiment=quick"])
     assert quick.trainer.max_epochs == 1 and quick.trainer.accelerator == "cpu"
     assert quick.model.init_from.endswith("resnet20_cifar10_float.pt")
+    float_ = make_cfg(["experiment=float_resnet20_cifar10"])
+    assert float_.cim._target_ == "torch.nn.Conv2d" and float_.loss.label_smoothing == 0.1
+    assert float_.scheduler._target_.endswith("OneCycleLR") and float_.scheduler.max_lr == float_.optimizer.lr
+    authors = make_cfg(["experiment=authors_resnet20_cifar10"])
+    assert (authors.optimizer.lr, authors.optimizer.weight_decay, authors.data.batch_size) == (0.01, 3e-3, 256)
+    assert list(authors.no_weight_decay) == [] and authors.scheduler.T_max == 70 * math.ceil(50_000 / 256)
 
 
 @pytest.mark.parametrize(
@@ -172,13 +179,33 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["cim=none", "granularity.psum=row"], ValueError, ["granularity.psum", "layer, array, column"]),
         (["cim.adc_bits=0"], ValueError, ["adc_bits", "valid"]),
         (["cim.weight_encoding=ones"], ValueError, ["ones", "twos_complement"]),
+        (["loss.label_smoothing=1.5"], ValueError, ["loss.label_smoothing=1.5", "[0, 1)"]),
+        (["no_weight_decay=[bn]"], ValueError, ["'bn'", "steps, norms, biases"]),
         (["schedule=two_stage", "trainer.max_epochs=100"], ValueError, ["stage1_epochs=100", "max_epochs=100"]),
         (["model.init_from=/nonexistent/float.ckpt"], FileNotFoundError, ["/nonexistent/float.ckpt", "init_from"]),
         (["model.kernels=fast"], ValueError, ["model.kernels", "fast", "auto, compiled, eager"]),
+        (["calibration.psum=prc"], ValueError, ["calibration.psum", "'prc'", "max, percentile, lsq, mse"]),
+        (["calibration.weight=percentile"], ValueError, ["calibration.weight", "'percentile'", "max, lsq, mse"]),
+        (["calibration.percentile=0"], ValueError, ["calibration.percentile=0", "(0, 100]"]),
+        (["calibration.batches=0"], ValueError, ["calibration.batches=0", "an integer >= 1"]),
+        (["calibration.bn_batches=-1"], ValueError, ["calibration.bn_batches=-1", "an integer >= 0"]),
         (["optimizer.lr=abc"], ValueError, ["optimizer", "'lr': 'abc'"]),
         (["optimizer.momentum=-1"], ValueError, ["'momentum': -1", "Invalid momentum value: -1"]),
         (["scheduler.eta_min=x"], ValueError, ["scheduler", "'eta_min': 'x'"]),
         (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),
+        (["checkpoint.every_minutes=0"], ValueError, ["checkpoint.every_minutes=0", "a number > 0, or null"]),
+        (["checkpoint.every_n_steps=2.5"], ValueError, ["checkpoint.every_n_steps=2.5", "an integer >= 1, or null"]),
+        (["cell.bits=5"], ValueError, ["cell_bits=5", "w_bits=4", "1..4"]),
+        (["data.batch_size=abc"], ValueError, ["`data`", "batch_size='abc'", "an integer >= 1"]),
+        (["data.eval_batch_size=0"], ValueError, ["eval_batch_size=0", "an integer >= 1 or null"]),
+        (["data.num_workers=-1"], ValueError, ["num_workers=-1", "an integer >= 0"]),
+        (["data.num_workers=two"], ValueError, ["num_workers='two'", "an integer >= 0"]),
+        (["data.train_subset=60000"], ValueError, ["train_subset=60000", "[1, 50000] or null"]),
+        (["data.val_subset=0"], ValueError, ["val_subset=0", "[1, 10000] or null"]),
+        (["data=synthetic", "data.val_subset=1000"], ValueError, ["val_subset=1000", "[1, 128]"]),
+        (["data=cifar100", "data.augment=maybe"], ValueError, ["augment='maybe'", "true, false"]),
+        (["data.download=yes"], ValueError, ["download='yes'", "true, false"]),
+        (["data=imagenet", "data.num_classes=0"], ValueError, ["num_classes=0", "an integer >= 1"]),
     ],
 )
 def test_validate_config_names_the_bad_value(make_cfg, overrides, error, words) -> None:
@@ -204,6 +231,15 @@ def test_two_stage_is_fine_with_enough_epochs_or_without_psum_quant(make_cfg) ->
     validate_config(make_cfg(["schedule=two_stage", "trainer.max_epochs=101"]))
     validate_config(make_cfg(["schedule=two_stage", "trainer.max_epochs=1", "granularity.psum_quant=false"]))
     validate_config(make_cfg(["schedule=two_stage", "debug=fdr"]))
+
+
+def test_three_bit_cells_are_a_valid_setting(make_cfg) -> None:
+    """cell.bits=3 with 4-bit weights: 1 + 3 bits, the MSB cell holding the sign bit (README: bit slicing)."""
+    cfg = make_cfg(["cell.bits=3"])
+    validate_config(cfg)
+    layer = instantiate(cfg.cim)(16, 16, 3, padding=1)
+    assert layer.mapping.n_splits == 2 and layer.split_shift.tolist() == [-8, 1]
+    assert layer.adc_min.tolist() == [[0, 0]] and layer.adc_max.tolist() == [[15, 15]]
 
 
 def test_run_directories_say_what_ran() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -10,19 +11,22 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from torch import nn
 from torch.utils.data import DataLoader
 
+import cimexp.module
 import cimexp.train
 from cimexp.callbacks import QATSchedule
-from cimexp.cim import CIMConv2d, cim_layers
+from cimexp.cim import Calibration, CIMConv2d, cim_layers
 from cimexp.data import BatchTransform, SyntheticDataModule
 from cimexp.models import resnet20
-from cimexp.module import ImageClassifier, weight_decay_split
+from cimexp.module import ImageClassifier, build_scheduler, weight_decay_split
+from cimexp.results import finished_results
 from cimexp.train import build_net, train
-from cimexp.utils import finished_results
 
 STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
 
@@ -235,6 +239,40 @@ def test_no_weight_decay_on_step_sizes_norms_and_biases(make_cfg, tiny_data) -> 
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
 
 
+def test_no_weight_decay_lists_the_exempt_kinds(make_cfg, tiny_data) -> None:
+    net = build_net(make_cfg([*tiny_data]), 10)
+    decay, no_decay = weight_decay_split(net, ())
+    assert not no_decay and len(decay) == len(list(net.parameters()))
+    decay, no_decay = weight_decay_split(net, ("biases",))
+    assert no_decay and all(name.endswith("bias") for name in no_decay)
+    assert any(name.endswith("_step") for name in decay)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "given", "length"),
+    [
+        (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": None}, ("T_max", 40)),
+        (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 7}, ("T_max", 7)),
+        (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.1, "total_steps": None}, ("total_steps", 40)),
+        (torch.optim.lr_scheduler.OneCycleLR, {"max_lr": 0.1, "total_steps": 9}, ("total_steps", 9)),
+    ],
+)
+def test_scheduler_length_defaults_to_the_runs_steps(scheduler, given, length) -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    built = build_scheduler(functools.partial(scheduler, **given), optimizer, total_steps=40)
+    assert getattr(built, length[0]) == length[1]
+
+
+def test_label_smoothing_smooths_the_training_loss_only() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    images, labels = torch.randn(8, 3, 2, 2), torch.arange(8) % 4
+    module = ImageClassifier(net, optimizer=torch.optim.SGD, num_classes=4, label_smoothing=0.2)
+    module.log = lambda *args, **kwargs: None
+    module.trainer = SimpleNamespace(optimizers=[torch.optim.SGD(net.parameters(), lr=0.1)])
+    loss = module.training_step((images, labels), 0)
+    torch.testing.assert_close(loss, F.cross_entropy(net(images), labels, label_smoothing=0.2))
+
+
 def test_init_from_loads_float_weights_into_the_cim_model(make_cfg, tiny_data, tmp_path: Path) -> None:
     float_net = resnet20(num_classes=10)
     torch.save({"state_dict": {f"model.{k}": v for k, v in float_net.state_dict().items()}}, tmp_path / "f.ckpt")
@@ -258,6 +296,36 @@ def test_calibration_runs_where_the_model_is_not_on_the_trainers_device() -> Non
     layers = [layer for _, layer in cim_layers(module.model)]
     assert all(layer.act_step_ready and layer.psum_step_ready for layer in layers)
     assert all(p.device.type == "cpu" and bool(p.isfinite().all()) for p in module.model.parameters())
+
+
+def test_calibration_config_reaches_setup(make_cfg, tiny_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``calibration.*``: the methods, the training batches the steps are calibrated on (one forward pass over
+    them) and the batches of the BatchNorm re-estimation that ``ImageClassifier.setup`` then runs."""
+    overrides = ["calibration.weight=max", "calibration.psum=percentile", "calibration.percentile=99.9"]
+    cfg = make_cfg([*tiny_data, *overrides, "calibration.batches=2", "calibration.bn_batches=3"])
+    settings = cimexp.train.calibration_settings(cfg.calibration)
+    method = Calibration("max", "mse", "percentile", 99.9)
+    assert settings == {"calibration": method, "calibration_batches": 2, "bn_batches": 3}
+    module = ImageClassifier(_tiny_cim_net(), optimizer=torch.optim.SGD, **settings)
+    batches = [(torch.rand(4, 3, 8, 8) + i, torch.zeros(4, dtype=torch.long)) for i in range(4)]
+    module.trainer = SimpleNamespace(ckpt_path=None, datamodule=SimpleNamespace(train_dataloader=lambda: batches))
+    calls = []
+    calibrate = cimexp.module.calibrate
+    spy = lambda net, x, **kw: calls.append((x, kw)) or calibrate(net, x, **kw)  # noqa: E731
+    monkeypatch.setattr(cimexp.module, "calibrate", spy)
+
+    module.setup("fit")
+
+    ((inputs, kwargs),) = calls
+    assert torch.equal(inputs, torch.cat([batches[0][0], batches[1][0]])) and kwargs["method"] == method
+    assert all(layer.calibration == method for _, layer in cim_layers(module.model))
+    assert int(module.model.layer1[0].bn1.num_batches_tracked) == 3  # re-estimated on 3 batches
+
+
+def test_calibration_defaults_are_the_apis(make_cfg, tiny_data) -> None:
+    """conf/calibration/default.yaml and ``Calibration()`` agree: mse everywhere, one batch, no BN re-estimation."""
+    settings = cimexp.train.calibration_settings(make_cfg(tiny_data).calibration)
+    assert settings == {"calibration": Calibration(), "calibration_batches": 1, "bn_batches": 0}
 
 
 def test_model_compile_compiles_the_calibrated_network(run, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,10 @@
-"""The LightningModule: image classification with cross-entropy, SGD + cosine, top-1/top-5 accuracy."""
+"""The LightningModule: image classification with cross-entropy, SGD + a per-step schedule, top-1/top-5 accuracy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -11,10 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cimexp.cim import calibrate, cim_layers, telemetry_active
+from cimexp.cim import Calibration, calibrate, cim_layers, reestimate_batchnorm, set_calibration, telemetry_active
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
+
+NO_DECAY_KINDS = ("steps", "norms", "biases")
+"""Kinds of parameters that can be exempt from weight decay: quantizer step sizes (names ending in ``_step``),
+normalisation weights (the other 1-D parameters) and biases (names ending in ``bias``)."""
+
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -27,8 +34,10 @@ class ImageClassifier(L.LightningModule):
     (accuracies are fractions in [0, 1]). ``val/acc_best`` is saved in checkpoints, so it survives resuming; the
     checkpoint's ``state_dict`` holds only the network (``model.*``).
 
-    Before the first training step of a fresh run, the step sizes of the CIM layers are initialised from one
-    training batch (``cimexp.cim.calibrate``), so they never see the validation (= test) split and are set
+    Before the first training step of a fresh run, the step sizes of the CIM layers are initialised from the first
+    ``calibration_batches`` training batches as ``calibration`` says (``cimexp.cim.calibrate``), and with
+    ``bn_batches`` the BatchNorm statistics are then re-estimated through the quantized network
+    (``cimexp.cim.reestimate_batchnorm``). So they never see the validation (= test) split and are set
     before DDP wraps the model (the layer averages them over ranks). That happens in ``setup``, before Lightning
     moves the model to its device, so the batch goes where the model's parameters are (``self.device`` already
     names the target device there).
@@ -37,10 +46,20 @@ class ImageClassifier(L.LightningModule):
         model: the network, ``[B, C, H, W] -> [B, num_classes]`` logits. Held as ``self.model``, so checkpoint
             keys are ``model.<name>`` (what ``cimexp.models.load_float_weights`` reads).
         optimizer: factory ``optimizer(params) -> Optimizer``, e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``.
-            Step sizes (``*_step``), BatchNorm parameters and biases get ``weight_decay=0``.
-        scheduler: factory ``scheduler(optimizer, T_max=...) -> LRScheduler``, stepped every optimizer step;
-            a ``T_max`` of ``None`` (or none given) becomes the run's total number of optimizer steps.
+            The parameters of the kinds in ``no_weight_decay`` get ``weight_decay=0``.
+        scheduler: factory ``scheduler(optimizer, ...) -> LRScheduler``, stepped every optimizer step; its length
+            (``T_max`` of a cosine, ``total_steps`` of a one-cycle schedule), when ``None`` or not given, becomes
+            the run's total number of optimizer steps (:func:`build_scheduler`).
         num_classes: classes, for the accuracy metrics (top-5 becomes top-``num_classes`` below 5 classes).
+        no_weight_decay: kinds of parameters without weight decay (:data:`NO_DECAY_KINDS`, all by default:
+            step sizes, normalisation weights and biases); ``()`` decays every parameter.
+        label_smoothing: of the training loss (``F.cross_entropy``'s); the validation loss never smooths, so
+            ``val/loss`` stays comparable between recipes.
+        calibration: how the CIM layers' step sizes are initialised (a ``cimexp.cim.Calibration``, a mapping of
+            its fields, one method name, or ``None``: the defaults); also for steps initialised later (two-stage
+            QAT's ADC steps), in resumed runs too.
+        calibration_batches: training batches the steps are calibrated on (at most; concatenated).
+        bn_batches: training batches the BatchNorm statistics are re-estimated on after calibration; 0: none.
         config: the resolved run config, stored in the checkpoint's ``hyper_parameters`` (not logged from here).
         compile_mode: ``torch.compile`` the network with this mode (:data:`COMPILE_MODES`) once its step sizes are
             calibrated (``configure_model``, after ``setup``); ``None``: run it eagerly. Compilation happens on the
@@ -53,6 +72,11 @@ class ImageClassifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        no_weight_decay: Sequence[str] = NO_DECAY_KINDS,
+        calibration: Calibration | Mapping[str, Any] | str | None = None,
+        calibration_batches: int = 1,
+        bn_batches: int = 0,
         config: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ) -> None:
@@ -63,11 +87,16 @@ class ImageClassifier(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.label_smoothing = label_smoothing
+        self.no_weight_decay = tuple(no_weight_decay)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_acc_best = 0.0
         self.compile_mode = compile_mode
+        self.calibration = Calibration.parse(calibration)
+        self.calibration_batches = calibration_batches
+        self.bn_batches = bn_batches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compile_mode is not None and telemetry_active(self.model):
@@ -76,14 +105,16 @@ class ImageClassifier(L.LightningModule):
         return self.model(x)
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or self.trainer.ckpt_path is not None or not any(True for _ in cim_layers(self.model)):
+        if stage != "fit" or not any(True for _ in cim_layers(self.model)):
             return
+        set_calibration(self.model, self.calibration)  # for steps set later too, e.g. a resumed two-stage run's
         datamodule = self.trainer.datamodule
-        if datamodule is None:
+        if self.trainer.ckpt_path is not None or datamodule is None:
             return
-        images, _ = next(iter(datamodule.train_dataloader()))
+        n_batches = max(self.calibration_batches, self.bn_batches)
         model_device = next(self.model.parameters()).device
-        calibrate(self.model, images.to(model_device), weights=True)
+        batches = [images.to(model_device) for images, _ in itertools.islice(datamodule.train_dataloader(), n_batches)]
+        calibrate_network(self.model, batches, self.calibration, self.calibration_batches, self.bn_batches)
 
     def configure_model(self) -> None:
         # After setup's calibration, so that compiled graphs never contain the step initialisation branches.
@@ -93,7 +124,7 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -122,27 +153,68 @@ class ImageClassifier(L.LightningModule):
         self.val_acc_best = float(checkpoint.get("val_acc_best", 0.0))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = weight_decay_split(self.model)
+        decay, no_decay = weight_decay_split(self.model, self.no_weight_decay)
         optimizer = self.optimizer_factory(
             [{"params": list(decay.values())}, {"params": list(no_decay.values()), "weight_decay": 0.0}]
         )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        keywords = getattr(self.scheduler_factory, "keywords", {})
-        t_max = keywords.get("T_max") or int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, T_max=t_max)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def weight_decay_split(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:
-    """Trainable parameters by name: ``(with weight decay, without)``.
+def calibrate_network(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    calibration: Calibration | Mapping[str, Any] | str | None = None,
+    calibration_batches: int = 1,
+    bn_batches: int = 0,
+) -> None:
+    """Initialise the step sizes of ``model``'s CIM layers on the first ``calibration_batches`` image batches of
+    ``batches`` (``[B, C, H, W]`` each, on the model's device; one forward pass over all of them) as
+    ``calibration`` says (``cimexp.cim.calibrate``), then re-estimate its BatchNorm statistics on the first
+    ``bn_batches`` of them (``cimexp.cim.reestimate_batchnorm``; 0: keep them)."""
+    calibrate(model, torch.cat(list(batches[:calibration_batches])), weights=True, method=calibration)
+    if bn_batches:
+        reestimate_batchnorm(model, batches[:bn_batches])
 
-    Without: quantizer step sizes (names ending in ``_step``), BatchNorm weights/biases and biases (all 1-D).
-    """
+
+SCHEDULE_LENGTH_KEYS = ("T_max", "total_steps")
+"""Arguments that give a scheduler's length in steps: cosine annealing's ``T_max``, one-cycle's ``total_steps``."""
+
+
+def build_scheduler(
+    factory: SchedulerFactory, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``factory(optimizer)`` with its length argument (:data:`SCHEDULE_LENGTH_KEYS`) set to ``total_steps`` where
+    the factory leaves it ``None`` or unset; a length given in the config wins."""
+    target = getattr(factory, "func", factory)
+    accepted = inspect.signature(target).parameters
+    keywords = getattr(factory, "keywords", {})
+    length = {key: total_steps for key in SCHEDULE_LENGTH_KEYS if key in accepted and keywords.get(key) is None}
+    return factory(optimizer, **length)
+
+
+def parameter_kind(name: str, param: torch.Tensor) -> str:
+    """``"steps"``, ``"biases"``, ``"norms"`` (:data:`NO_DECAY_KINDS`) or ``"weights"`` (everything else)."""
+    if name.endswith("_step"):
+        return "steps"
+    if name.endswith("bias"):
+        return "biases"
+    return "norms" if param.ndim <= 1 else "weights"
+
+
+def weight_decay_split(
+    model: nn.Module, no_decay_kinds: Sequence[str] = NO_DECAY_KINDS
+) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:
+    """Trainable parameters by name: ``(with weight decay, without)``; without: those of ``no_decay_kinds``
+    (:func:`parameter_kind`). An unknown kind raises ``ValueError`` naming it."""
+    unknown = [kind for kind in no_decay_kinds if kind not in NO_DECAY_KINDS]
+    if unknown:
+        raise ValueError(f"invalid no_weight_decay entries {unknown}; valid choices: {', '.join(NO_DECAY_KINDS)}")
     decay: dict[str, nn.Parameter] = {}
     no_decay: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            exempt = name.endswith("_step") or param.ndim <= 1
-            (no_decay if exempt else decay)[name] = param
+            (no_decay if parameter_kind(name, param) in no_decay_kinds else decay)[name] = param
     return decay, no_decay

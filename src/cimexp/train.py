@@ -25,17 +25,33 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, ResultsWriter
-from cimexp.cim import ADCErrors, Granularity, cim_layers, cim_summary, set_adc_errors, set_kernels
+from cimexp.callbacks import (
+    EpochTimer,
+    PsumTelemetry,
+    QATSchedule,
+    RecoveryCheckpoint,
+    ResultsWriter,
+    check_checkpoint_intervals,
+)
+from cimexp.cim import (
+    ADCErrors,
+    Calibration,
+    Granularity,
+    VariationLevel,
+    cim_layers,
+    cim_summary,
+    set_adc_errors,
+    set_kernels,
+)
 from cimexp.cim.cost import CostModel
 from cimexp.cim.quant import KERNEL_MODES
-from cimexp.files import atomic_write_json
+from cimexp.files import atomic_write_json, read_checkpoint
 from cimexp.models import load_float_weights
-from cimexp.module import COMPILE_MODES, ImageClassifier
+from cimexp.module import COMPILE_MODES, NO_DECAY_KINDS, ImageClassifier, build_scheduler
+from cimexp.results import hashed_config, make_record, reusable_results
 from cimexp.utils import (
     CHECKOUT_DIR,
     finish_wandb,
-    finished_results,
     git_state,
     register_resolvers,
     resolve_ckpt_path,
@@ -58,7 +74,8 @@ def validate_config(cfg: DictConfig) -> None:
 
     Hydra already rejects unknown group options (``model=resnet21``) and unknown keys. This checks values:
     the granularities, every CIM layer setting (by building one small layer with the configured factory, so the
-    layer's own checks apply), the two-stage schedule length, and that referenced files exist.
+    layer's own checks apply), the data module's arguments (by building it: it reads no file before ``setup``),
+    the two-stage schedule length, and that referenced files exist.
 
     Raises:
         ValueError: a bad value; the message names it and the valid choices.
@@ -66,7 +83,14 @@ def validate_config(cfg: DictConfig) -> None:
     """
     for key in ("weight", "psum"):
         Granularity.parse(cfg.granularity[key], f"granularity.{key}")
+    VariationLevel.parse(cfg.variation.level, "variation.level")
+    calibration_settings(cfg.calibration)
     _check_choice("model.kernels", cfg.model.get("kernels", "auto"), KERNEL_MODES)
+    for kind in cfg.no_weight_decay:
+        _check_choice("no_weight_decay entry", kind, NO_DECAY_KINDS)
+    smoothing = cfg.loss.label_smoothing
+    if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"invalid loss.label_smoothing={smoothing!r}; valid: a number in [0, 1)")
     _check_choice("model.compile_mode", cfg.model.get("compile_mode", "default"), COMPILE_MODES)
     CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
     adc_errors(cfg.adc)
@@ -74,10 +98,14 @@ def validate_config(cfg: DictConfig) -> None:
         instantiate(cfg.cim)(8, 8, 3, padding=1)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
+    try:  # the data module checks its arguments when built (batch sizes, workers, subsets against split sizes)
+        instantiate(cfg.data, _partial_=True)()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid data settings (the `data` config node): {error}") from error
     try:  # the optimizer and scheduler check their own arguments: build them on one parameter
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
         if cfg.get("scheduler"):
-            scheduler = instantiate(cfg.scheduler)(optimizer, T_max=cfg.scheduler.get("T_max") or 1)
+            scheduler = build_scheduler(instantiate(cfg.scheduler), optimizer, total_steps=2)
             optimizer.step()  # no gradient: changes nothing; some schedulers check their values only when stepped
             scheduler.step()
     except (ValueError, TypeError) as error:
@@ -99,6 +127,8 @@ def validate_config(cfg: DictConfig) -> None:
             "otherwise stage 2 (partial-sum quantization) never starts. Lower schedule.stage1_epochs, "
             "raise trainer.max_epochs, or use schedule=one_stage."
         )
+
+    check_checkpoint_intervals(cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps)
 
     init_from = cfg.model.get("init_from")
     if init_from is not None and not Path(init_from).is_file():
@@ -144,6 +174,19 @@ def adc_errors(adc: DictConfig) -> ADCErrors:
     return ADCErrors(**{name: adc[name] for name in ADCErrors.__dataclass_fields__})
 
 
+def calibration_settings(calibration: DictConfig) -> dict[str, Any]:
+    """The step-size calibration of a ``calibration`` config node (``conf/calibration/``) as ``ImageClassifier``
+    keyword arguments: ``calibration`` (a :class:`~cimexp.cim.Calibration`), ``calibration_batches`` and
+    ``bn_batches``. A bad value raises ``ValueError`` naming it and the valid choices."""
+    settings = {key: value for key, value in calibration.items() if key not in ("batches", "bn_batches")}
+    batches, bn_batches = calibration.batches, calibration.bn_batches
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"invalid calibration.batches={batches!r}; valid values: an integer >= 1")
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
+        raise ValueError(f"invalid calibration.bn_batches={bn_batches!r}; valid values: an integer >= 0 (0: off)")
+    return {"calibration": Calibration.parse(settings), "calibration_batches": batches, "bn_batches": bn_batches}
+
+
 RUN_KEYS = ("init_from", "compile", "compile_mode", "kernels")
 """Keys of the ``model`` node that say how the network is run, not how it is built."""
 
@@ -165,10 +208,12 @@ def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train and validate as configured; write checkpoints, the resolved config, git state and results.json.
 
-    A run directory that already holds results from a finished run is not trained again (a re-launched sweep
-    skips its finished jobs), and one with a ``checkpoints/last.ckpt`` but unfinished results resumes from it (a
-    killed or requeued job continues). Both only when ``ckpt_path`` is unset: an explicit ``ckpt_path`` always
-    trains, e.g. ``hydra.run.dir=<run dir> ckpt_path=last trainer.max_epochs=<more>`` continues a finished run.
+    A run directory that already holds results from a finished run of the same config is not trained again (a
+    re-launched sweep skips its finished jobs; "same": :func:`cimexp.results.reusable_results`, which refuses a
+    finished run of another config with :class:`cimexp.results.StaleRunError`), and one with a
+    ``checkpoints/last.ckpt`` but unfinished results resumes from it (a killed or requeued job continues). Both
+    only when ``ckpt_path`` is unset: an explicit ``ckpt_path`` always trains, e.g. ``hydra.run.dir=<run dir>
+    ckpt_path=last trainer.max_epochs=<more>`` continues a finished run.
 
     Args:
         cfg: a config composed from ``conf/train.yaml``; Hydra's runtime config must be set (it is under
@@ -180,9 +225,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``results``). For a finished run directory: the stored ``final`` metrics, and ``cfg`` and ``results`` only.
     """
     output_dir = Path(cfg.paths.output_dir)
+    config = resolved_config(cfg)
+    files = {"model.init_from": cfg.model.get("init_from")}
+    hashed = hashed_config(config, files)
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None:
-        done = finished_results(output_dir, kind="train")
+        done = reusable_results(output_dir, "train", config, files)
         if done is not None:
             print(f"[cimexp] finished before, not trained again: {output_dir}/results.json", flush=True)
             return done["final"], {"cfg": cfg, "results": done}
@@ -195,7 +243,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         L.seed_everything(cfg.seed, workers=True)
 
     ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
-    config = resolved_config(cfg)
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # a file whose unpickling would run code is refused here, naming it
     git = git_state()
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +259,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         num_classes=datamodule.num_classes,
+        label_smoothing=cfg.loss.label_smoothing,
+        no_weight_decay=cfg.no_weight_decay,
+        **calibration_settings(cfg.calibration),
         config=config,
         compile_mode=cfg.model.compile_mode if cfg.model.get("compile") else None,
     )
@@ -223,13 +275,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         start = time.perf_counter()
         stopped: SystemExit | None = None
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit as exit_:  # Ctrl-C (Lightning exits after the KeyboardInterrupt) or SIGTERM
             stopped = exit_
         wall_time_s = time.perf_counter() - start
 
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        results = _results(cfg, config, git, trainer, module, datamodule, metrics, wall_time_s)
+        results = _results(cfg, config, git, trainer, module, datamodule, metrics, wall_time_s, hashed=hashed)
         if trainer.is_global_zero:
             writer = _find_callback(trainer, ResultsWriter)
             atomic_write_json(writer.path if writer else output_dir / "results.json", results)
@@ -274,55 +326,62 @@ def _results(
     datamodule: L.LightningDataModule,
     metrics: dict[str, float],
     wall_time_s: float,
+    *,
+    hashed: dict[str, Any],
 ) -> dict[str, Any]:
-    """The content of results.json."""
+    """The content of results.json (a ``train`` record of :mod:`cimexp.results`; ``hashed``: the run's
+    :func:`cimexp.results.hashed_config`)."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     choices = {k: v for k, v in (hydra_cfg.runtime.choices if hydra_cfg else {}).items() if "hydra" not in k}
     timer = _find_callback(trainer, EpochTimer)
     schedule = _find_callback(trainer, QATSchedule)
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    checkpoint = _find_callback(trainer, ModelCheckpoint)
     writer = _find_callback(trainer, ResultsWriter)
     telemetry = _find_callback(trainer, PsumTelemetry)
     history = writer.history if writer is not None else []
     best = max(history, key=lambda r: r.get("val/acc", float("-inf")), default=None)
     model = module.model
     is_cim = any(True for _ in cim_layers(model))
-    return {
-        "kind": "train",
-        "status": run_status(trainer.interrupted, metrics),
-        "run_name": run_name(),
-        "sweep_group": sweep_group(),
-        "run_dir": str(Path(cfg.paths.output_dir).resolve()),
-        "overrides": list(hydra_cfg.overrides.task) if hydra_cfg else [],
-        "choices": choices,
-        "git": git,
-        "model": choices.get("model", config["model"]["_target_"]),
-        "data": choices.get("data", config["data"]["_target_"]),
-        "cim": cim_settings(config, model),
-        "schedule": schedule_summary(schedule),
-        "adc_errors": adc_errors(cfg.adc).to_dict(),
-        "variation": {"train_sigma": float(cfg.variation.train_sigma)},
-        "seed": cfg.seed,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "wall_time_s": wall_time_s,
-        "train_time_s": timer.train_cum_s if timer is not None else None,
-        "final": metrics,
-        "best": {
+    return make_record(
+        "train",
+        run_status(trainer.interrupted, metrics),
+        hashed,
+        run_name=run_name(),
+        sweep_group=sweep_group(),
+        run_dir=str(Path(cfg.paths.output_dir).resolve()),
+        overrides=list(hydra_cfg.overrides.task) if hydra_cfg else [],
+        choices=choices,
+        git=git,
+        model=choices.get("model", config["model"]["_target_"]),
+        data=choices.get("data", config["data"]["_target_"]),
+        cim=cim_settings(config, model),
+        schedule=schedule_summary(schedule),
+        adc_errors=adc_errors(cfg.adc).to_dict(),
+        variation={
+            "train_sigma": float(cfg.variation.train_sigma),
+            "level": VariationLevel.parse(cfg.variation.level).value,
+        },
+        seed=cfg.seed,
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        wall_time_s=wall_time_s,
+        train_time_s=timer.train_cum_s if timer is not None else None,
+        final=metrics,
+        best={
             "val/acc": module.val_acc_best,
             "epoch": best["epoch"] if best else None,
             "cum_train_time_s": best.get("cum_train_time_s") if best else None,
         },
-        "checkpoints": {
+        checkpoints={
             "best": (checkpoint.best_model_path or None) if checkpoint else None,
-            "last": (checkpoint.last_model_path or None) if checkpoint else None,
+            "last": _last_checkpoint(checkpoint, _find_callback(trainer, RecoveryCheckpoint)),
         },
-        "cim_summary": cim_summary(model, example_input(datamodule, model), CostModel.from_config(cfg.cost))
+        cim_summary=cim_summary(model, example_input(datamodule, model), CostModel.from_config(cfg.cost))
         if is_cim
         else None,
-        "psum_telemetry": telemetry.last if telemetry is not None and telemetry.last else None,
-        "history": history,
-    }
+        psum_telemetry=telemetry.last if telemetry is not None and telemetry.last else None,
+        history=history,
+    )
 
 
 def run_status(interrupted: bool, metrics: dict[str, float]) -> str:
@@ -379,16 +438,25 @@ def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, An
     return summary
 
 
+def _last_checkpoint(checkpoint: ModelCheckpoint | None, recovery: RecoveryCheckpoint | None) -> str | None:
+    """The newest resume checkpoint on disk: the epoch-end ``last.ckpt`` of ``checkpoint`` or the one ``recovery``
+    wrote inside an epoch or when the run was stopped (normally the same file)."""
+    written = [checkpoint.last_model_path if checkpoint else ""]
+    written.append(str(recovery.path) if recovery is not None and recovery.saved_step is not None else "")
+    on_disk = [Path(path) for path in written if path and Path(path).is_file()]
+    return str(max(on_disk, key=lambda path: path.stat().st_mtime)) if on_disk else None
+
+
 def _resume_hint(output_dir: Path, results: dict[str, Any]) -> str:
     """What a stopped run prints: where it stopped and the command that resumes it."""
     overrides = [o for o in results["overrides"] if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
     # The run directory holds '=' and ',': Hydra needs it quoted, inside the shell's quotes.
     command = " ".join(["python -m cimexp.train", *map(shlex.quote, overrides), f"\"hydra.run.dir='{output_dir}'\""])
-    epochs_done = len(results["history"])
-    if (output_dir / "checkpoints" / "last.ckpt").is_file():
-        start = f"it resumes from its checkpoint at the end of epoch {epochs_done - 1}"
+    last = results["checkpoints"]["last"]
+    if last is not None:
+        start = f"it resumes from its checkpoint {last}"
     else:
-        start = "it has no checkpoint yet (stopped in its first epoch), so this starts it again"
+        start = "it has no checkpoint yet (stopped before its first batch ended), so this starts it again"
     return (
         f"[cimexp] stopped at step {results['global_step']} (in epoch {results['epochs']}); results.json says "
         f'"interrupted". Launched again into the same directory, {start}:\n  {command}'
