@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -236,10 +237,21 @@ def test_two_stage_is_fine_with_enough_epochs_or_without_psum_quant(make_cfg) ->
 def test_three_bit_cells_are_a_valid_setting(make_cfg) -> None:
     """cell.bits=3 with 4-bit weights: 1 + 3 bits, the MSB cell holding the sign bit (README: bit slicing)."""
     cfg = make_cfg(["cell.bits=3"])
-    validate_config(cfg)
+    with pytest.warns(UserWarning, match="lone sign bit"):  # column-wise weight steps have not trained there
+        validate_config(cfg)
     layer = instantiate(cfg.cim)(16, 16, 3, padding=1)
     assert layer.mapping.n_splits == 2 and layer.split_shift.tolist() == [-8, 1]
     assert layer.adc_min.tolist() == [[0, 0]] and layer.adc_max.tolist() == [[15, 15]]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["cell.bits=2"], ["cell.bits=3", "cim.weight_encoding=differential"], ["cell.bits=3", "granularity.weight=layer"]],
+)
+def test_no_sign_bit_warning_where_column_steps_train(make_cfg, overrides) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lone sign bit")
+        validate_config(make_cfg(overrides))
 
 
 def test_run_directories_say_what_ran() -> None:

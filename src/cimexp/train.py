@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import shlex
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,9 +96,10 @@ def validate_config(cfg: DictConfig) -> None:
     CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
     adc_errors(cfg.adc)
     try:
-        instantiate(cfg.cim)(8, 8, 3, padding=1)
+        layer = instantiate(cfg.cim)(8, 8, 3, padding=1)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
+    _warn_sign_bit_cells(layer)
     try:  # the data module checks its arguments when built (batch sizes, workers, subsets against split sizes)
         instantiate(cfg.data, _partial_=True)()
     except (ValueError, TypeError) as error:
@@ -143,6 +145,21 @@ def validate_config(cfg: DictConfig) -> None:
             f"trainer strategy {trainer.strategy!r} with devices={trainer.devices} cannot run inside a Hydra "
             "multirun (-m): Lightning starts the other ranks by re-running the command line, which would rerun "
             "the whole sweep. Run the jobs one at a time, or set trainer.strategy=ddp_spawn."
+        )
+
+
+def _warn_sign_bit_cells(layer: torch.nn.Module) -> None:
+    """Warn about column-wise weight steps on a lone sign-bit top cell (1-bit cells, or 4-bit weights on 3-bit
+    cells, in two's complement): each split learns its own step there, the sign cell's step drifts away from the
+    others and fine-tuning has collapsed to chance in every run we made (README, "Cells whose top cell is a sign
+    bit"). Differential encoding or layer/array weight steps train."""
+    mapping = getattr(layer, "mapping", None)
+    if mapping is not None and mapping.sign_bit_msb and layer.weight_granularity is Granularity.COLUMN:
+        warnings.warn(
+            f"cell_bits={mapping.cell_bits} with {mapping.magnitude_bits}-bit two's-complement weights leaves a "
+            "lone sign bit in the top cell, and column-wise weight steps have not trained in that setting (accuracy "
+            "at chance after fine-tuning). Consider cim.weight_encoding=differential or granularity.weight=layer.",
+            stacklevel=2,
         )
 
 
