@@ -42,8 +42,7 @@ CONDITION_COLUMNS = ("schedule", "noise_lsb", "train_noise_lsb", "train_sigma")
 measurement (``noise_lsb``: the evaluation's, or for a training run the noise it trained and validated with), ADC
 noise during training (noise-aware training), variation-aware training sigma."""
 
-COLUMNS = (
-    "kind",
+SCHEME_COLUMNS = (
     "model",
     "dataset",
     "scheme",
@@ -52,6 +51,12 @@ COLUMNS = (
     "psum_quant",
     "schedule",
     "stage1_epochs",
+)
+"""What a run trained: network, data, quantization scheme and QAT schedule (the first columns of a runs table)."""
+
+COLUMNS = (
+    "kind",
+    *SCHEME_COLUMNS,
     *SETTING_COLUMNS,
     "acc",
     "acc_best",

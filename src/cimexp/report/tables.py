@@ -29,6 +29,7 @@ from cimexp.report.collect import (
     HISTORY_KEY,
     LAYER_CLIP_KEY,
     NO_PSQ,
+    SCHEME_COLUMNS,
     SETTING_COLUMNS,
     granularity_rank,
 )
@@ -81,14 +82,7 @@ ESTIMATE_SUFFIXES = ("_std", "_n", "_ci_low", "_ci_high")
 """Columns that follow a metric's mean (see the module docstring)."""
 
 CONFIGURATION_COLUMNS = (
-    "model",
-    "dataset",
-    "scheme",
-    "weight_granularity",
-    "psum_granularity",
-    "psum_quant",
-    "schedule",
-    "stage1_epochs",
+    *SCHEME_COLUMNS,
     *SETTING_COLUMNS,
     "epochs",
     "sigma",
