@@ -1,11 +1,11 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+.PHONY: help install test test-slow wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
 	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
 PYTHON ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
-# Extra command-line arguments, e.g. make train ARGS="granularity=kim trainer.max_epochs=1"
+# Extra command-line arguments, e.g. make train ARGS="granularity=layer_layer trainer.max_epochs=1"
 ARGS ?=
 # Preset of the paper's sweeps (experiments/sweep/<sweep>/<preset>.yaml): quick (2-core CPU, fine-tuning from the
 # float checkpoint) or full (the paper's recipe from scratch, GPUs), e.g. make granularity_grid PRESET=full
@@ -22,6 +22,9 @@ test: ## Fast test tier (what CI runs): unit tests, every config option, short t
 
 test-slow: ## Slow tier: debug profiles and real CIFAR-10 runs as subprocesses (CIFAR needs CIMEXP_DATA)
 	$(PYTHON) -m pytest -m slow
+
+wheel-smoke: ## Build the wheel, install it into a fresh venv, run the entry points from an empty directory (CI)
+	PYTHON=$(PYTHON) bash .ci/wheel_smoke
 
 train: ## Train ResNet-20 on CIFAR-10 with the paper's CIM settings; overrides in ARGS="..."
 	$(PYTHON) -m cimexp.train $(ARGS)
@@ -40,33 +43,33 @@ post_training: ## Post-training calibration table (no training): granularity pai
 	$(PYTHON) -m cimexp.post_training $(ARGS)
 
 granularity_grid: ## Fig. 7: weight x partial-sum granularity grid, w/o PSQ and float (PRESET=quick|full, ARGS=...)
-	$(PYTHON) -m cimexp.train -m +sweep=granularity_grid/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=granularity_grid/$(PRESET) $(ARGS)
 
 dequant: ## Fig. 8: accuracy vs dequantization ops: the granularity grid's runs (finished ones are not rerun)
-	$(PYTHON) -m cimexp.train -m +sweep=dequant/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=dequant/$(PRESET) $(ARGS)
 
 qat_schedules: ## Fig. 9: one- vs two-stage QAT, column/column and layer/column (accuracy vs training time)
-	$(PYTHON) -m cimexp.train -m +sweep=qat_schedules/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=qat_schedules/$(PRESET) $(ARGS)
 
 variation: ## Fig. 10: the grid's checkpoints under cell variation (python -m cimexp.evaluate; run the grid first)
-	$(PYTHON) -m cimexp.evaluate -m +sweep=variation/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.evaluate -m sweep=variation/$(PRESET) $(ARGS)
 
 imagenet_table3: ## Table III: the five schemes and float on ResNet-18/ImageNet (full scale only, GPUs)
-	$(PYTHON) -m cimexp.train -m +sweep=imagenet_table3/full $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=imagenet_table3/full $(ARGS)
 
 sweeps: granularity_grid qat_schedules variation ## All CIFAR sweeps of PRESET, in order (the grid before variation)
 
 adc_energy: ## Beyond the paper: accuracy vs ADC energy, adc_bits 2..5 x layer/layer, column/column (quick only)
-	$(PYTHON) -m cimexp.train -m +sweep=adc_energy/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=adc_energy/$(PRESET) $(ARGS)
 
 noise_aware: ## Beyond the paper: noise-aware training (adc.noise_lsb=0.5), layer/layer and column/column (quick)
-	$(PYTHON) -m cimexp.train -m +sweep=noise_aware/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=noise_aware/$(PRESET) $(ARGS)
 
 variation_aware: ## Beyond the paper: variation-aware training (variation.train_sigma=0.2) (quick)
-	$(PYTHON) -m cimexp.train -m +sweep=variation_aware/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.train -m sweep=variation_aware/$(PRESET) $(ARGS)
 
 adc_noise: ## Beyond the paper: plain vs noise-aware checkpoints under ADC noise (cimexp.evaluate; train both first)
-	$(PYTHON) -m cimexp.evaluate -m +sweep=adc_noise/$(PRESET) $(ARGS)
+	$(PYTHON) -m cimexp.evaluate -m sweep=adc_noise/$(PRESET) $(ARGS)
 
 gpu-check: ## Everything that needs a GPU, one summary table: cuda tests, bench (eager, CUDA graphs), paper-recipe epochs
 	$(PYTHON) .ci/gpu_check.py $(ARGS)

@@ -9,16 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from cimexp.train import CONF_DIR
+from cimexp.config import compose
 
 _TINY_DATA = [
     "data=synthetic",
@@ -48,9 +46,7 @@ def quiet() -> tuple[str, ...]:
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with ``overrides`` and set Hydra's runtime config, like ``@hydra.main``
     does; the run directory and the log directory are ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    cfg = compose(config_name, overrides, hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
@@ -60,21 +56,20 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
 
 
 @pytest.fixture
-def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg(overrides, subdir="run", config_name="train")`` -> a composed config writing into
     ``tmp_path / subdir`` (``config_name="evaluate"`` for ``cimexp.evaluate``)."""
 
     def _make(overrides: list[str], subdir: str = "run", config_name: str = "train") -> DictConfig:
         return compose_config(overrides, tmp_path / subdir, config_name)
 
-    yield _make
-    GlobalHydra.instance().clear()
+    return _make
 
 
 @pytest.fixture(scope="session")
 def compose_app() -> Callable[..., DictConfig]:
     """``compose_app(overrides, output_dir, config_name="train")``: ``make_cfg`` for any directory, usable from
-    module-scoped fixtures (clear ``GlobalHydra`` after use)."""
+    module-scoped fixtures."""
     return compose_config
 
 

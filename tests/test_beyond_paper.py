@@ -12,7 +12,8 @@ import torch
 
 from cimexp.callbacks import VariationAwareTraining
 from cimexp.cim import CIMConv2d, cim_layers
-from cimexp.train import train, validate_config
+from cimexp.config import validate_train as validate_config
+from cimexp.train import train
 
 
 @pytest.fixture

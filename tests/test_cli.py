@@ -14,23 +14,71 @@ def _output(result) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(
-    ("override", "words"),
-    [
-        ("granularity.weight=colum", ["granularity.weight", "'colum'", "layer, array, column"]),
-        ("model=resnet21", ["model/resnet21", "resnet18", "resnet20"]),
-        ("adc=9bit", ["adc/9bit", "1bit", "8bit"]),
-    ],
-)
-def test_bad_override_fails_before_training_listing_valid_choices(
+TYPOS = [
+    ("granularity.weight=colum", ["granularity.weight", "'colum'", "layer, array, column"]),
+    ("model=resnet21", ["model=resnet21", "resnet18, resnet20"]),
+    ("adc=9bit", ["adc=9bit", "1bit", "8bit"]),
+    ("cell.bits=5", ["cell_bits=5", "1..4"]),  # cell.bits=3 is a real setting (README: sign-bit cells)
+    ("array.size=7", ["array_size=7", ">= 9"]),
+    ("cim.adc_bits=3", ["cim.adc_bits", "adc.bits=3"]),  # one key per setting
+    ("adc.bitz=3", ["adc.bitz", "no such key", "bits, noise_lsb"]),
+    ("granularity=kim", ["granularity=kim", "layer_layer", "column_column"]),  # a name from before the rename
+]
+
+
+@pytest.mark.parametrize(("override", "words"), TYPOS, ids=[t[0] for t in TYPOS])
+def test_a_typo_gives_one_line_exit_code_2_and_leaves_nothing_on_disk(
     run_cli, tiny_data, tmp_path: Path, override: str, words
 ) -> None:
     result = run_cli([override, *tiny_data, "logger=csv"], cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2, _output(result)
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("cimexp-train: error: ")
     for word in words:
-        assert word in _output(result), _output(result)
-    assert "Epoch 0" not in _output(result)
-    assert not list(tmp_path.glob("logs/**/*.ckpt")) and not list(tmp_path.glob("logs/**/metrics.csv"))
+        assert word in line, line
+    assert list(tmp_path.iterdir()) == []  # no run directory, no log file
+
+
+def test_a_typo_in_one_job_of_a_multirun_stops_the_sweep_before_any_job(run_cli, tiny_data, tmp_path: Path) -> None:
+    result = run_cli(["-m", "seed=0,1", "granularity.weight=layer,colum", *tiny_data], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, _output(result)
+    (line,) = result.stderr.splitlines()
+    assert "granularity.weight=colum" in line and "layer, array, column" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "words"),
+    [
+        ("cimexp.evaluate", ["variation.sigma=0.1"], ["cimexp-evaluate: error:", "ckpt=<path> is required"]),
+        ("cimexp.evaluate", ["ckpt=x", "variation.levle=cell"], ["variation.levle", "no such key", "level"]),
+        ("cimexp.post_training", ["grid.weight=[colum]"], ["cimexp-post-training: error:", "'colum'"]),
+    ],
+)
+def test_every_hydra_entry_point_reports_typos_the_same_way(run_cli, tmp_path: Path, module, args, words) -> None:
+    result = run_cli(args, cwd=tmp_path, timeout=120, module=module)
+    assert result.returncode == 2, _output(result)
+    (line,) = result.stderr.splitlines()
+    for word in words:
+        assert word in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", ["cimexp.train", "cimexp.evaluate", "cimexp.post_training"])
+def test_help_lists_the_groups_the_sweeps_and_the_default_run(run_cli, tmp_path: Path, module: str) -> None:
+    result = run_cli(["--help"], cwd=tmp_path, timeout=120, module=module)
+    assert result.returncode == 0, _output(result)
+    out = result.stdout
+    assert out.startswith(f"usage: {module.replace('.', '-').replace('_', '-')} ")
+    assert "granularity_grid/quick" in out and "variation/quick" in out  # the sweeps
+    assert "_base" not in out and "trainer=default" not in out  # building blocks stay hidden
+    if module == "cimexp.train":
+        assert "200 epochs" in out and "50 hours" in out and "experiment=quick" in out
+        for group in ("experiment", "model", "data", "quant", "cell", "adc", "array", "granularity", "schedule"):
+            assert f"\n  {group} " in out, group
+        assert "column_column" in out and "layer_nopsq" in out and "float" in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_multirun_of_two_jobs(run_cli, tiny_data, quiet, tmp_path: Path) -> None:
@@ -55,7 +103,7 @@ def test_multirun_of_two_jobs(run_cli, tiny_data, quiet, tmp_path: Path) -> None
         (wandb_run,) = (job / "wandb").glob("offline-run-*")  # wandb.finish() after each job
         groups.add(results["sweep_group"])
     assert groups == {sweep_dir.name}  # the W&B group of both jobs
-    assert _output(result).count("[cimexp] resnet20/synthetic") == 2  # the one-line summary per job
+    assert _output(result).count("[cimexp.train][INFO] - resnet20/synthetic") == 2  # the one-line summary per job
 
 
 def test_ddp_sim_trains_with_two_cpu_processes(run_cli, tiny_data, quiet, tmp_path: Path) -> None:
@@ -65,7 +113,7 @@ def test_ddp_sim_trains_with_two_cpu_processes(run_cli, tiny_data, quiet, tmp_pa
     assert result.returncode == 0, _output(result)
     out = _output(result)
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in out
-    assert out.count("[cimexp]") == 1  # only rank 0 reports
+    assert out.count("[cimexp.train][INFO] - resnet20/") == 1  # only rank 0 reports
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == 2
@@ -244,7 +292,7 @@ def test_ctrl_c_and_sigterm_checkpoint_and_leave_an_interrupted_run_and_the_comm
     assert results["status"] == "interrupted" and 3 < results["global_step"] < STEPS_PER_EPOCH, output
     assert _saved_step(run_dir) == results["global_step"]  # written when the run stopped
     assert results["checkpoints"]["last"] == str(run_dir / "checkpoints" / "last.ckpt")
-    hint = output[output.index("[cimexp] stopped at step") :]
+    hint = output[output.index("stopped at step") :]
     assert f"stopped at step {results['global_step']}" in hint and "resumes from its checkpoint" in hint
     command = shlex.split(hint.splitlines()[1])
     assert command[:3] == ["python", "-m", "cimexp.train"]

@@ -16,21 +16,29 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, read_write
 from torch import nn
 
+from cimexp.build import build_net, instantiate_all
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import CIMConv2d, cim_layers
+from cimexp.config import DERIVED_CIM_KEYS, config_dir
+from cimexp.config import validate_train as validate_config
 from cimexp.models import resnet20
-from cimexp.train import CONF_DIR, _instantiate_all, build_net, validate_config
 from cimexp.utils import resolved_config, slug
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+CONF_DIR = config_dir()
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+OPTIONS = [
+    (group, path.stem)
+    for group in GROUPS
+    for path in sorted((CONF_DIR / group).glob("*.yaml"))
+    if not path.stem.startswith("_")  # building blocks of the other options (trainer/_base.yaml)
+]
 CIM_SETTING_GROUPS = ("quant", "array", "cell", "adc", "granularity", "cim")
 
 
 def test_every_group_is_in_the_defaults_list() -> None:
     defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
     listed = {next(iter(d)) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)}
-    assert set(GROUPS) == listed
+    assert set(GROUPS) == listed - {"sweep"}  # sweeps: experiments/sweep/, on the search path
     assert len(OPTIONS) >= 45
 
 
@@ -71,10 +79,10 @@ def test_option_composes_resolves_and_instantiates(
         assert isinstance(schedule, QATSchedule)
         assert schedule.two_stage == (option == "two_stage")
     if group == "callbacks":
-        callbacks = _instantiate_all(cfg.callbacks)
+        callbacks = instantiate_all(cfg.callbacks)
         assert callbacks and all(isinstance(cb, L.Callback) for cb in callbacks)
     if group == "logger":
-        loggers = _instantiate_all(cfg.logger)
+        loggers = instantiate_all(cfg.logger)
         assert len(loggers) == {"none": 0, "csv": 1, "wandb": 1, "many": 2}[option]
         for logger in loggers:  # inside the run directory
             assert Path(logger.save_dir).is_relative_to(tmp_path)
@@ -128,26 +136,46 @@ def test_quant_defaults_are_set_in_exactly_one_place() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "adc_bits"),
-    [(["adc=3bit"], 3), (["cim.adc_bits=3"], 3), (["adc=8bit", "cim.adc_bits=2"], 2), ([], 4)],
+    [(["adc=3bit"], 3), (["adc.bits=3"], 3), (["adc=8bit", "adc.bits=2"], 2), ([], 4)],
 )
-def test_adc_group_and_cim_key_both_set_the_layer(make_cfg, overrides: list[str], adc_bits: int) -> None:
+def test_the_adc_preset_and_the_adc_key_set_one_setting(make_cfg, overrides: list[str], adc_bits: int) -> None:
     cfg = make_cfg(overrides)
     assert instantiate(cfg.cim)(16, 16, 3).adc_bits == adc_bits
+    assert resolved_config(cfg)["adc"]["bits"] == adc_bits  # the record says what ran
+
+
+@pytest.mark.parametrize("key", sorted(DERIVED_CIM_KEYS))
+def test_a_hardware_key_of_the_layer_factory_is_refused_naming_the_setting(make_cfg, key: str) -> None:
+    source = DERIVED_CIM_KEYS[key]
+    value = make_cfg([]).cim[key]
+    with pytest.raises(ValueError, match=rf"cim\.{key} follows {re.escape(source)}; set {re.escape(source)}="):
+        validate_config(make_cfg([f"cim.{key}={value}"]))  # even its current value: the key is not the setting's
+
+
+def test_the_derived_keys_are_those_of_the_layer_factory() -> None:
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "cim" / "default.yaml"), resolve=False)
+    interpolated = {k: v[2:-1] for k, v in raw.items() if isinstance(v, str) and v.startswith("${")}
+    assert interpolated == DERIVED_CIM_KEYS
 
 
 @pytest.mark.parametrize(
     ("overrides", "weight", "psum", "stage1_epochs"),
     [
-        (["granularity=kim"], "layer", "layer", 0),
-        (["granularity=bai"], "array", "array", 0),
-        (["granularity=saxena_array"], "layer", "array", 100),
-        (["granularity=saxena_column"], "layer", "column", 100),
-        (["granularity=ours"], "column", "column", 0),
-        (["granularity=saxena_column", "schedule=one_stage"], "layer", "column", 0),
-        (["granularity=saxena_column", "granularity.weight=column"], "column", "column", 100),
+        (["granularity=layer_layer"], "layer", "layer", 0),
+        (["granularity=array_array"], "array", "array", 0),
+        (["granularity=layer_array", "schedule=two_stage"], "layer", "array", 100),
+        (["granularity=layer_column", "schedule=two_stage"], "layer", "column", 100),
+        (["granularity=column_column"], "column", "column", 0),
+        (["granularity=layer_column"], "layer", "column", 0),
+        (["granularity=layer_column", "schedule=two_stage", "granularity.weight=column"], "column", "column", 100),
         (["granularity.weight=array", "granularity.psum=layer"], "array", "layer", 0),
-        (["experiment=paper_resnet20_cifar10", "granularity=saxena_column"], "layer", "column", 100),
-        (["experiment=quick", "granularity=kim"], "layer", "layer", 0),
+        (
+            ["experiment=paper_resnet20_cifar10", "granularity=layer_column", "schedule=two_stage"],
+            "layer",
+            "column",
+            100,
+        ),
+        (["experiment=quick", "granularity=layer_layer"], "layer", "layer", 0),
     ],
 )
 def test_granularity_presets_and_overrides(make_cfg, overrides, weight, psum, stage1_epochs) -> None:
@@ -178,7 +206,7 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["granularity.weight=colum"], ValueError, ["granularity.weight", "colum", "layer, array, column"]),
         (["granularity.psum=row"], ValueError, ["granularity.psum", "row", "layer, array, column"]),
         (["cim=none", "granularity.psum=row"], ValueError, ["granularity.psum", "layer, array, column"]),
-        (["cim.adc_bits=0"], ValueError, ["adc_bits", "valid"]),
+        (["adc.bits=0"], ValueError, ["adc_bits", "valid"]),
         (["cim.weight_encoding=ones"], ValueError, ["ones", "twos_complement"]),
         (["loss.label_smoothing=1.5"], ValueError, ["loss.label_smoothing=1.5", "[0, 1)"]),
         (["no_weight_decay=[bn]"], ValueError, ["'bn'", "steps, norms, biases"]),

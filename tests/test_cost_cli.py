@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 import cimexp.train
-from cimexp.cost import compose_config, cost_summary, main
-from cimexp.train import train, validate_config
+from cimexp.config import compose
+from cimexp.config import validate_train as validate_config
+from cimexp.cost import cost_summary, main
+from cimexp.train import train
 
 # ResNet-20's CIM layers on 32x32 images (W4 on 2-bit cells: S = 2, P = 1; 128x128 arrays: 14 channels per tile):
 # layer1: 6 x 16->16 at 32x32 (T = 2); layer2: 16->32 at 16x16 (T = 2), 5 x 32->32 (T = 3); layer3: 32->64 at 8x8
@@ -23,7 +25,7 @@ RESNET20_CONVERSIONS = 6 * 65_536 + 256 * 2 * 32 * 2 + 5 * 256 * 3 * 32 * 2 + 64
 
 def test_cli_prints_the_layers_and_totals_as_a_user_types_it():
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    args = [sys.executable, "-m", "cimexp.cost", "adc=5bit", "granularity=kim", "cost.adc_model=isaac"]
+    args = [sys.executable, "-m", "cimexp.cost", "adc=5bit", "granularity=layer_layer", "cost.adc_model=isaac"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -36,13 +38,13 @@ def test_cli_prints_the_layers_and_totals_as_a_user_types_it():
 
 
 def test_cli_summary_is_the_results_summary_of_the_configuration():
-    summary = cost_summary(compose_config(["cost.adc_share=4"]))
+    summary = cost_summary(compose("train", ["cost.adc_share=4"]))
     assert (summary["model"], summary["data"], summary["input_size"]) == ("resnet20", "cifar10", 32)
     total = summary["total"]
     assert total["adc_conversions"] == RESNET20_CONVERSIONS and total["cim_layers"] == 18
     assert total["n_adcs"] < 5_056 / 3  # 4 columns per ADC; partly used ADCs round up
     assert total["cost_model"]["name"] == "zigzag" and total["cost_model"]["adc_share"] == 4
-    imagenet = cost_summary(compose_config(["experiment=paper_resnet18_imagenet", "model.init_from=/nowhere.ckpt"]))
+    imagenet = cost_summary(compose("train", ["experiment=paper_resnet18_imagenet", "model.init_from=/nowhere.ckpt"]))
     assert imagenet["input_size"] == 224 and imagenet["layers"][0]["out_hw"] == [56, 56]
 
 

@@ -10,7 +10,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 import cimexp.evaluate
-from cimexp.evaluate import evaluate, resolve_checkpoint
+from cimexp.build import resolve_checkpoint
+from cimexp.evaluate import evaluate
 from cimexp.results import HEADER, METRICS
 from cimexp.train import train
 
@@ -203,7 +204,7 @@ def test_multirun_of_two_evaluations(trained_run: Path, run_cli, tmp_path: Path)
     assert runs[0]["clean"] == runs[1]["clean"] == runs[0]["final"]
     assert {r["sweep_group"] for r in runs} == {sweep_dir.name}
     assert len(list((tmp_path / "logs" / "evaluate" / "clean_cache").glob("*.json"))) == 1
-    assert (result.stdout + result.stderr).count("[cimexp] evaluate resnet20/synthetic") == 2
+    assert (result.stdout + result.stderr).count("[cimexp.evaluate][INFO] - evaluate resnet20/synthetic") == 2
 
 
 @pytest.mark.parametrize("side_file", ["running", "corrupt"])

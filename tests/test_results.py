@@ -42,7 +42,7 @@ def run(make_cfg, tiny_data, quiet):
 
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cimexp.train, "validate_config", lambda cfg: pytest.fail("a finished run ran again"))
+    monkeypatch.setattr(cimexp.train, "validate_train", lambda cfg: pytest.fail("a finished run ran again"))
 
 
 def test_train_and_evaluate_write_the_schema_the_report_reads(make_cfg, tiny_data, quiet, tmp_path: Path) -> None:

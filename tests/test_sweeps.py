@@ -4,6 +4,7 @@ variation sweeps find the grid's checkpoints, re-launched jobs skip or resume, l
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 import cimexp.evaluate
 import cimexp.train
+from cimexp.config import validate_train as validate_config
 from cimexp.data import SyntheticDataModule
 from cimexp.models import resnet20
-from cimexp.train import train, validate_config
-from cimexp.utils import EXPERIMENTS_DIR, resolved_config
+from cimexp.train import train
+from cimexp.utils import resolved_config
 
+EXPERIMENTS_DIR = Path(str(resources.files("cimexp.experiments")))
 SWEEPS = sorted(
     str(p.relative_to(EXPERIMENTS_DIR / "sweep").with_suffix("")) for p in EXPERIMENTS_DIR.glob("sweep/*/*.yaml")
 )
@@ -44,7 +47,7 @@ JOBS = {
 
 
 def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> list[tuple[DictConfig, Path]]:
-    """``(config, job directory)`` of every job of ``+sweep=<sweep>`` as Hydra's basic sweeper launches them (its
+    """``(config, job directory)`` of every job of ``sweep=<sweep>`` as Hydra's basic sweeper launches them (its
     params, then the command-line overrides ``extra``, which may sweep lists such as ``seed=0,1,2``); Hydra's runtime
     config is left set to the last job's.
 
@@ -53,13 +56,13 @@ def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = (
     """
     config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
     single = [o for o in extra if "," not in o.partition("=")[2] or o.partition("=")[2][:1] in "'\""]
-    master = compose([f"+sweep={sweep}", *single], output_dir, config_name)  # without the command line's lists
+    master = compose([f"sweep={sweep}", *single], output_dir, config_name)  # without the command line's lists
     params = {key: value for key, value in master.hydra.sweeper.params.items()}
     for key in ("variation.sigma", "variation.seed"):
         if key in params and not any(o.startswith(f"{key}=") for o in extra):
             params[key] = params[key].split(",")[0]
     parser = OverridesParser.create()
-    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + [f"+sweep={sweep}", *extra])
+    overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + [f"sweep={sweep}", *extra])
     (batch,) = BasicSweeper.split_arguments(overrides, None)
     jobs = []
     for job_overrides in batch:
@@ -90,7 +93,7 @@ def composed(tmp_path_factory, compose_app) -> dict[str, list[tuple[dict, Path]]
             for cfg, job_dir in sweep_jobs(compose_app, root, sweep):
                 HydraConfig().set_config(cfg)
                 if sweep.startswith(EVALUATE_SWEEPS):
-                    cimexp.evaluate.validate_config(cfg)
+                    cimexp.config.validate_evaluate(cfg)
                 else:
                     validate_config(cfg)
                 jobs[sweep].append((resolved_config(cfg), job_dir))
@@ -160,7 +163,8 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
     schemes = {(c["cim"]["_target_"], *c["granularity"].values()) for c in grid}
     assert len(schemes) == 13
     assert sum(c["cim"]["_target_"] == "torch.nn.Conv2d" for c in grid) == 1
-    assert sum(not c["granularity"]["psum_quant"] for c in grid) == 3  # the w/o-PSQ line per weight granularity
+    cim = [c for c in grid if c["cim"]["_target_"] != "torch.nn.Conv2d"]
+    assert sum(not c["granularity"]["psum_quant"] for c in cim) == 3  # the w/o-PSQ line per weight granularity
     qat = [c for c, _ in composed["qat_schedules/quick"]]
     cases = {(c["granularity"]["weight"], c["granularity"]["psum"], c["schedule"]["stage1_epochs"]) for c in qat}
     assert cases == {(w, "column", s) for w in ("column", "layer") for s in (0, 3)}
@@ -169,7 +173,7 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
     assert {c["model"]["_target_"] for c in table3} == {"cimexp.models.resnet18"}
     assert {c["schedule"]["stage1_epochs"] for c in table3} == {0}  # one-stage QAT, as in the paper's Sec. IV-A
     assert {c["data"]["val_subset"] for c, _ in composed["variation/quick"]} == {2000}
-    master = compose_app(["+sweep=variation/quick"], tmp_path, "evaluate").hydra.sweeper.params
+    master = compose_app(["sweep=variation/quick"], tmp_path, "evaluate").hydra.sweeper.params
     assert master["variation.sigma"] == "0,0.1,0.2,0.3,0.4,0.5" and master["variation.seed"] == "0,1,2"
     GlobalHydra.instance().clear()
 
@@ -177,9 +181,9 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
 def test_sweep_command_line_overrides_pick_jobs(compose_app, tmp_path: Path) -> None:
     """A swept key given on the command line replaces the sweep's values: one job of a sweep."""
     ((_, job_dir),) = sweep_jobs(
-        compose_app, tmp_path, "qat_schedules/quick", ("+scheme=layer_column", "schedule.stage1_epochs=3")
+        compose_app, tmp_path, "qat_schedules/quick", ("granularity=layer_column", "schedule.stage1_epochs=3")
     )
-    assert job_dir.name == "+scheme=layer_column,schedule.stage1_epochs=3,seed=0"
+    assert job_dir.name == "granularity=layer_column,schedule.stage1_epochs=3,seed=0"
     extra = ("grid_scheme=layer_array", "variation.sigma=0.3", "variation.seed=1")
     ((_, job_dir),) = sweep_jobs(compose_app, tmp_path, "variation/quick", extra)
     assert job_dir.name == "grid_scheme=layer_array,train_seed=0,variation.seed=1,variation.sigma=0.3"
@@ -191,7 +195,7 @@ def test_every_sweep_lists_its_seeds(compose_app, tmp_path: Path) -> None:
     seed by default, a list on the command line (``seed=0,1,2``)."""
     for sweep in SWEEPS:
         config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
-        params = compose_app([f"+sweep={sweep}"], tmp_path, config_name).hydra.sweeper.params
+        params = compose_app([f"sweep={sweep}"], tmp_path, config_name).hydra.sweeper.params
         key = "train_seed" if config_name == "evaluate" else "seed"
         assert str(params.get(key)) == "0", (sweep, dict(params))
     GlobalHydra.instance().clear()
@@ -200,9 +204,9 @@ def test_every_sweep_lists_its_seeds(compose_app, tmp_path: Path) -> None:
 def test_seed_lists_give_every_seed_its_own_job_directory(compose_app, tmp_path: Path) -> None:
     """``seed=0,1,2``: three jobs per scheme, each in a directory that names its seed (no two seeds collide), and the
     variation sweep with ``train_seed=0,1,2`` reads each seed's checkpoint."""
-    jobs = sweep_jobs(compose_app, tmp_path, "granularity_grid/quick", ("+scheme=column_column", "seed=0,1,2"))
+    jobs = sweep_jobs(compose_app, tmp_path, "granularity_grid/quick", ("granularity=column_column", "seed=0,1,2"))
     names = [job_dir.name for _, job_dir in jobs]
-    assert names == [f"+scheme=column_column,seed={seed}" for seed in (0, 1, 2)]
+    assert names == [f"granularity=column_column,seed={seed}" for seed in (0, 1, 2)]
     assert [cfg.seed for cfg, _ in jobs] == [0, 1, 2]
     grid_dirs = [job_dir for _, job_dir in jobs]
     extra = ("grid_scheme=column_column", "train_seed=0,1,2")
@@ -218,7 +222,7 @@ def test_seed_lists_give_every_seed_its_own_job_directory(compose_app, tmp_path:
 
 @pytest.mark.parametrize("launcher", ["parallel", "slurm"])
 def test_launchers_compose(launcher: str, make_cfg) -> None:
-    cfg = make_cfg(["+sweep=granularity_grid/full", f"hydra/launcher={launcher}"])
+    cfg = make_cfg(["sweep=granularity_grid/full", f"hydra/launcher={launcher}"])
     target = {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher"}[launcher]
     assert cfg.hydra.launcher._target_.endswith(target)
     OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
@@ -280,7 +284,7 @@ def test_relaunched_job_skips_when_finished_and_resumes_when_killed(
     # launched again: the stored metrics, nothing trained or written
     stamp = (run_dir / "results.json").stat().st_mtime_ns
     with monkeypatch.context() as patch:
-        patch.setattr(cimexp.train, "validate_config", lambda cfg: pytest.fail("a finished job ran again"))
+        patch.setattr(cimexp.train, "validate_train", lambda cfg: pytest.fail("a finished job ran again"))
         again_metrics, again = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "job"))
     assert again_metrics == finished["final"] and again.keys() == {"cfg", "results"}
     assert again["results"] == finished and (run_dir / "results.json").stat().st_mtime_ns == stamp
@@ -335,16 +339,16 @@ def test_quick_presets_run_one_job_each_on_synthetic_data(run_cli, tmp_path: Pat
         return result.stdout + result.stderr
 
     sweeps = tmp_path / "logs" / "sweeps"
-    job = ["+scheme=column_column", *SYNTHETIC, *SMALL]
-    run(["-m", "+sweep=granularity_grid/quick", *job])
+    job = ["granularity=column_column", *SYNTHETIC, *SMALL]
+    run(["-m", "sweep=granularity_grid/quick", *job])
     (grid_job,) = [path.parent for path in (sweeps / "granularity_grid" / "quick").glob("*/results.json")]
-    assert grid_job.name.startswith("+scheme=column_column,")
+    assert grid_job.name.startswith("granularity=column_column,")
     grid = json.loads((grid_job / "results.json").read_text())
     assert grid["kind"] == "train" and grid["cim"]["weight_granularity"] == "column" and grid["global_step"] == 2
 
-    assert "finished before, not trained again" in run(["-m", "+sweep=dequant/quick", *job])  # same directory
+    assert "finished before, not trained again" in run(["-m", "sweep=dequant/quick", *job])  # same directory
 
-    run(["-m", "+sweep=qat_schedules/quick", "+scheme=layer_column", "schedule.stage1_epochs=1",
+    run(["-m", "sweep=qat_schedules/quick", "granularity=layer_column", "schedule.stage1_epochs=1",
          "trainer.max_epochs=2", *SYNTHETIC, *SMALL])  # fmt: skip
     (qat_job,) = [path.parent for path in (sweeps / "qat_schedules" / "quick").glob("*/results.json")]
     qat = json.loads((qat_job / "results.json").read_text())
@@ -352,13 +356,13 @@ def test_quick_presets_run_one_job_each_on_synthetic_data(run_cli, tmp_path: Pat
     assert [r["epoch"] for r in qat["history"]] == [0, 1]
 
     variation = ["grid_scheme=column_column", "variation.sigma=0.2", "variation.seed=1", f"ckpt='{grid_job}'"]
-    run(["-m", "+sweep=variation/quick", *variation, *SYNTHETIC, "data.val_subset=null"], module="cimexp.evaluate")
+    run(["-m", "sweep=variation/quick", *variation, *SYNTHETIC, "data.val_subset=null"], module="cimexp.evaluate")
     (evaluation,) = (sweeps / "variation" / "quick").glob("*/results.json")
     results = json.loads(evaluation.read_text())
     assert results["variation"] == {"sigma": 0.2, "seed": 1}
     assert results["train_results"]["run_dir"] == grid["run_dir"]
 
-    run(["-m", "+sweep=imagenet_table3/full", "+scheme=layer_array", "trainer=cpu", "trainer.max_epochs=1",
+    run(["-m", "sweep=imagenet_table3/full", "granularity=layer_array", "trainer=cpu", "trainer.max_epochs=1",
          *SYNTHETIC, *SMALL])  # fmt: skip
     (table3,) = (sweeps / "imagenet_table3" / "full").glob("*/results.json")
     assert json.loads(table3.read_text())["model"] == "resnet18"

@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader
 
 import cimexp.module
 import cimexp.train
+from cimexp.build import build_net
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import Calibration, CIMConv2d, cim_layers
 from cimexp.data import BatchTransform, SyntheticDataModule
 from cimexp.models import resnet20
 from cimexp.module import ImageClassifier, build_scheduler, weight_decay_split
 from cimexp.results import finished_results
-from cimexp.train import build_net, train
+from cimexp.train import train
 
 STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
 
@@ -170,7 +171,7 @@ def test_two_stage_switches_psum_quant_at_stage1_epochs(run) -> None:
     _, objects = run(
         [
             "logger=none",
-            "granularity=saxena_column",
+            "granularity=layer_column schedule=two_stage",
             "schedule.stage1_epochs=1",
             "trainer.max_epochs=2",
             "+callbacks.probe._target_=test_train.PsumProbe",
@@ -188,10 +189,10 @@ def _tiny_cim_net() -> torch.nn.Module:
 
 def test_run_status_marks_non_finite_results_as_diverged(tmp_path: Path) -> None:
     nan = float("nan")
-    assert cimexp.train.run_status(False, {"val/acc": 0.8, "train/loss": 0.4}) == "finished"
-    assert cimexp.train.run_status(False, {"val/acc": 0.1, "train/loss": nan}) == "diverged"
-    assert cimexp.train.run_status(False, {"val/loss": float("inf"), "lr": 0.1}) == "diverged"
-    assert cimexp.train.run_status(True, {"train/loss": nan}) == "interrupted"
+    assert cimexp.results.run_status(False, {"val/acc": 0.8, "train/loss": 0.4}) == "finished"
+    assert cimexp.results.run_status(False, {"val/acc": 0.1, "train/loss": nan}) == "diverged"
+    assert cimexp.results.run_status(False, {"val/loss": float("inf"), "lr": 0.1}) == "diverged"
+    assert cimexp.results.run_status(True, {"train/loss": nan}) == "interrupted"
     # a diverged run is done: a re-launched sweep returns it instead of training again
     (tmp_path / "results.json").write_text(json.dumps({"kind": "train", "status": "diverged", "final": {}}))
     assert finished_results(tmp_path, kind="train")["status"] == "diverged"
@@ -303,7 +304,7 @@ def test_calibration_config_reaches_setup(make_cfg, tiny_data, monkeypatch: pyte
     them) and the batches of the BatchNorm re-estimation that ``ImageClassifier.setup`` then runs."""
     overrides = ["calibration.weight=max", "calibration.psum=percentile", "calibration.percentile=99.9"]
     cfg = make_cfg([*tiny_data, *overrides, "calibration.batches=2", "calibration.bn_batches=3"])
-    settings = cimexp.train.calibration_settings(cfg.calibration)
+    settings = cimexp.config.calibration_settings(cfg.calibration)
     method = Calibration("max", "mse", "percentile", 99.9)
     assert settings == {"calibration": method, "calibration_batches": 2, "bn_batches": 3}
     module = ImageClassifier(_tiny_cim_net(), optimizer=torch.optim.SGD, **settings)
@@ -324,7 +325,7 @@ def test_calibration_config_reaches_setup(make_cfg, tiny_data, monkeypatch: pyte
 
 def test_calibration_defaults_are_the_apis(make_cfg, tiny_data) -> None:
     """conf/calibration/default.yaml and ``Calibration()`` agree: mse everywhere, one batch, no BN re-estimation."""
-    settings = cimexp.train.calibration_settings(make_cfg(tiny_data).calibration)
+    settings = cimexp.config.calibration_settings(make_cfg(tiny_data).calibration)
     assert settings == {"calibration": Calibration(), "calibration_batches": 1, "bn_batches": 0}
 
 

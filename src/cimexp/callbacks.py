@@ -1,5 +1,6 @@
 """Lightning callbacks of a cimexp run: the QAT schedule, training-time bookkeeping, results.json, reseeding,
-checkpoints inside epochs and on Ctrl-C / SIGTERM, partial-sum telemetry and variation-aware training.
+checkpoints inside epochs and on Ctrl-C / SIGTERM, partial-sum telemetry, variation-aware training and the progress
+bar.
 
 The stateful ones keep their state in checkpoints (``state_dict``), so a resumed run continues the schedule, the
 cumulative training time and the per-epoch history where the killed run left them; reseeding, telemetry and
@@ -10,6 +11,8 @@ A run may be resumed from any training batch's end (:class:`RecoveryCheckpoint`)
 
 from __future__ import annotations
 
+import datetime
+import math
 import random
 import signal
 import threading
@@ -21,7 +24,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -81,7 +84,7 @@ class QATSchedule(L.Callback):
             n_layers = set_psum_quant(pl_module, True, recalibrate=True)
             self.stage2_started_epoch = epoch
             rank_zero_info(
-                f"[cimexp] two-stage QAT: stage 2 from epoch {epoch}: partial-sum quantization on in {n_layers} "
+                f"two-stage QAT: stage 2 from epoch {epoch}: partial-sum quantization on in {n_layers} "
                 "CIM layers, ADC steps recalibrated on the next batch"
             )
         else:  # resumed inside stage 2: the steps come from the checkpoint
@@ -319,7 +322,7 @@ class RecoveryCheckpoint(Checkpoint):
             raise KeyboardInterrupt
         self._stop_signal = signum
         rank_zero_info(
-            f"[cimexp] {signal.Signals(signum).name}: stopping after this batch, once {self.path} is written"
+            f"{signal.Signals(signum).name}: stopping after this batch, once {self.path} is written"
             + (" (Ctrl-C again: stop now, without it)" if signum == signal.SIGINT else "")
         )
 
@@ -489,3 +492,39 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return value
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with the whole run in view: the epoch bar reads ``Epoch 3/40`` and, next to the
+    epoch's own ETA, carries ``run_eta``: the time left until ``max_epochs`` (or ``max_steps``) at the pace of the
+    steps done so far in this process, validation included. Replaces Lightning's default bar when the trainer
+    shows one (``trainer.enable_progress_bar``)."""
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._started: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._started = (time.monotonic(), trainer.global_step)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict]:
+        items = super().get_metrics(trainer, pl_module)
+        eta = run_eta(self._started, trainer.global_step, trainer.estimated_stepping_batches, time.monotonic())
+        if eta is not None:
+            items["run_eta"] = eta
+        return items
+
+
+def run_eta(started: tuple[float, int] | None, step: int, total_steps: float, now: float) -> str | None:
+    """``H:MM:SS`` left to ``total_steps`` at the pace since ``started = (time, step)``; ``None`` before the first
+    step or when the total is unknown."""
+    if started is None or step <= started[1] or not math.isfinite(total_steps):
+        return None
+    seconds = (total_steps - step) * (now - started[0]) / (step - started[1])
+    return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))

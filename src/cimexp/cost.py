@@ -1,8 +1,8 @@
 """Print the per-layer and total ADC and dequantization costs of a configuration, without training:
 ``python -m cimexp.cost [group=option ...] [key=value ...]`` (or ``cimexp-cost``), with the overrides of
-``python -m cimexp.train``, e.g. ``python -m cimexp.cost adc=5bit granularity=kim cost.adc_model=isaac``.
+``python -m cimexp.train``, e.g. ``python -m cimexp.cost adc=5bit granularity=layer_layer cost.adc_model=isaac``.
 
-The network is built from the same composed config as training (:func:`cimexp.train.build_net`, float weights not
+The network is built from the same composed config as training (:func:`cimexp.build.build_net`, float weights not
 loaded); no data are read: the input size is the data module's ``image_size``. The numbers are those of
 results.json's ``cim_summary`` (:func:`cimexp.cim.cost.cim_summary`).
 """
@@ -14,24 +14,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from cimexp.build import build_net, example_input
 from cimexp.cim import cim_layers, cim_summary
 from cimexp.cim.cost import CostModel
-from cimexp.train import CONF_DIR, build_net, example_input
+from cimexp.cli import USAGE_ERROR, one_line
+from cimexp.config import compose
 
 USAGE = __doc__.split("\n\n")[0]
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` composed with command-line style ``overrides``, as ``python -m cimexp.train`` would."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def cost_summary(cfg: DictConfig) -> dict[str, Any] | None:
@@ -120,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
-        summary = cost_summary(compose_config(args))
-    except (HydraException, ValueError) as error:
-        print(f"cimexp-cost: error: {error}", file=sys.stderr)
-        return 2
+        summary = cost_summary(compose("train", args))
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        print(f"cimexp-cost: error: {one_line(error)}", file=sys.stderr)
+        return USAGE_ERROR
     if summary is None:
         print("no CIM layers in this configuration (cim=none): no ADCs to cost")
         return 0

@@ -9,7 +9,7 @@ evaluation split (= the test split, as in the paper) without variation ("clean")
 
     python -m cimexp.evaluate ckpt=logs/train/runs/<run>/checkpoints/last.ckpt variation.sigma=0.1 variation.seed=0
     python -m cimexp.evaluate -m ckpt=<run dir> variation.sigma=0,0.1,0.2 variation.seed=0,1,2
-    python -m cimexp.evaluate -m +sweep=variation/quick       # the paper's Fig. 10 (experiments/sweep/variation/)
+    python -m cimexp.evaluate -m sweep=variation/quick       # the paper's Fig. 10 (experiments/sweep/variation/)
     python -m cimexp.evaluate -m ckpt=<run dir> adc.noise_lsb=0,0.5,1   # ADC noise at evaluation time
 """
 
@@ -17,178 +17,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from cimexp.callbacks import QATSchedule
-from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_layers, cim_summary, set_adc_errors
-from cimexp.files import atomic_write_json, read_checkpoint
-from cimexp.module import ImageClassifier
-from cimexp.results import METRICS, hashed_config, make_record, read_results, reusable_results
-from cimexp.train import CONF_DIR, adc_errors, build_net, cim_settings, example_input, schedule_summary
-from cimexp.utils import (
-    finish_wandb,
-    git_state,
-    register_resolvers,
-    resolved_config,
-    run_name,
-    sweep_group,
+from cimexp.build import (
+    TrainedCheckpoint,
+    build_trained_net,
+    cim_settings,
+    example_input,
+    load_checkpoint,
+    resolve_checkpoint,
+    schedule_summary,
 )
+from cimexp.callbacks import QATSchedule
+from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_summary, set_adc_errors
+from cimexp.cli import hydra_entry
+from cimexp.config import adc_errors, validate_evaluate
+from cimexp.files import atomic_write_json
+from cimexp.module import ImageClassifier
+from cimexp.results import METRICS, hashed_config, make_record, reusable_results
+from cimexp.utils import finish_wandb, git_state, resolved_config, run_name, sweep_group
 
-register_resolvers()
+log = logging.getLogger("cimexp.evaluate")
 
 _CACHE_IGNORED_DATA_KEYS = ("batch_size", "eval_batch_size", "num_workers", "download", "augment", "train_subset")
 """Data settings that cannot change the clean accuracy (CIM layers in eval mode are batch-independent)."""
-
-
-@dataclass(frozen=True)
-class TrainedCheckpoint:
-    """What evaluation needs from a training checkpoint.
-
-    Attributes:
-        path: the ``.ckpt`` file.
-        config: the resolved training config (a plain dict, as in ``config_resolved.yaml``).
-        state_dict: the network's tensors, keys without the LightningModule's ``model.`` prefix.
-        callback_states: Lightning's per-callback states, by ``state_key`` (e.g. ``QATSchedule``).
-        train_results: the training run's results.json without its ``history``, or ``None`` when the checkpoint
-            is not inside a run directory that has one.
-    """
-
-    path: Path
-    config: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    callback_states: dict[str, Any]
-    train_results: dict[str, Any] | None
-
-
-def resolve_checkpoint(ckpt: str | Path) -> Path:
-    """The checkpoint file for ``ckpt``: a ``.ckpt`` file itself, or for a training run directory its
-    ``checkpoints/last.ckpt`` (the model at the end of training), else its ``checkpoints/best.ckpt``.
-
-    Raises:
-        FileNotFoundError: nothing there; the message lists the paths tried.
-    """
-    path = Path(ckpt).expanduser()
-    candidates = [path / "checkpoints" / "last.ckpt", path / "checkpoints" / "best.ckpt"] if path.is_dir() else [path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    tried = ", ".join(repr(str(c)) for c in candidates)
-    raise FileNotFoundError(
-        f"ckpt={str(ckpt)!r}: no checkpoint at {tried}. Pass a training checkpoint (.ckpt) of cimexp or a training "
-        "run directory holding checkpoints/last.ckpt or checkpoints/best.ckpt."
-    )
-
-
-def load_checkpoint(ckpt: str | Path) -> TrainedCheckpoint:
-    """Read a training checkpoint of this platform (see :func:`resolve_checkpoint` for ``ckpt``).
-
-    The training config comes from the checkpoint's hyperparameters, or else from ``config_resolved.yaml`` of the
-    run directory holding ``checkpoints/``. The file is read with ``weights_only=True``
-    (:func:`cimexp.files.read_checkpoint`): one that carries Python objects beyond tensors and plain containers
-    is refused before anything in it runs.
-
-    Raises:
-        FileNotFoundError: see :func:`resolve_checkpoint`.
-        ValueError: the file is not a Lightning checkpoint of a cimexp training run.
-    """
-    path = resolve_checkpoint(ckpt)
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); pass one of cimexp.train")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    config = (checkpoint.get("hyper_parameters") or {}).get("config")
-    if config is None and run_dir is not None and (run_dir / "config_resolved.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
-    if not isinstance(config, dict) or not {"model", "cim", "schedule"} <= config.keys():
-        raise ValueError(
-            f"{str(path)!r} holds no cimexp training config (neither the checkpoint's hyperparameters nor "
-            "config_resolved.yaml in its run directory): is it a checkpoint of `python -m cimexp.train`?"
-        )
-    prefix = "model."
-    state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    train_results = _training_results(run_dir) if run_dir is not None else None
-    return TrainedCheckpoint(path, config, state_dict, checkpoint.get("callbacks") or {}, train_results)
-
-
-def _training_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json without its history; ``None`` when it is missing or unreadable (the checkpoint holds
-    all that evaluation needs, so a broken side file only costs the record of the training run)."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        record = read_results(path)
-    except (OSError, ValueError) as error:
-        print(f"[cimexp] ignoring the training run's unreadable {path}: {error}", flush=True)
-        return None
-    except TypeError:
-        print(f"[cimexp] ignoring the training run's {path}: not a JSON object", flush=True)
-        return None
-    record.pop("history", None)
-    return record
-
-
-def build_trained_net(checkpoint: TrainedCheckpoint, num_classes: int) -> torch.nn.Module:
-    """The checkpoint's network, built as in training (``cimexp.train.build_net``) with its trained tensors.
-
-    Raises:
-        ValueError: a CIM layer's step sizes were not initialised when the checkpoint was saved (saved before the
-            first training step, or in stage 1 of two-stage QAT, when the ADC steps do not exist yet): evaluating
-            would initialise them from the test data.
-    """
-    config = OmegaConf.create(checkpoint.config)
-    config.model.init_from = None  # the checkpoint holds every tensor
-    net = build_net(config, num_classes)
-    net.load_state_dict(checkpoint.state_dict)
-    uncalibrated = [
-        name
-        for name, layer in cim_layers(net)
-        if not (layer.weight_step_ready and layer.act_step_ready and (layer.psum_step_ready or not layer.psum_quant))
-    ]
-    if uncalibrated:
-        raise ValueError(
-            f"{str(checkpoint.path)!r}: the step sizes of {len(uncalibrated)} CIM layers (first: "
-            f"{uncalibrated[0]!r}) were not initialised when it was saved (before the first training step, or in "
-            "stage 1 of two-stage QAT, without ADC steps). Evaluate a checkpoint from the end of training "
-            "(<run dir>/checkpoints/last.ckpt)."
-        )
-    return net
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Check the evaluation settings before anything is loaded.
-
-    Raises:
-        ValueError: ``ckpt`` unset, a negative ``variation.sigma``, a bad ``variation.level``, a bad ``adc.*``
-            error or ``cost.*`` setting, or more than one device.
-    """
-    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
-        raise ValueError("ckpt=<path> is required: a training checkpoint (.ckpt) or a training run directory")
-    sigma = cfg.variation.sigma
-    if not isinstance(sigma, int | float) or sigma < 0:
-        raise ValueError(f"invalid variation.sigma={sigma!r}; valid values: a number >= 0")
-    VariationLevel.parse(cfg.variation.level, "variation.level")
-    adc_errors(cfg.adc)
-    CostModel.from_config(cfg.cost)
-    trainer = cfg.trainer
-    if trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) != 1 or trainer.get("strategy"):
-        raise ValueError(
-            f"evaluate runs on one device; got trainer.devices={trainer.get('devices')}, "
-            f"trainer.num_nodes={trainer.get('num_nodes', 1)}, trainer.strategy={trainer.get('strategy')}. "
-            "Use trainer=cpu or trainer=gpu (and a Hydra launcher to run sweep jobs in parallel)."
-        )
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -213,15 +75,15 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     hashed = hashed_config(config, files)
     done = reusable_results(output_dir, "evaluate", config, files)
     if done is not None:
-        print(f"[cimexp] finished before, not evaluated again: {output_dir}/results.json", flush=True)
+        log.info("finished before, not evaluated again: %s/results.json", output_dir)
         return _flat_metrics(done), {"cfg": cfg, "results": done}
 
-    validate_config(cfg)
+    validate_evaluate(cfg)
     start = time.perf_counter()
     checkpoint = load_checkpoint(cfg.ckpt)
     train_status = (checkpoint.train_results or {}).get("status", "finished")
     if train_status != "finished":
-        print(f"[cimexp] evaluating a checkpoint of an unfinished training run (status {train_status!r})", flush=True)
+        log.warning("evaluating a checkpoint of an unfinished training run (status %r)", train_status)
     datamodule = instantiate(cfg.data)
     trained_on = checkpoint.config["data"]["_target_"]
     if trained_on != cfg.data._target_:
@@ -262,7 +124,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             logger.log_hyperparams(config)
             logger.log_metrics(metrics)
             logger.save()
-        print(_summary_line(results), flush=True)
+        log.info(_summary_line(results))
     finally:
         finish_wandb(loggers)
 
@@ -387,7 +249,7 @@ def _summary_line(results: dict[str, Any]) -> str:
         setting += " (no psum quant)"
     variation = results["variation"]
     return (
-        f"[cimexp] evaluate {results['model']}/{results['data']} {setting} | "
+        f"evaluate {results['model']}/{results['data']} {setting} | "
         f"clean val/acc {100 * results['clean']['val/acc']:.2f}% | sigma {variation['sigma']:g} ({variation['level']}) "
         f"seed {variation['seed']}{_errors_text(results['adc_errors'])}: val/acc "
         f"{100 * results['final']['val/acc']:.2f}% | "
@@ -402,12 +264,13 @@ def _errors_text(errors: dict[str, Any]) -> str:
     return f" adc {' '.join(parts)}" if parts else ""
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``cfg.optimized_metric`` (default ``final/val/acc``) for sweepers."""
+def job(cfg: DictConfig) -> float | None:
+    """The Hydra job: evaluate, and return ``cfg.optimized_metric`` (default ``final/val/acc``) for sweepers."""
     metrics, _ = evaluate(cfg)
     return metrics.get(cfg.optimized_metric)
 
+
+main = hydra_entry("evaluate", job, validate_evaluate, prog="cimexp-evaluate")
 
 if __name__ == "__main__":
     main()

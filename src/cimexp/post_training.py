@@ -26,26 +26,27 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from cimexp.build import build_net
 from cimexp.cim import Calibration, Granularity, StepInit
 from cimexp.cim.options import WEIGHT_STEP_INITS, check_bits
 from cimexp.cim.quant import KERNEL_MODES
+from cimexp.cli import hydra_entry
+from cimexp.config import calibration_settings
 from cimexp.files import atomic_write
 from cimexp.module import calibrate_network
-from cimexp.train import CONF_DIR, build_net, calibration_settings
-from cimexp.utils import register_resolvers
 
-register_resolvers()
+log = logging.getLogger("cimexp.post_training")
 
 COLUMNS = (
     "setting",
@@ -236,11 +237,11 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
         _append_cell(out_dir, row)
         computed += 1
         scheme = "float" if weight == _FLOAT else f"adc {adc_bits} w:{weight}/p:{psum} {weight_method}/{psum_method}"
-        print(f"[cimexp] post-training {scheme}: top-1 {row['top1']}% ({row['seconds']} s) [{i + 1}/{len(cells)}]")
+        log.info("post-training %s: top-1 %s%% (%s s) [%d/%d]", scheme, row["top1"], row["seconds"], i + 1, len(cells))
     with _locked(out_dir):
         rows = read_cells(csv_path)
         _write_table(table_path, rows)
-    print(f"[cimexp] post-training: {computed} cells computed, {len(cells) - computed} found; {table_path}", flush=True)
+    log.info("post-training: %d cells computed, %d found; %s", computed, len(cells) - computed, table_path)
     done = _keys(rows)
     info = {"computed": computed, "csv": csv_path, "table": table_path}
     return [done[(settings_hash, *cell)] for cell in cells], info
@@ -433,11 +434,12 @@ def _top1(row: dict[str, str]) -> float:
     return float(row["top1"])
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="post_training")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+def job(cfg: DictConfig) -> None:
+    """The Hydra job: fill in the post-training table."""
     post_training(cfg)
 
+
+main = hydra_entry("post_training", job, validate_config, prog="cimexp-post-training")
 
 if __name__ == "__main__":
     main()

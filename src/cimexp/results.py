@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Mapping
 from functools import lru_cache
@@ -359,3 +360,13 @@ def _file_digest(path: str) -> str:
     """16 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
     stat = Path(path).stat()
     return _file_digest_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+def run_status(interrupted: bool, metrics: dict[str, float]) -> str:
+    """``"interrupted"`` (stopped early), ``"diverged"`` (ran to the end, but a final loss or accuracy is not
+    finite, e.g. NaN), else ``"finished"``. A diverged run counts as done (a re-launched sweep does not retrain
+    it), and reports list it with the skipped runs."""
+    if interrupted:
+        return "interrupted"
+    watched = [v for k, v in metrics.items() if k.endswith(("loss", "loss_epoch", "acc"))]
+    return "diverged" if any(not math.isfinite(v) for v in watched) else "finished"

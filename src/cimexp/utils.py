@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,12 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _SLUG_MAX_CHARS = 200
-
-CHECKOUT_DIR = Path(__file__).resolve().parents[2]
-"""Root of the checkout this package is installed from (editable install): holds ``conf/`` and ``experiments/``."""
-EXPERIMENTS_DIR = CHECKOUT_DIR / "experiments"
-"""The paper's sweeps (``experiments/sweep/<figure>/<preset>.yaml``) and quantization schemes
-(``experiments/scheme/``), on Hydra's search path through ``hydra.searchpath`` in the primary configs."""
 
 
 def slug(text: str, default: str = "default") -> str:
@@ -47,15 +40,6 @@ def sweep_group() -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     return Path(hydra_cfg.sweep.dir).name
-
-
-def register_resolvers() -> None:
-    """Register the ``cimexp.*`` resolvers the configs use (idempotent)."""
-    OmegaConf.register_new_resolver("cimexp.cwd", os.getcwd, replace=True)
-    OmegaConf.register_new_resolver("cimexp.slug", slug, replace=True)
-    OmegaConf.register_new_resolver("cimexp.run_name", run_name, replace=True)
-    OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
-    OmegaConf.register_new_resolver("cimexp.experiments_dir", lambda: str(EXPERIMENTS_DIR), replace=True)
 
 
 def git_state(repo_dir: str | Path | None = None) -> dict[str, Any]:
@@ -121,6 +105,16 @@ def unfinished_checkpoint(run_dir: str | Path) -> Path | None:
     """
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
+
+
+def wandb_logger(**kwargs: Any) -> Any:
+    """Lightning's ``WandbLogger`` without the ``anonymous`` setting it always passes to ``wandb.init``: wandb
+    warns on every run that the setting has no effect (the configs use this as the logger's ``_target_``)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    logger._wandb_init.pop("anonymous", None)  # noqa: SLF001 - the only way to leave the setting unset
+    return logger
 
 
 def finish_wandb(loggers: list[Any]) -> None:

@@ -7,11 +7,12 @@ non-idealities, partial-sum telemetry and cost.
 """
 
 from cimexp.cim.adc import ADCErrors, PsumStats
-from cimexp.cim.cost import CostModel, cim_summary, dequant_ops, layer_cost
+from cimexp.cim.cost import CostModel, cim_summary, layer_cost
 from cimexp.cim.layer import (
     CIMConv2d,
     calibrate,
     cim_layers,
+    dequant_ops,
     reestimate_batchnorm,
     set_adc_errors,
     set_calibration,

@@ -9,6 +9,8 @@ granularities (only the weight granularity without partial-sum quantization):
 - finest level array: ``n_array x n_oc`` = one per (row tile, polarity, output channel) = ``T * P * O``;
 - any column: ``n_split x n_array x n_oc`` = one per mapped column = ``P * S * T * O`` (x2 for differential).
 
+The count is :func:`cimexp.cim.layer.dequant_ops` (beside the layer, which needs it without importing this module).
+
 ADCs. Every mapped column is converted once per output position and input cycle, so one image costs
 ``H_out * W_out * T * O * S * P * K`` conversions (``K = ceil(a_bits / dac_bits)`` input cycles of bit-serial
 inputs, 1 otherwise); the empty columns of a partly filled array are never read. With column multiplexing,
@@ -41,26 +43,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, cim_layers
-from cimexp.cim.options import Granularity
-
-
-def dequant_granularity(layer: CIMConv2d) -> Granularity:
-    """The level at which scales must be applied: the finer of weight and (if quantized) partial-sum steps."""
-    if not layer.psum_quant:
-        return layer.weight_granularity
-    return max(layer.weight_granularity, layer.psum_granularity)
-
-
-def dequant_ops(layer: CIMConv2d) -> int:
-    """Dequantization multiplies per output position (paper Fig. 4 accounting, see module docstring)."""
-    m = layer.mapping
-    level = dequant_granularity(layer)
-    if level is Granularity.LAYER:
-        return 1
-    if level is Granularity.ARRAY:
-        return m.n_row_tiles * m.n_polarities * m.out_channels
-    return m.n_columns
+from cimexp.cim.layer import CIMConv2d, cim_layers, dequant_ops
 
 
 # --- ADC cost models -------------------------------------------------------------------------------------------

@@ -178,10 +178,7 @@ class CIMConv2d(nn.Conv2d):
             dtype=conv.weight.dtype,
             **cim_options,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
+        copy_conv_weights(conv, layer)
         return layer
 
     # --- initialisation state (saved in state_dict via extra state) -------------------------------------------
@@ -209,9 +206,7 @@ class CIMConv2d(nn.Conv2d):
         )
 
     def dequant_ops(self) -> int:
-        """Dequantization multiplies per output position (paper Fig. 4; :func:`cimexp.cim.cost.dequant_ops`)."""
-        from cimexp.cim.cost import dequant_ops  # cost.py builds on this module
-
+        """Dequantization multiplies per output position (paper Fig. 4; :func:`dequant_ops`)."""
         return dequant_ops(self)
 
     @property
@@ -590,6 +585,40 @@ def _amax(qmax: torch.Tensor | float) -> torch.Tensor | float:
 
 def _same(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+@torch.no_grad()
+def copy_conv_weights(conv: nn.Conv2d, layer: nn.Module) -> None:
+    """Copy ``conv``'s float ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]`` (if it has one) into ``layer``, in
+    place and outside autograd, converting to ``layer``'s device and dtype.
+
+    The one weight-copy path of :meth:`CIMConv2d.from_conv` and :func:`cimexp.models.swap.swap_convs` (which builds
+    any conv-like layer from a factory), so that both start a layer from a float conv in the same way. It lives
+    here because ``cimexp.models`` may import ``cimexp.cim``, not the other way round."""
+    layer.weight.copy_(conv.weight)
+    if conv.bias is not None:
+        layer.bias.copy_(conv.bias)
+
+
+def dequant_granularity(layer: CIMConv2d) -> Granularity:
+    """The level at which scales must be applied: the finer of weight and (if quantized) partial-sum steps."""
+    if not layer.psum_quant:
+        return layer.weight_granularity
+    return max(layer.weight_granularity, layer.psum_granularity)
+
+
+def dequant_ops(layer: CIMConv2d) -> int:
+    """Dequantization multiplies per output position (paper Fig. 4 accounting, see :mod:`cimexp.cim.cost`).
+
+    Defined here rather than in the cost module, which builds on this one, so that :meth:`CIMConv2d.dequant_ops`
+    needs no import back from it."""
+    m = layer.mapping
+    level = dequant_granularity(layer)
+    if level is Granularity.LAYER:
+        return 1
+    if level is Granularity.ARRAY:
+        return m.n_row_tiles * m.n_polarities * m.out_channels
+    return m.n_columns
 
 
 def cim_layers(model: nn.Module) -> Iterator[tuple[str, CIMConv2d]]:

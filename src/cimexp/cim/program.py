@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cimexp.files import atomic_write
+from cimexp.files import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 3
 
@@ -99,7 +99,6 @@ class CIMProgram:
         """Write ``<path>.npz`` (arrays) and ``<path>.json`` (geometry, scalars, shapes, the contract), each
         atomically. Readable without cimexp: ``numpy.load`` and ``json.load``. Returns both paths."""
         stem = Path(path).with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name).numpy() for name in _ARRAY_FIELDS if getattr(self, name) is not None}
         meta = {
             "format": "cimexp.CIMProgram",
@@ -119,7 +118,7 @@ class CIMProgram:
                 meta[f.name] = getattr(self, f.name)
         npz_path, json_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
         atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
-        atomic_write(json_path, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
+        atomic_write_json(json_path, meta)
         return npz_path, json_path
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cimexp.cim.layer import copy_conv_weights
 from cimexp.files import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,7 @@ def _rebuild_conv(conv: nn.Conv2d, factory: ConvFactory, name: str) -> nn.Module
     )
     replacement.to(device=conv.weight.device, dtype=conv.weight.dtype)
     replacement.train(conv.training)
-    with torch.no_grad():
-        replacement.weight.copy_(conv.weight)
-        if conv.bias is not None:
-            replacement.bias.copy_(conv.bias)
+    copy_conv_weights(conv, replacement)
     return replacement
 
 

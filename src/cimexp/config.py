@@ -1,0 +1,314 @@
+"""Where cimexp's configs live and what they may say: the config package, resolvers, composition and the checks of
+every entry point's settings, made before any data is read, network built or run directory created.
+
+The Hydra groups ship inside the package (``cimexp.conf``, mapped from the repository's ``conf/`` by
+``pyproject.toml``), the paper's sweeps as ``cimexp.experiments`` and the float checkpoint as ``cimexp.checkpoints``;
+everything is found through the package, so an installed wheel works from any directory. Paths to the user's
+files (data, logs, checkpoints they pass) are resolved against the launch directory or the environment
+(``conf/paths/default.yaml``; README, "Where files go").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cimexp.callbacks import check_checkpoint_intervals
+from cimexp.cim import ADCErrors, Calibration, Granularity, VariationLevel
+from cimexp.cim.cost import CostModel
+from cimexp.cim.quant import KERNEL_MODES
+from cimexp.module import COMPILE_MODES, NO_DECAY_KINDS, build_scheduler
+from cimexp.utils import run_name, slug, sweep_group
+
+CONFIG_MODULE = "cimexp.conf"
+"""The package holding the Hydra config groups (the repository's ``conf/``)."""
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+"""``config_path`` of every Hydra entry point."""
+EXPERIMENTS_PATH = "pkg://cimexp.experiments"
+"""The paper's sweeps (the repository's ``experiments/``), on every primary config's ``hydra.searchpath``."""
+SHIPPED_MODULE = "cimexp.checkpoints"
+"""The package holding the checkpoints that ship with cimexp (the repository's ``checkpoints/``)."""
+
+DERIVED_CIM_KEYS = {
+    "w_bits": "quant.w_bits",
+    "a_bits": "quant.a_bits",
+    "cell_bits": "cell.bits",
+    "adc_bits": "adc.bits",
+    "array_size": "array.size",
+    "weight_granularity": "granularity.weight",
+    "psum_granularity": "granularity.psum",
+    "psum_quant": "granularity.psum_quant",
+}
+"""Keys of the CIM layer factory (``conf/cim/default.yaml``) that follow a hardware setting: each setting has one
+key (the value), and the ``cim`` node only reads it. Setting ``cim.adc_bits=3`` directly is refused, so the
+resolved config never disagrees with what ran."""
+
+
+def config_dir() -> Path:
+    """The folder of the installed config groups (``conf/`` of an editable checkout, ``cimexp/conf`` of a wheel)."""
+    return Path(str(resources.files(CONFIG_MODULE)))
+
+
+def shipped_file(name: str) -> str:
+    """Path of the file ``name`` that ships with cimexp (e.g. ``resnet20_cifar10_float.pt``).
+
+    Raises:
+        FileNotFoundError: no such file; the message lists the shipped ones.
+    """
+    folder = resources.files(SHIPPED_MODULE)
+    path = folder / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(".py"))
+        raise FileNotFoundError(f"no shipped file {name!r} in {SHIPPED_MODULE}; shipped: {', '.join(shipped)}")
+    return str(path)
+
+
+def register_resolvers() -> None:
+    """Register the ``cimexp.*`` resolvers the configs use (idempotent)."""
+    OmegaConf.register_new_resolver("cimexp.cwd", os.getcwd, replace=True)
+    OmegaConf.register_new_resolver("cimexp.slug", slug, replace=True)
+    OmegaConf.register_new_resolver("cimexp.run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
+    OmegaConf.register_new_resolver("cimexp.shipped", shipped_file, replace=True)
+
+
+@contextlib.contextmanager
+def _hydra(config_dir: str | None = None, *, experiments: bool = False) -> Iterator[Hydra]:
+    """Hydra initialised on the package's configs as the entry points see them (``config_dir``: a user's config
+    folder searched first, as ``--config-dir`` adds it). ``experiments``: search the sweeps too, for listing their
+    options without a primary config (whose ``hydra.searchpath`` brings them in otherwise)."""
+    register_resolvers()
+    search_path = create_config_search_path(CONFIG_PATH)
+    if experiments:  # after the package's configs; Hydra needs its schema source last
+        search_path.append(provider="cimexp", path=EXPERIMENTS_PATH, anchor=SearchPathQuery(provider="main"))
+    if config_dir is not None:
+        path = os.path.abspath(config_dir)
+        if not os.path.isdir(path):
+            raise ValueError(f"--config-dir {config_dir!r}: no such directory")
+        search_path.prepend(provider="command-line", path=f"file://{path}")
+    GlobalHydra.instance().clear()
+    try:
+        yield Hydra.create_main_hydra2(task_name="cimexp", config_search_path=search_path)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose(
+    config_name: str,
+    overrides: list[str],
+    *,
+    config_dir: str | None = None,
+    hydra_config: bool = False,
+    run_mode: RunMode = RunMode.RUN,
+) -> DictConfig:
+    """``<config_name>.yaml`` of the config package composed with command-line ``overrides``, as the entry point
+    composes it (``config_dir``: ``--config-dir``; ``hydra_config``: keep Hydra's own ``hydra`` node).
+
+    Raises:
+        hydra.errors.HydraException: a bad group option, key or override (Hydra's message).
+    """
+    with _hydra(config_dir) as hydra:
+        cfg = hydra.compose_config(config_name, overrides, run_mode=run_mode, from_shell=True)
+    if not hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def group_options(group: str, config_dir: str | None = None) -> list[str]:
+    """The options of a config group (``model`` -> ``["resnet18", "resnet20"]``); for a group of groups like
+    ``sweep`` the options of its subgroups, as ``<subgroup>/<option>`` (``granularity_grid/quick``)."""
+    with _hydra(config_dir, experiments=True) as hydra:
+        loader = hydra.config_loader
+        options = list(loader.get_group_options(group))
+        for subgroup in loader.list_groups(group):
+            options += [f"{subgroup}/{option}" for option in loader.get_group_options(f"{group}/{subgroup}")]
+        return options
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Check the training settings that Hydra cannot, before any data is loaded or model built.
+
+    Hydra already rejects unknown group options (``model=resnet21``) and unknown keys. This checks values:
+    the granularities, that the ``cim`` node follows the hardware settings (:data:`DERIVED_CIM_KEYS`), every CIM
+    layer setting (by building one small layer with the configured factory, so the layer's own checks apply), the
+    data module's arguments (by building it: it reads no file before ``setup``), the optimizer and scheduler, the
+    two-stage schedule length, and that referenced files exist.
+
+    Raises:
+        ValueError: a bad value; the message names it and the valid choices.
+        FileNotFoundError: ``model.init_from`` points nowhere.
+    """
+    for key in ("weight", "psum"):
+        Granularity.parse(cfg.granularity[key], f"granularity.{key}")
+    check_derived_cim_keys(cfg.cim)
+    VariationLevel.parse(cfg.variation.level, "variation.level")
+    calibration_settings(cfg.calibration)
+    check_choice("model.kernels", cfg.model.get("kernels", "auto"), KERNEL_MODES)
+    for kind in cfg.no_weight_decay:
+        check_choice("no_weight_decay entry", kind, NO_DECAY_KINDS)
+    smoothing = cfg.loss.label_smoothing
+    if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"invalid loss.label_smoothing={smoothing!r}; valid: a number in [0, 1)")
+    check_choice("model.compile_mode", cfg.model.get("compile_mode", "default"), COMPILE_MODES)
+    CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
+    adc_errors(cfg.adc)
+    try:
+        layer = instantiate(cfg.cim)(8, 8, 3, padding=1)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
+    _warn_sign_bit_cells(layer)
+    try:  # the data module checks its arguments when built (batch sizes, workers, subsets against split sizes)
+        instantiate(cfg.data, _partial_=True)()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid data settings (the `data` config node): {error}") from error
+    try:  # the optimizer and scheduler check their own arguments: build them on one parameter
+        optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        if cfg.get("scheduler"):
+            scheduler = build_scheduler(instantiate(cfg.scheduler), optimizer, total_steps=2)
+            optimizer.step()  # no gradient: changes nothing; some schedulers check their values only when stepped
+            scheduler.step()
+    except (ValueError, TypeError) as error:
+        values = {k: v for k, v in {**cfg.optimizer, **(cfg.get("scheduler") or {})}.items() if k[0] != "_"}
+        raise ValueError(f"invalid optimizer or scheduler settings {values}: {error}") from error
+
+    trainer = cfg.trainer
+    stage1 = cfg.schedule.stage1_epochs
+    max_epochs = trainer.get("max_epochs")
+    if (
+        stage1 > 0
+        and cfg.granularity.psum_quant
+        and not trainer.get("fast_dev_run")
+        and max_epochs not in (None, -1)
+        and stage1 >= max_epochs
+    ):
+        raise ValueError(
+            f"schedule.stage1_epochs={stage1} must be smaller than trainer.max_epochs={max_epochs}: "
+            "otherwise stage 2 (partial-sum quantization) never starts. Lower schedule.stage1_epochs, "
+            "raise trainer.max_epochs, or use schedule=one_stage."
+        )
+
+    check_checkpoint_intervals(cfg.checkpoint.every_minutes, cfg.checkpoint.every_n_steps)
+
+    init_from = cfg.model.get("init_from")
+    if init_from is not None and not Path(init_from).is_file():
+        raise FileNotFoundError(
+            f"model.init_from={init_from!r} does not exist. Point it at a float checkpoint (a Lightning .ckpt "
+            "or a state_dict), produce one with `python -m cimexp.train cim=none ...` (README: float checkpoint), "
+            "or set model.init_from=null to train from scratch."
+        )
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and _relaunches_script(trainer):
+        raise ValueError(
+            f"trainer strategy {trainer.strategy!r} with devices={trainer.devices} cannot run inside a Hydra "
+            "multirun (-m): Lightning starts the other ranks by re-running the command line, which would rerun "
+            "the whole sweep. Run the jobs one at a time, or set trainer.strategy=ddp_spawn."
+        )
+
+
+def validate_evaluate(cfg: DictConfig) -> None:
+    """Check the evaluation settings before anything is loaded.
+
+    Raises:
+        ValueError: ``ckpt`` unset, a negative ``variation.sigma``, a bad ``variation.level``, a bad ``adc.*``
+            error or ``cost.*`` setting, or more than one device.
+    """
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None:
+        raise ValueError("ckpt=<path> is required: a training checkpoint (.ckpt) or a training run directory")
+    sigma = cfg.variation.sigma
+    if not isinstance(sigma, int | float) or sigma < 0:
+        raise ValueError(f"invalid variation.sigma={sigma!r}; valid values: a number >= 0")
+    VariationLevel.parse(cfg.variation.level, "variation.level")
+    adc_errors(cfg.adc)
+    CostModel.from_config(cfg.cost)
+    trainer = cfg.trainer
+    if trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) != 1 or trainer.get("strategy"):
+        raise ValueError(
+            f"evaluate runs on one device; got trainer.devices={trainer.get('devices')}, "
+            f"trainer.num_nodes={trainer.get('num_nodes', 1)}, trainer.strategy={trainer.get('strategy')}. "
+            "Use trainer=cpu or trainer=gpu (and a Hydra launcher to run sweep jobs in parallel)."
+        )
+
+
+def check_derived_cim_keys(cim: DictConfig) -> None:
+    """Refuse a ``cim`` node whose hardware keys no longer follow their one setting (:data:`DERIVED_CIM_KEYS`),
+    e.g. after ``cim.adc_bits=3``: the run would record ``adc.bits: 4`` and run 3 bits."""
+    for key, source in DERIVED_CIM_KEYS.items():
+        if key in cim and OmegaConf.to_container(cim, resolve=False)[key] != f"${{{source}}}":
+            raise ValueError(
+                f"cim.{key} follows {source}; set {source}={cim[key]} instead (one key per setting, so that the "
+                "resolved config records what ran)"
+            )
+
+
+def adc_errors(adc: DictConfig) -> ADCErrors:
+    """The ADC non-idealities of an ``adc`` config node (``conf/adc_errors/``); a bad value raises ``ValueError``
+    naming it."""
+    return ADCErrors(**{name: adc[name] for name in ADCErrors.__dataclass_fields__})
+
+
+def calibration_settings(calibration: DictConfig) -> dict[str, Any]:
+    """The step-size calibration of a ``calibration`` config node (``conf/calibration/``) as ``ImageClassifier``
+    keyword arguments: ``calibration`` (a :class:`~cimexp.cim.Calibration`), ``calibration_batches`` and
+    ``bn_batches``. A bad value raises ``ValueError`` naming it and the valid choices."""
+    settings = {key: value for key, value in calibration.items() if key not in ("batches", "bn_batches")}
+    batches, bn_batches = calibration.batches, calibration.bn_batches
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise ValueError(f"invalid calibration.batches={batches!r}; valid values: an integer >= 1")
+    if isinstance(bn_batches, bool) or not isinstance(bn_batches, int) or bn_batches < 0:
+        raise ValueError(f"invalid calibration.bn_batches={bn_batches!r}; valid values: an integer >= 0 (0: off)")
+    return {"calibration": Calibration.parse(settings), "calibration_batches": batches, "bn_batches": bn_batches}
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``key=value`` and the ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"invalid {key}={value!r}; valid choices: {', '.join(choices)}")
+
+
+def _warn_sign_bit_cells(layer: torch.nn.Module) -> None:
+    """Warn about column-wise weight steps on a lone sign-bit top cell (1-bit cells, or 4-bit weights on 3-bit
+    cells, in two's complement): each split learns its own step there, the sign cell's step drifts away from the
+    others and fine-tuning has collapsed to chance in every run we made (README, "Cells whose top cell is a sign
+    bit"). Differential encoding or layer/array weight steps train."""
+    mapping = getattr(layer, "mapping", None)
+    if mapping is not None and mapping.sign_bit_msb and layer.weight_granularity is Granularity.COLUMN:
+        warnings.warn(
+            f"cell_bits={mapping.cell_bits} with {mapping.magnitude_bits}-bit two's-complement weights leaves a "
+            "lone sign bit in the top cell, and column-wise weight steps have not trained in that setting (accuracy "
+            "at chance after fine-tuning). Consider cim.weight_encoding=differential or granularity.weight=layer.",
+            stacklevel=2,
+        )
+
+
+def _relaunches_script(trainer: DictConfig) -> bool:
+    """Whether Lightning would start ranks > 0 by re-running ``sys.argv`` (DDP's default subprocess launcher).
+
+    Not inside a SLURM job step with several tasks (e.g. ``hydra/launcher=slurm`` with ``tasks_per_node`` > 1):
+    SLURM starts every rank itself there.
+    """
+    if SLURMEnvironment.detect():
+        return False
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig):
+        is_ddp = str(strategy.get("_target_", "")).endswith("DDPStrategy")
+        is_ddp = is_ddp and strategy.get("start_method", "popen") == "popen"
+    else:
+        is_ddp = strategy == "ddp"
+    return is_ddp and (trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) > 1)
