@@ -209,7 +209,7 @@ def test_multirun_of_two_evaluations(trained_run: Path, run_cli, tmp_path: Path)
 
 @pytest.mark.parametrize("side_file", ["running", "corrupt"])
 def test_any_checkpoint_evaluates_whatever_its_results_json_says(
-    trained_run: Path, run_eval, tmp_path: Path, capsys: pytest.CaptureFixture[str], side_file: str
+    trained_run: Path, run_eval, tmp_path: Path, caplog: pytest.LogCaptureFixture, side_file: str
 ) -> None:
     """The checkpoint holds everything evaluation needs: a training run that was stopped (results.json still says
     ``running``, without the final fields) is evaluated and reported as unfinished; a corrupt results.json is
@@ -224,7 +224,7 @@ def test_any_checkpoint_evaluates_whatever_its_results_json_says(
     _, objects = run_eval([f"ckpt={run_dir}"], "eval")
     results = objects["results"]
     assert results["status"] == "finished" and results["model"] == "resnet20"
-    out = capsys.readouterr().out
+    out = caplog.text  # the status lines go through logging
     if side_file == "running":
         assert results["train_results"]["status"] == "running"
         assert "unfinished training run (status 'running')" in out

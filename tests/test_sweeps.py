@@ -43,6 +43,7 @@ JOBS = {
     "noise_aware/quick": 2,
     "variation_aware/quick": 2,
     "adc_noise/quick": 24,
+    "pilot/medium": 6,
 }
 
 
@@ -115,7 +116,7 @@ def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, t
         assert "sweep=" not in job_dir.name and "=" in job_dir.name
         if sweep.startswith(EVALUATE_SWEEPS):
             assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
-        elif preset == "quick":
+        elif preset in ("quick", "medium"):  # the CPU presets fine-tune a float network
             assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
         else:
             assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
@@ -197,7 +198,8 @@ def test_every_sweep_lists_its_seeds(compose_app, tmp_path: Path) -> None:
         config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
         params = compose_app([f"sweep={sweep}"], tmp_path, config_name).hydra.sweeper.params
         key = "train_seed" if config_name == "evaluate" else "seed"
-        assert str(params.get(key)) == "0", (sweep, dict(params))
+        seeds = "0,1,2" if sweep == "pilot/medium" else "0"  # the pilot measures the spread between seeds
+        assert str(params.get(key)) == seeds, (sweep, dict(params))
     GlobalHydra.instance().clear()
 
 

@@ -154,6 +154,23 @@ def test_float_baseline_and_seed_zero(run, monkeypatch: pytest.MonkeyPatch) -> N
     assert 0.0 <= metrics["val/acc"] <= 1.0 and metrics["val/acc_best"] >= metrics["val/acc"]
 
 
+def test_last_ckpt_holds_the_final_epoch_when_the_monitored_metric_did_not_improve(run, tmp_path: Path) -> None:
+    """Regression: Lightning >= 2.6 writes a monitored checkpoint's `save_last` copy only in epochs that improved it,
+    so a final epoch without a new best left last.ckpt behind (the 91% float run of 2026-12-03 lost its last 140
+    steps that way). Monitoring `epoch` in `min` mode makes every epoch after the first a non-improving one."""
+    overrides = ["cim=none", "logger=none", "trainer.max_epochs=3"]
+    overrides += ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    _, objects = run(overrides, "last")
+    checkpoints = tmp_path / "last" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == objects["trainer"].global_step
+    final = _state(objects)
+    saved = {k.removeprefix("model."): v for k, v in last["state_dict"].items()}
+    assert all(torch.equal(saved[k], v) for k, v in final.items())
+    assert objects["results"]["checkpoints"]["last"] == str(checkpoints / "last.ckpt")
+
+
 class PsumProbe(L.Callback):
     """Records, for every training batch, whether the CIM layers quantize partial sums and have ADC steps set."""
 
@@ -171,7 +188,8 @@ def test_two_stage_switches_psum_quant_at_stage1_epochs(run) -> None:
     _, objects = run(
         [
             "logger=none",
-            "granularity=layer_column schedule=two_stage",
+            "granularity=layer_column",
+            "schedule=two_stage",
             "schedule.stage1_epochs=1",
             "trainer.max_epochs=2",
             "+callbacks.probe._target_=test_train.PsumProbe",

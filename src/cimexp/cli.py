@@ -99,18 +99,18 @@ def preflight(
     Raises:
         UsageError: a bad group option, key, value or override syntax (``HYDRA_FULL_ERROR=1``: the original error).
     """
-    jobs = sweep_jobs(config_name, overrides, config_dir) if multirun else [overrides]
-    for job_overrides in jobs:
-        try:
+    job_overrides = overrides
+    try:
+        for job_overrides in sweep_jobs(config_name, overrides, config_dir) if multirun else [overrides]:
             cfg = compose(config_name, job_overrides, config_dir=config_dir)
             with warnings.catch_warnings():  # the job warns again when it runs
                 warnings.simplefilter("ignore")
                 validate(cfg)
-        except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            prefix = f"job [{' '.join(job_overrides)}]: " if multirun else ""
-            raise UsageError(prefix + (_unknown_key(config_name, error, config_dir) or one_line(error))) from error
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        prefix = f"job [{' '.join(job_overrides)}]: " if multirun and job_overrides is not overrides else ""
+        raise UsageError(prefix + (_unknown_key(config_name, error, config_dir) or one_line(error))) from error
 
 
 def sweep_jobs(config_name: str, overrides: list[str], config_dir: str | None = None) -> list[list[str]]:

@@ -17,7 +17,6 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -164,7 +163,7 @@ def _results(
     choices = {k: v for k, v in (hydra_cfg.runtime.choices if hydra_cfg else {}).items() if "hydra" not in k}
     timer = find_callback(trainer, EpochTimer)
     schedule = find_callback(trainer, QATSchedule)
-    checkpoint = find_callback(trainer, ModelCheckpoint)
+    checkpoint = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)), None)
     writer = find_callback(trainer, ResultsWriter)
     telemetry = find_callback(trainer, PsumTelemetry)
     history = writer.history if writer is not None else []
@@ -203,7 +202,7 @@ def _results(
         },
         checkpoints={
             "best": (checkpoint.best_model_path or None) if checkpoint else None,
-            "last": _last_checkpoint(checkpoint, find_callback(trainer, RecoveryCheckpoint)),
+            "last": _last_checkpoint(find_callback(trainer, RecoveryCheckpoint), Path(cfg.paths.output_dir)),
         },
         cim_summary=cim_summary(model, example_input(datamodule, model), CostModel.from_config(cfg.cost))
         if is_cim
@@ -232,13 +231,12 @@ def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, An
     return summary
 
 
-def _last_checkpoint(checkpoint: ModelCheckpoint | None, recovery: RecoveryCheckpoint | None) -> str | None:
-    """The newest resume checkpoint on disk: the epoch-end ``last.ckpt`` of ``checkpoint`` or the one ``recovery``
-    wrote inside an epoch or when the run was stopped (normally the same file)."""
-    written = [checkpoint.last_model_path if checkpoint else ""]
-    written.append(str(recovery.path) if recovery is not None and recovery.saved_step is not None else "")
-    on_disk = [Path(path) for path in written if path and Path(path).is_file()]
-    return str(max(on_disk, key=lambda path: path.stat().st_mtime)) if on_disk else None
+def _last_checkpoint(recovery: RecoveryCheckpoint | None, output_dir: Path) -> str | None:
+    """The resume checkpoint on disk, ``checkpoints/last.ckpt``: written at every epoch's end
+    (``callbacks.model_checkpoint.last_checkpoint``), inside long epochs and when the run was stopped
+    (:class:`RecoveryCheckpoint`)."""
+    path = recovery.path if recovery is not None else output_dir / "checkpoints" / "last.ckpt"
+    return str(path) if Path(path).is_file() else None
 
 
 def _resume_hint(output_dir: Path, results: dict[str, Any]) -> str:
