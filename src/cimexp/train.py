@@ -233,7 +233,7 @@ def _log_summary(loggers: list[Logger], results: dict[str, Any]) -> dict[str, An
 
 def _last_checkpoint(recovery: RecoveryCheckpoint | None, output_dir: Path) -> str | None:
     """The resume checkpoint on disk, ``checkpoints/last.ckpt``: written at every epoch's end
-    (``callbacks.model_checkpoint.last_checkpoint``), inside long epochs and when the run was stopped
+    (``callbacks.last_checkpoint``), inside long epochs and when the run was stopped
     (:class:`RecoveryCheckpoint`)."""
     path = recovery.path if recovery is not None else output_dir / "checkpoints" / "last.ckpt"
     return str(path) if Path(path).is_file() else None
