@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.global_hydra import GlobalHydra
+
+import cimexp.post_training
+from cimexp.cli import UsageError, help_text, preflight
+from cimexp.config import validate_evaluate, validate_train
 
 
 def _output(result) -> str:
@@ -26,10 +31,30 @@ TYPOS = [
 ]
 
 
+def _usage_error(config_name: str, overrides: list[str], validate, multirun: bool = False) -> str:
+    """The message ``cimexp.cli.preflight`` stops the command line with (the entry point prints it after
+    ``<prog>: error: `` and exits with code 2, as the subprocess tests below check once)."""
+    with pytest.raises(UsageError) as caught:
+        preflight(config_name, overrides, validate, multirun=multirun)
+    GlobalHydra.instance().clear()
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(("override", "words"), TYPOS, ids=[t[0] for t in TYPOS])
-def test_a_typo_gives_one_line_exit_code_2_and_leaves_nothing_on_disk(
-    run_cli, tiny_data, tmp_path: Path, override: str, words
+def test_a_typo_is_refused_in_one_line_naming_the_value_and_the_choices(
+    tiny_data, tmp_path: Path, monkeypatch, override: str, words
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = _usage_error("train", [override, *tiny_data, "logger=csv"], validate_train)
+    assert len(message.splitlines()) == 1, message
+    for word in words:
+        assert word in message, message
+    assert list(tmp_path.iterdir()) == []  # no run directory, no log file
+
+
+def test_a_typo_gives_one_line_exit_code_2_and_leaves_nothing_on_disk(run_cli, tiny_data, tmp_path: Path) -> None:
+    """The whole path as a user meets it: the console script's message on stderr, exit code 2, nothing written."""
+    override, words = TYPOS[0]
     result = run_cli([override, *tiny_data, "logger=csv"], cwd=tmp_path, timeout=120)
     assert result.returncode == 2, _output(result)
     assert result.stdout == ""
@@ -37,47 +62,55 @@ def test_a_typo_gives_one_line_exit_code_2_and_leaves_nothing_on_disk(
     assert line.startswith("cimexp-train: error: ")
     for word in words:
         assert word in line, line
-    assert list(tmp_path.iterdir()) == []  # no run directory, no log file
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_typo_in_one_job_of_a_multirun_stops_the_sweep_before_any_job(run_cli, tiny_data, tmp_path: Path) -> None:
-    result = run_cli(["-m", "seed=0,1", "granularity.weight=layer,colum", *tiny_data], cwd=tmp_path, timeout=120)
-    assert result.returncode == 2, _output(result)
-    (line,) = result.stderr.splitlines()
-    assert "granularity.weight=colum" in line and "layer, array, column" in line
+def test_a_typo_in_one_job_of_a_multirun_stops_the_sweep_before_any_job(tiny_data, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = _usage_error("train", ["seed=0,1", "granularity.weight=layer,colum", *tiny_data], validate_train, True)
+    assert len(message.splitlines()) == 1
+    assert "granularity.weight=colum" in message and "layer, array, column" in message
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
-    ("module", "args", "words"),
+    ("config_name", "args", "words"),
     [
-        ("cimexp.evaluate", ["variation.sigma=0.1"], ["cimexp-evaluate: error:", "ckpt=<path> is required"]),
-        ("cimexp.evaluate", ["ckpt=x", "variation.levle=cell"], ["variation.levle", "no such key", "level"]),
-        ("cimexp.post_training", ["grid.weight=[colum]"], ["cimexp-post-training: error:", "'colum'"]),
+        ("evaluate", ["variation.sigma=0.1"], ["ckpt=<path> is required"]),
+        ("evaluate", ["ckpt=x", "variation.levle=cell"], ["variation.levle", "no such key", "level"]),
+        ("post_training", ["grid.weight=[colum]"], ["'colum'"]),
     ],
 )
-def test_every_hydra_entry_point_reports_typos_the_same_way(run_cli, tmp_path: Path, module, args, words) -> None:
-    result = run_cli(args, cwd=tmp_path, timeout=120, module=module)
-    assert result.returncode == 2, _output(result)
-    (line,) = result.stderr.splitlines()
+def test_every_hydra_entry_point_reports_typos_the_same_way(
+    tmp_path: Path, monkeypatch, config_name, args, words
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    validate = {"evaluate": validate_evaluate, "post_training": cimexp.post_training.validate_config}[config_name]
+    message = _usage_error(config_name, args, validate)
+    assert len(message.splitlines()) == 1
     for word in words:
-        assert word in line, line
+        assert word in message, message
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("module", ["cimexp.train", "cimexp.evaluate", "cimexp.post_training"])
-def test_help_lists_the_groups_the_sweeps_and_the_default_run(run_cli, tmp_path: Path, module: str) -> None:
-    result = run_cli(["--help"], cwd=tmp_path, timeout=120, module=module)
+def test_help_lists_the_groups_the_sweeps_and_the_default_run(run_cli, tmp_path: Path) -> None:
+    result = run_cli(["--help"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, _output(result)
     out = result.stdout
-    assert out.startswith(f"usage: {module.replace('.', '-').replace('_', '-')} ")
-    assert "granularity_grid/quick" in out and "variation/quick" in out  # the sweeps
-    assert "_base" not in out and "trainer=default" not in out  # building blocks stay hidden
-    if module == "cimexp.train":
-        assert "200 epochs" in out and "50 hours" in out and "experiment=quick" in out
-        for group in ("experiment", "model", "data", "quant", "cell", "adc", "array", "granularity", "schedule"):
-            assert f"\n  {group} " in out, group
-        assert "column_column" in out and "layer_nopsq" in out and "float" in out
+    assert out.startswith("usage: cimexp-train ")
+    assert "200 epochs" in out and "50 hours" in out and "experiment=quick" in out
+    for group in ("experiment", "model", "data", "quant", "cell", "adc", "array", "granularity", "schedule"):
+        assert f"\n  {group} " in out, group
+    assert "column_column" in out and "layer_nopsq" in out and "float" in out
+    for config_name, prog in [
+        ("train", "cimexp-train"),
+        ("evaluate", "cimexp-evaluate"),
+        ("post_training", "cimexp-post-training"),
+    ]:
+        out = help_text(config_name, prog) if config_name != "train" else out
+        assert out.startswith(f"usage: {prog} ")
+        assert "granularity_grid/quick" in out and "variation/quick" in out  # the sweeps
+        assert "_base" not in out and "trainer=default" not in out  # building blocks stay hidden
     assert list(tmp_path.iterdir()) == []
 
 

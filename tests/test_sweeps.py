@@ -43,7 +43,10 @@ JOBS = {
     "noise_aware/quick": 2,
     "variation_aware/quick": 2,
     "adc_noise/quick": 24,
-    "pilot/medium": 6,
+    "granularity_grid/medium": 21,
+    "granularity_grid/medium_3bit": 15,
+    "qat_schedules/medium": 6,
+    "variation/medium": 216,
 }
 
 
@@ -105,7 +108,7 @@ def composed(tmp_path_factory, compose_app) -> dict[str, list[tuple[dict, Path]]
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, tmp_path_factory) -> None:
     jobs = composed[sweep]
-    sigmas_x_seeds = {"variation/quick": 6 * 3, "variation/full": 6 * 5}.get(sweep, 1)
+    sigmas_x_seeds = {"variation/quick": 6 * 3, "variation/full": 6 * 5, "variation/medium": 6 * 3}.get(sweep, 1)
     assert len(jobs) * sigmas_x_seeds == JOBS[sweep]
     name, preset = sweep.split("/")
     dirs = [job_dir for _, job_dir in jobs]
@@ -116,14 +119,14 @@ def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, t
         assert "sweep=" not in job_dir.name and "=" in job_dir.name
         if sweep.startswith(EVALUATE_SWEEPS):
             assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
-        elif preset in ("quick", "medium"):  # the CPU presets fine-tune a float network
+        elif preset in ("quick", "medium", "medium_3bit"):  # the CPU presets fine-tune a float network
             assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
         else:
             assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
     assert set(JOBS) == set(SWEEPS)
 
 
-@pytest.mark.parametrize("preset", ["quick", "full"])
+@pytest.mark.parametrize("preset", ["quick", "medium", "full"])
 def test_variation_sweep_reads_the_granularity_grid_checkpoints(preset: str, composed) -> None:
     grid = {
         f"{c['granularity']['weight']}_{c['granularity']['psum']}": job_dir
@@ -179,6 +182,32 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
     GlobalHydra.instance().clear()
 
 
+def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
+    """Fig. 7 core at a 4-bit ADC (7 schemes), the 5 partial-sum-quantized ones at 3 bits, Fig. 9 as the paper's pair
+    (column/column one-stage against layer/column two-stage, same epochs), all from experiment=medium, 3 seeds."""
+
+    def scheme(c: dict) -> str:
+        if c["cim"]["_target_"] == "torch.nn.Conv2d":
+            return "float"
+        g = c["granularity"]
+        return f"{g['weight']}_{g['psum'] if g['psum_quant'] else 'nopsq'}"
+
+    four = [c for c, _ in composed["granularity_grid/medium"]]
+    psq = ["layer_layer", "array_array", "layer_array", "layer_column", "column_column"]
+    assert sorted((scheme(c), c["seed"]) for c in four) == sorted(
+        (s, seed) for s in [*psq, "column_nopsq", "float"] for seed in (0, 1, 2)
+    )
+    three = [c for c, _ in composed["granularity_grid/medium_3bit"]]
+    assert sorted((scheme(c), c["seed"]) for c in three) == sorted((s, seed) for s in psq for seed in (0, 1, 2))
+    assert {c["adc"]["bits"] for c in four} == {4} and {c["adc"]["bits"] for c in three} == {3}
+    qat = [c for c, _ in composed["qat_schedules/medium"]]
+    cases = {(scheme(c), c["schedule"]["stage1_epochs"], c["trainer"]["max_epochs"]) for c in qat}
+    assert cases == {("column_column", 0, 2), ("layer_column", 1, 2)}
+    medium = four + three + qat
+    assert {c["tags"][0] for c in medium} == {"medium"} and {c["data"]["train_subset"] for c in medium} == {None}
+    assert {c["trainer"]["max_epochs"] for c in four + three} == {1}
+
+
 def test_sweep_command_line_overrides_pick_jobs(compose_app, tmp_path: Path) -> None:
     """A swept key given on the command line replaces the sweep's values: one job of a sweep."""
     ((_, job_dir),) = sweep_jobs(
@@ -198,7 +227,7 @@ def test_every_sweep_lists_its_seeds(compose_app, tmp_path: Path) -> None:
         config_name = "evaluate" if sweep.startswith(EVALUATE_SWEEPS) else "train"
         params = compose_app([f"sweep={sweep}"], tmp_path, config_name).hydra.sweeper.params
         key = "train_seed" if config_name == "evaluate" else "seed"
-        seeds = "0,1,2" if sweep == "pilot/medium" else "0"  # the pilot measures the spread between seeds
+        seeds = "0,1,2" if sweep.split("/")[1].startswith("medium") else "0"  # the medium study: 3 seeds each
         assert str(params.get(key)) == seeds, (sweep, dict(params))
     GlobalHydra.instance().clear()
 
