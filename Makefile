@@ -1,6 +1,6 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+.PHONY: help install test test-slow medium wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
 	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
@@ -58,6 +58,14 @@ imagenet_table3: ## Table III: the five schemes and float on ResNet-18/ImageNet 
 	$(PYTHON) -m cimexp.train -m sweep=imagenet_table3/full $(ARGS)
 
 sweeps: granularity_grid qat_schedules variation ## All CIFAR sweeps of PRESET, in order (the grid before variation)
+
+MEDIUM_ARGS ?= hydra/launcher=parallel logger=csv trainer.enable_progress_bar=false
+MEDIUM_SWEEPS = granularity_grid/medium granularity_grid/medium_3bit qat_schedules/medium
+medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs CIMEXP_DATA): Figs. 7, 9, 10, report
+	for sweep in $(MEDIUM_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
+	$(PYTHON) -m cimexp.evaluate -m sweep=variation/medium $(MEDIUM_ARGS)
+	$(PYTHON) -m cimexp.report $(addprefix logs/sweeps/,$(MEDIUM_SWEEPS) variation/medium) --reference paper \
+		--paired-reference column/column --out experiments/results/medium/report
 
 adc_energy: ## Beyond the paper: accuracy vs ADC energy, adc_bits 2..5 x layer/layer, column/column (quick only)
 	$(PYTHON) -m cimexp.train -m sweep=adc_energy/$(PRESET) $(ARGS)

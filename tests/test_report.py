@@ -612,6 +612,92 @@ def test_paired_differences_under_variation_pair_training_seed_and_chip(collecte
     assert evaluated.loc[0.0, "difference_n"] == 1  # without variation the chips are one and the same network
 
 
+NESTED_SEED_SHIFT = (0.0, 0.04, -0.03)
+"""A common effect of each training seed (0, 1, 2) on the accuracy of all its chip instances."""
+NESTED_SCHEMES = {"column/column": 0.8, "layer/layer": 1.5}
+"""Accuracy lost per unit sigma, by scheme."""
+
+
+def nested_acc(scheme: str, sigma: float, seed: int, chip: int) -> float:
+    """Accuracy (fraction) of the evaluation of training seed ``seed``'s checkpoint of ``scheme`` on chip ``chip``:
+    a scheme and sigma effect, the seed's common shift, and a chip effect that differs between seeds and schemes."""
+    chip_effect = 0.01 * chip * (1 + seed) * (2.0 if scheme == "layer/layer" else 1.0)
+    return 0.85 - NESTED_SCHEMES[scheme] * sigma + NESTED_SEED_SHIFT[seed] - chip_effect
+
+
+def write_nested_variation(root: Path, seeds: tuple[int, ...], chips: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+    """Evaluations of both :data:`NESTED_SCHEMES` at sigma 0.1 and 0.2 on ``chips`` of each training seed's
+    checkpoint, collected."""
+    for scheme, sigma, seed, chip in itertools.product(NESTED_SCHEMES, (0.1, 0.2), seeds, chips):
+        weight, psum = scheme.split("/")
+        record = evaluate_results(weight, psum, sigma, chip, nested_acc(scheme, sigma, seed, chip), with_train=True)
+        record["seed"] = seed
+        write_results(root, f"{weight}_{psum}/s={sigma}/seed={seed}/chip={chip}", record)
+    return collect([root])[0]
+
+
+def test_chip_instances_are_nested_in_their_training_seed(tmp_path: Path) -> None:
+    runs = write_nested_variation(tmp_path, seeds=(0, 1, 2))
+    table = variation_table(runs).set_index(["scheme", "sigma"])
+    summary = summary_table(runs).set_index(["scheme", "sigma"])
+    assert len(table) == 4  # two schemes at two sigmas
+    for scheme, sigma in itertools.product(NESTED_SCHEMES, (0.1, 0.2)):
+        chips = pd.DataFrame([[100 * nested_acc(scheme, sigma, s, c) for c in range(3)] for s in range(3)])
+        seed_means = chips.mean(axis=1)  # the independent replicates: one per training seed
+        row = table.loc[(scheme, sigma)]
+        assert (row["acc"], row["acc_std"], row["acc_n"]) == (
+            pytest.approx(seed_means.mean()),
+            pytest.approx(seed_means.std()),
+            3,
+        )
+        half = 4.302652729749464 * seed_means.std() / math.sqrt(3)  # t(0.975, 2): 2 degrees of freedom, not 8
+        assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx(
+            (seed_means.mean() - half, seed_means.mean() + half)
+        )
+        assert row["acc_std"] != pytest.approx(chips.stack().std())  # not the spread of the 9 runs
+        assert summary.loc[(scheme, sigma), ["acc", "acc_std", "acc_n"]].tolist() == pytest.approx(
+            row[["acc", "acc_std", "acc_n"]].tolist()
+        )
+
+
+def test_the_chips_of_one_training_seed_stay_its_replicates(tmp_path: Path) -> None:
+    runs = write_nested_variation(tmp_path, seeds=(1,))
+    table = variation_table(runs).set_index(["scheme", "sigma"])
+    for scheme, sigma in itertools.product(NESTED_SCHEMES, (0.1, 0.2)):
+        chips = pd.Series([100 * nested_acc(scheme, sigma, 1, c) for c in range(3)])
+        row = table.loc[(scheme, sigma)]
+        assert (row["acc"], row["acc_std"], row["acc_n"]) == (
+            pytest.approx(chips.mean()),
+            pytest.approx(chips.std()),
+            3,
+        )
+
+
+def test_paired_differences_under_variation_average_the_chips_of_each_training_seed(tmp_path: Path) -> None:
+    runs = write_nested_variation(tmp_path, seeds=(0, 1, 2))
+    table = paired_table(runs).set_index("sigma")
+    assert set(table["scheme"]) == {"layer/layer"} and len(table) == 2
+    for sigma in (0.1, 0.2):
+        per_seed = pd.Series(
+            [
+                pd.Series(
+                    [
+                        100 * (nested_acc("column/column", sigma, s, c) - nested_acc("layer/layer", sigma, s, c))
+                        for c in range(3)
+                    ]
+                ).mean()
+                for s in range(3)
+            ]
+        )
+        row = table.loc[sigma]
+        assert (row["difference"], row["difference_n"]) == (pytest.approx(per_seed.mean()), 3)
+        assert row["difference_std"] == pytest.approx(per_seed.std())
+        half = 4.302652729749464 * per_seed.std() / math.sqrt(3)
+        assert (row["difference_ci_low"], row["difference_ci_high"]) == pytest.approx(
+            (per_seed.mean() - half, per_seed.mean() + half)
+        )
+
+
 def test_every_table_of_the_report_shows_n(report_dir: Path) -> None:
     for name in ["summary", "paired_differences", "granularity_grid", "variation", "reference_comparison"]:
         markdown = (report_dir / f"{name}.md").read_text()

@@ -5,10 +5,11 @@ without a display and without global state, and a notebook shows a returned figu
 function returns ``None`` when the table lacks the data it needs. Colours follow the weight granularity, markers
 and hatches the partial-sum granularity, in every figure.
 
-Every point is a mean over the independent replicates of its configuration (seeds; for evaluations, training
-seeds x chip instances), drawn with ±1 sample standard deviation (error bars or a band) and the number of
-replicates in the legend title. One legend below the panels, laid out to fit the figure: fewer columns when it
-is wide, and the figure grows by the legend's height, so nothing is cut off at any size.
+Every point is a mean over the independent replicates of its configuration (seeds; for evaluations under
+variation, training seeds with their chip instances averaged, or the chip instances of one training seed), drawn
+with ±1 sample standard deviation (error bars or a band) and the number of replicates in the legend title. One
+legend below the panels, laid out to fit the figure: fewer columns when it is wide, and the figure grows by the
+legend's height, so nothing is cut off at any size.
 """
 
 from __future__ import annotations
@@ -246,9 +247,9 @@ def qat_figure(history: pd.DataFrame) -> Figure | None:
 
 
 def variation_figure(runs: pd.DataFrame) -> Figure | None:
-    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the replicates (training seeds x
-    chip instances) versus sigma, a band of ±1 std, one line per scheme. One panel per model and data set.
-    ``None`` unless evaluation runs cover more than one sigma."""
+    """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the replicates (training seeds, or
+    the chip instances of one, :func:`~cimexp.report.tables.replicate_units`) versus sigma, a band of ±1 std, one
+    line per scheme. One panel per model and data set. ``None`` unless evaluation runs cover more than one sigma."""
     table = variation_table(runs)
     if table.empty:
         return None
@@ -270,7 +271,7 @@ def variation_figure(runs: pd.DataFrame) -> Figure | None:
         ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
         ax.grid(True, alpha=0.3)
     replicates = _replicates(table["acc_n"])
-    title = f"mean over training seeds x chip instances ({replicates}; at σ=0 the training seeds), band: {SPREAD}"
+    title = f"mean over training seeds, or one seed's chips ({replicates}; at σ=0 the training seeds), band: {SPREAD}"
     _legend(figure, axes, title=title)
     return figure
 

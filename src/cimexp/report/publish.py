@@ -44,7 +44,8 @@ from cimexp.report.tables import (
 
 STATISTICS = (
     f"Each number over seeds reads `mean ± std (n=k) [low, high]`: the mean over the k independent replicates of "
-    f"a configuration (training seeds; for evaluations, training seeds x chip instances, and the training seeds "
+    f"a configuration (training seeds; for evaluations under cell variation, the training seeds, each the mean of "
+    f"its chip instances, or the chip instances where the configuration has one training seed; the training seeds "
     f"alone without variation and noise), the sample standard deviation, and the {100 * CONFIDENCE:g}% Student-t "
     f"confidence interval of the mean; `mean (n=1)` is a single run, with no spread to give. The CSV files hold "
     f"the same numbers as `<column>`, `<column>_std`, `<column>_n`, `<column>_ci_low`, `<column>_ci_high`"
@@ -56,11 +57,12 @@ TABLES = {
     "training, top-5, and training time (s), over seeds",
     "paired_differences": "Paired differences `reference - scheme` in top-1 accuracy (percentage points; positive: "
     "the reference is higher), over the seeds (and chip instances) both have, all other settings equal, with the "
-    "paired Student-t interval",
+    "paired Student-t interval (over training seeds, each the mean of its chips' differences, where there are two "
+    "or more)",
     "granularity_grid": "Top-1 accuracy (%) over weight (rows) x partial-sum (columns) granularity, over seeds; "
     "`w/o PSQ`: no partial-sum quantization; `float`: the float network (paper Fig. 7)",
-    "variation": "Top-1 accuracy (%) under log-normal cell variation per sigma, over training seeds x chip "
-    "instances (paper Fig. 10)",
+    "variation": "Top-1 accuracy (%) under log-normal cell variation per sigma, over training seeds (chip "
+    "instances averaged within each), or over the chip instances of one training seed (paper Fig. 10)",
     "qat_time_to_accuracy": "For each pair of training curves (seeds averaged per epoch; n each): cumulative "
     "training time (min) each needs to reach the lower of their best accuracies, and the time saved by the faster "
     "(paper Fig. 9 marks)",

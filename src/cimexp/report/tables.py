@@ -112,28 +112,30 @@ def estimate_columns(name: str) -> list[str]:
 
 
 def replicate_units(runs: pd.DataFrame, pairing: bool = False) -> pd.Series:
-    """The independent replicate each run is, as a label on the index of ``runs``; runs with the same label in one
+    """The measurement each run is, as a label on the index of ``runs``; runs with the same label in one
     configuration are repeats of one measurement and are averaged before any statistic.
 
     - Training runs: their seed.
     - Evaluation runs: the training seed and the chip instance (variation seed). An evaluation without variation and
       without ADC noise (``sigma`` 0, ``noise_lsb`` 0) is deterministic: its variation seed changes nothing, so
       the training seed alone.
-    - Evaluations with ADC noise: each run is its own replicate (its ADC noise seed is not in the runs table);
+    - Evaluations with ADC noise: each run is its own measurement (its ADC noise seed is not in the runs table);
       with ``pairing``, labelled by training seed and chip instance (their noise draws averaged), so that schemes
       pair on them.
-    - Runs without a seed: each its own replicate, paired with nothing.
+    - Runs without a seed: each its own measurement, paired with nothing.
+
+    The chip instances of one training seed share the trained network, so they are not independent of each other:
+    where the evaluations under cell variation (``sigma`` > 0) of one configuration span two or more training
+    seeds, the independent replicate is the training seed, and :func:`summarize` and :func:`paired_table` average
+    its chip instances (and their repeats) before taking statistics over the training seeds. Where they span one
+    training seed, the chip instances are the replicates (the spread is then chip-to-chip, of one network).
     """
     index = runs.index
-
-    def column(name: str) -> pd.Series:
-        return runs[name] if name in runs else pd.Series(pd.NA, index=index, dtype=object)
-
-    seed = column("seed")
-    train_seed = column("train_seed") if "train_seed" in runs else seed
-    evaluation = (column("kind") == "evaluate").fillna(False).astype(bool)
-    sigma = pd.to_numeric(column("sigma"), errors="coerce").fillna(0.0)
-    noise = pd.to_numeric(column("noise_lsb"), errors="coerce").fillna(0.0)
+    seed = _column(runs, "seed")
+    train_seed = _column(runs, "train_seed") if "train_seed" in runs else seed
+    evaluation = (_column(runs, "kind") == "evaluate").fillna(False).astype(bool)
+    sigma = pd.to_numeric(_column(runs, "sigma"), errors="coerce").fillna(0.0)
+    noise = pd.to_numeric(_column(runs, "noise_lsb"), errors="coerce").fillna(0.0)
     deterministic = evaluation & (sigma == 0) & (noise == 0)
     noisy = evaluation & (noise > 0) & (not pairing)
     chip = seed.astype(object).where(~deterministic, "-")
@@ -143,21 +145,52 @@ def replicate_units(runs: pd.DataFrame, pairing: bool = False) -> pd.Series:
     return labels.where(~own, positions)
 
 
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` of ``runs``, or NAs where the runs table has no such column."""
+    return runs[name] if name in runs else pd.Series(pd.NA, index=runs.index, dtype=object)
+
+
+def _chip_seeds(runs: pd.DataFrame) -> pd.Series:
+    """The training seed (as text) in which each run's chip instance is nested: that of evaluation runs under cell
+    variation (``sigma`` > 0); NA for every other run (see :func:`replicate_units`)."""
+    evaluation = (_column(runs, "kind") == "evaluate").fillna(False).astype(bool)
+    sigma = pd.to_numeric(_column(runs, "sigma"), errors="coerce").fillna(0.0)
+    train_seed = _column(runs, "train_seed")
+    return train_seed.astype(str).where(evaluation & (sigma > 0) & train_seed.notna())
+
+
+def _over_training_seeds(measurements: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """``measurements`` (one row per :func:`replicate_units` label ``_unit`` of each ``keys`` group, with its
+    :func:`_chip_seeds` ``_seed``) averaged to one row per independent replicate: in a group whose chip instances
+    span two or more training seeds, those of one training seed become one replicate; other rows stay as they are.
+    Columns: ``keys``, ``_replicate``, ``values``."""
+    nested = measurements["_seed"].notna()
+    seeds = measurements["_seed"].groupby([measurements[k] for k in keys], dropna=False, sort=False)
+    spans_seeds = seeds.transform("nunique") >= 2
+    replicate = measurements["_unit"].where(~(nested & spans_seeds), "seed " + measurements["_seed"])
+    grouped = measurements.assign(_replicate=replicate).groupby([*keys, "_replicate"], dropna=False, sort=False)
+    return grouped[list(values)].mean().reset_index()
+
+
 def summarize(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
-    """Statistics of ``values`` over the independent replicates (:func:`replicate_units`; repeats of one replicate
-    averaged first) of each ``keys`` group: the group keys, then per value its mean and :data:`ESTIMATE_SUFFIXES`
-    columns. Groups in order of first appearance; missing keys form groups of their own."""
+    """Statistics of ``values`` over the independent replicates of each ``keys`` group: the group keys, then per
+    value its mean and :data:`ESTIMATE_SUFFIXES` columns. Repeats of one measurement (:func:`replicate_units`) are
+    averaged first; where a group's evaluations under cell variation span two or more training seeds, so are the
+    chip instances of each training seed, and mean, std, n and interval are over the training seeds (n = number of
+    training seeds); over one training seed, over its chip instances. Groups in order of first appearance; missing
+    keys form groups of their own."""
     columns = [*keys, *(column for value in values for column in estimate_columns(value))]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     numbers = frame[list(values)].apply(pd.to_numeric, errors="coerce").astype(float)
-    replicates = (
+    measurements = (
         frame[list(keys)]
-        .assign(**{value: numbers[value] for value in values}, _unit=replicate_units(frame))
-        .groupby([*keys, "_unit"], dropna=False, sort=False)[list(values)]
+        .assign(**{value: numbers[value] for value in values}, _unit=replicate_units(frame), _seed=_chip_seeds(frame))
+        .groupby([*keys, "_unit", "_seed"], dropna=False, sort=False)[list(values)]
         .mean()
         .reset_index()
     )
+    replicates = _over_training_seeds(measurements, keys, values)
     groups = replicates.groupby(list(keys), dropna=False, sort=False)[list(values)]
     aggregated = groups.agg(["mean", "std", "count"])
     table = aggregated.index.to_frame(index=False)
@@ -218,9 +251,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: str = "acc") -> pd.DataFrame:
     """Paired differences ``reference - scheme`` of ``value`` between the ``reference`` scheme and every other
     scheme, over the replicates both have (the same seeds; for evaluations the same training seed and chip
-    instance, :func:`replicate_units` with ``pairing``) with all other settings equal: mean, std, n and the 95%
-    paired Student-t interval of the difference. Pairing removes what a seed does to both schemes (data order,
-    initial draw, evaluation subset), so it resolves smaller differences than two separate intervals would.
+    instance, :func:`replicate_units` with ``pairing``: a variation seed draws the same cell factors for every
+    scheme) with all other settings equal: mean, std, n and the 95% paired Student-t interval of the difference.
+    Where the pairs under cell variation span two or more training seeds, the differences of the chip instances of
+    one training seed are averaged first and the statistics are over the training seeds (n = number of training
+    seeds); over one training seed, over its chip instances. Pairing removes what a seed does to both schemes (data
+    order, initial draw, evaluation subset), so it resolves smaller differences than two separate intervals would.
 
     Columns: ``kind``, ``model``, ``dataset``, the configuration columns that vary, ``reference``, ``scheme``,
     then ``difference`` with its :data:`ESTIMATE_SUFFIXES` columns (percentage points; positive: the reference is
@@ -232,18 +268,20 @@ def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: s
         if frame.empty or reference not in set(frame["scheme"]):
             continue
         keys = [c for c in configuration_keys(frame, kind) if c not in SCHEME_COLUMNS]
-        frame = frame.assign(_unit=replicate_units(frame, pairing=True))
+        frame = frame.assign(_unit=replicate_units(frame, pairing=True), _seed=_chip_seeds(frame))
         for group, configuration in frame.groupby(keys, dropna=False, sort=False):
-            by_scheme = {
-                scheme: runs_of.groupby("_unit")[value].mean().to_dict()
-                for scheme, runs_of in configuration.groupby("scheme", sort=False)
-            }
-            if reference not in by_scheme:
+            if reference not in set(configuration["scheme"]):
                 continue
-            for scheme in sorted(by_scheme, key=_scheme_rank):
-                difference = stats.paired_difference(by_scheme[reference], by_scheme[scheme])
-                if scheme == reference or difference.n == 0:
+            means = configuration.groupby(["_unit", "scheme"], sort=False)[value].mean().unstack("scheme")
+            seeds = configuration.drop_duplicates("_unit").set_index("_unit")["_seed"]
+            for scheme in sorted(means.columns, key=_scheme_rank):
+                differences = (means[reference] - means[scheme]).dropna().rename("difference")
+                if scheme == reference or differences.empty:
                     continue
+                pairs = differences.rename_axis("_unit").reset_index().assign(scheme=scheme)
+                pairs["_seed"] = seeds.reindex(pairs["_unit"]).to_numpy()
+                replicates = _over_training_seeds(pairs, ["scheme"], ["difference"])
+                difference = stats.estimate(replicates["difference"])
                 rows.append(
                     {
                         "kind": kind,
@@ -348,9 +386,9 @@ def _side_by_side(
 
 
 def variation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy under log-normal cell variation (the paper's Fig. 10): statistics over the replicates (training seed
-    x chip instance; at sigma 0 the training seeds alone, :func:`replicate_units`) per model, data set, scheme and
-    sigma.
+    """Accuracy under log-normal cell variation (the paper's Fig. 10): statistics over the replicates (training seeds,
+    each the mean of its chip instances, or the chip instances of a single training seed; at sigma 0 the training
+    seeds alone, :func:`replicate_units`) per model, data set, scheme and sigma.
 
     Columns: the group keys (``model``, ``dataset``, settings and ``schedule`` when they vary, ``scheme``,
     ``weight_granularity``, ``psum_granularity``, ``sigma``), then ``acc`` with its ``_std``, ``_n`` and 95%
