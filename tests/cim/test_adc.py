@@ -185,6 +185,33 @@ def test_training_with_errors_on_has_straight_through_gradients():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("granularity", ["layer", "array", "column"])
+def test_adc_step_gradients_are_those_of_the_step_in_output_units(granularity, monkeypatch):
+    """The ADC step is kept in integer MAC units; its gradient is divided by the square of the dequantization factor
+    c = s_w * s_a * shift (the mean over the columns that share the step), so that SGD moves it as LSQ moves the
+    output-unit step c * s_p."""
+    layer = _layer(weight_granularity="column", psum_granularity=granularity).train()
+    x = _x()
+    upstream = torch.randn_like(layer(x))
+
+    def step_grad() -> torch.Tensor:
+        layer.zero_grad()
+        (layer(x) * upstream).sum().backward()
+        return layer.psum_step.grad.clone()
+
+    preconditioned = step_grad()
+    monkeypatch.setattr("cimexp.cim.layer.output_unit_gradient", lambda step, unit_sq: step)
+    raw = step_grad()
+    with torch.no_grad():
+        s_a = layer.act_step.abs()
+        shift = (layer.polarity.reshape(-1, 1) * layer.split_shift.reshape(1, -1)).unsqueeze(-1).unsqueeze(-1)
+        factor = layer._weight_step_full() * shift * s_a  # [P, S, T, O]
+        c_sq = layer.mapping.reduce_to_step(factor.square(), layer.psum_granularity)
+    assert preconditioned.shape == raw.shape == c_sq.shape
+    torch.testing.assert_close(preconditioned * c_sq, raw, rtol=1e-9, atol=1e-15)
+    assert raw.abs().max() < 1e-3 * preconditioned.abs().max()  # c ~ 1e-2 here: the raw gradient is negligible
+
+
 def test_bit_serial_cycles_share_the_column_adc_errors():
     """All input cycles of a column go through the same ADC: its static errors repeat per cycle."""
     layer = _layer(dac_bits=2)

@@ -43,6 +43,7 @@ from cimexp.cim.quant import (
     effective_step,
     lsq_init,
     mse_init,
+    output_unit_gradient,
     positive,
     quantize_int,
     range_init,
@@ -261,12 +262,16 @@ class CIMConv2d(nn.Conv2d):
             codes = codes * self.cell_gain.permute(0, 1, 4, 2, 3)
         return codes.permute(3, 0, 1, 2, 4)
 
-    def _psum_step_full(self, n_positions: int = 1) -> torch.Tensor:
+    def _psum_step_full(self, n_positions: int = 1, factor: torch.Tensor | None = None) -> torch.Tensor:
         """Effective ADC steps (integer MAC units), one per column: ``[P, S, T, O]``. ``n_positions`` (output
-        positions per image) only sets LSQ's gradient scale."""
+        positions per image) and ``factor`` (the columns' dequantization factors, ``[P, S, T, O]``) only shape the
+        gradient: LSQ's scale, and :func:`~cimexp.cim.quant.output_unit_gradient` over the columns of each step."""
         m = self.mapping
         n_per_step = m.n_columns * n_positions / self.psum_step.numel()
-        step = effective_step(self.psum_step, n_per_step, self._adc_qmax)
+        step = self.psum_step
+        if factor is not None:
+            step = output_unit_gradient(step, m.reduce_to_step(factor.detach().square(), self.psum_granularity))
+        step = effective_step(step, n_per_step, self._adc_qmax)
         return m.expand_step(step, self.psum_granularity)
 
     # --- forward ----------------------------------------------------------------------------------------------
@@ -343,7 +348,8 @@ class CIMConv2d(nn.Conv2d):
 
     def _steps_and_factors(self, factor: torch.Tensor, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """ADC steps ``s_p`` and dequantization factors, both ``[G, O]`` with ``G`` tile-major ``(t, p, s)``."""
-        s_p = self._psum_step_full(n_positions).permute(2, 0, 1, 3).reshape(-1, self.out_channels)
+        s_p = self._psum_step_full(n_positions, factor.permute(1, 2, 0, 3))
+        s_p = s_p.permute(2, 0, 1, 3).reshape(-1, self.out_channels)
         return s_p, factor.reshape(-1, self.out_channels)
 
     def _adc_range(self, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:

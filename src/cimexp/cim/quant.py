@@ -33,7 +33,7 @@ class _RoundSTE(torch.autograd.Function):
 
 class _GradScale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
@@ -47,10 +47,23 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
 
-def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+def grad_scale(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Identity in the forward pass; multiplies the gradient by ``scale`` (exact forward, unlike the
     ``(x - x*g).detach() + x*g`` idiom, which can move ``x`` by an ulp)."""
     return _GradScale.apply(x, scale)
+
+
+def output_unit_gradient(step: torch.Tensor, unit_sq: torch.Tensor) -> torch.Tensor:
+    """Identity in the forward pass; divides the gradient of ``step`` by ``unit_sq`` (broadcastable to it).
+
+    An ADC step is kept in integer MAC units, as the hardware's ADC reference is, while the output it quantizes is
+    in output units: output step = ``c * step`` with ``c`` the column's dequantization factor (weight step x
+    activation step x split shift, ~1e-3). Plain SGD on ``step`` then moves the output step by ``c^2`` times
+    (~1e-6) what SGD on the output step itself would, and the steps never learn. With ``unit_sq = c^2`` (detached;
+    the mean over the columns that share a step) an SGD update of ``step`` is the update LSQ makes of the output
+    step: ``dL/dstep = c * dL/d(output step)``, and ``lr * dL/d(output step) / c`` is its change in integer units.
+    """
+    return grad_scale(step, 1.0 / unit_sq)
 
 
 def positive(step: torch.Tensor) -> torch.Tensor:
