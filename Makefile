@@ -20,7 +20,7 @@ install: ## Install cimexp and its dev tools, editable: pip install -e ".[dev]"
 test: ## Fast test tier (what CI runs): unit tests, every config option, short trainings on synthetic data
 	$(PYTHON) -m pytest
 
-test-slow: ## Slow tier: debug profiles and real CIFAR-10 runs as subprocesses (CIFAR needs CIMEXP_DATA)
+test-slow: ## Slow tier: debug profiles, real CIFAR-10 runs as subprocesses, training with model.compile (CIFAR needs CIMEXP_DATA)
 	$(PYTHON) -m pytest -m slow
 
 wheel-smoke: ## Build the wheel, install it into a fresh venv, run the entry points from an empty directory (CI)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimexp.cim import CIMConv2d, calibrate, set_psum_quant
-from cimexp.cim.quant import grad_scale, round_ste
+from cimexp.cim.quant import grad_scale, lsq_grad_scale, round_ste
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,44 @@ def test_a_few_sgd_steps_reduce_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_column_weight_steps_get_the_lsq_gradient_of_their_own_copy():
+    """Column-wise weight steps: every split quantizes its own copy of the weight, ``q_s = round(clamp(w / s_s))``,
+    and its step gets LSQ's gradient of that copy, shared over the splits: ``(q_s - u_s) / S`` inside the range,
+    ``q_s / S`` outside (here without partial-sum quantization, checked against an ordinary convolution)."""
+    torch.manual_seed(0)
+    layer = CIMConv2d(6, 5, 3, padding=1, array_size=27, weight_granularity="column", psum_quant=False).double()
+    x = torch.rand(3, 6, 5, 5, dtype=torch.float64)
+    layer(x)  # initialise the steps
+    with torch.no_grad():  # the splits' steps apart, as training makes them
+        layer.weight_step.mul_(torch.exp(0.2 * torch.randn_like(layer.weight_step)))
+    layer.zero_grad()
+    out = layer(x)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+
+    m = layer.mapping
+    n_splits = m.n_splits
+    with torch.no_grad():
+        s_w = layer._weight_step_full()  # [P, S, T, O]
+        step = s_w.permute(0, 1, 3, 2).unsqueeze(-1)  # [P, S, O, T, 1]
+        codes = layer.cell_codes(s_w)
+        w_eff = (codes * layer.split_shift.reshape(1, -1, 1, 1, 1) * step).sum((0, 1))  # [O, T, R]
+        a_int, s_a = layer._act_int(x)
+    o, c, kh, kw = layer.weight.shape
+    w_ref = w_eff.reshape(o, -1)[:, : c * kh * kw].reshape(o, c, kh, kw).clone().requires_grad_(True)
+    y = F.conv2d(a_int * s_a, w_ref, padding=1)
+    torch.testing.assert_close(y, out, rtol=1e-10, atol=1e-12)
+    (y * upstream).sum().backward()
+    g = m.tile_rows(w_ref.grad)  # dL/d(weight), [O, T, R]
+    u = m.tile_rows(layer.weight.detach()) / step  # [P, S, O, T, R]
+    qmin, qmax = m.weight_range()
+    q = torch.clamp(torch.round(u), qmin, qmax)
+    per_weight = torch.where((u >= qmin) & (u <= qmax), q - u, q) / n_splits
+    n_per_step = layer.weight.numel() * layer.weight_step.shape[:2].numel() / layer.weight_step.numel()
+    expected = lsq_grad_scale(n_per_step, qmax) * (g * per_weight).sum(-1).permute(0, 1, 3, 2)  # [P, S, T, O]
+    torch.testing.assert_close(layer.weight_step.grad, expected, rtol=1e-8, atol=1e-12)
 
 
 def test_adc_steps_learn_under_sgd():
@@ -240,8 +278,11 @@ def test_torch_compile_matches_eager():
     out = compiled(x)
     out.sum().backward()
     torch.testing.assert_close(out, eager)
-    for g, p in zip(grads, layer.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, g)
+    for (name, p), g in zip(layer.named_parameters(), grads, strict=True):
+        # A column weight step's gradient is LSQ's rounding error of its copy, the difference of two terms as large
+        # as the weight (_per_copy_lsq_correction): float32 reorderings show at ~1e-5 of it.
+        tolerance = {"rtol": 1e-4, "atol": 1e-4} if name == "weight_step" else {}
+        torch.testing.assert_close(p.grad, g, **tolerance)
 
 
 def test_layer_moves_between_dtypes_with_its_buffers():
