@@ -279,7 +279,7 @@ class CIMConv2d(nn.Conv2d):
             qmin = 0
         w_int = round_ste(torch.clamp(u, qmin, qmax))
         codes = slice_bits(w_int, m)
-        if self.weight_granularity is Granularity.COLUMN and m.n_splits > 1:
+        if self.weight_granularity is Granularity.COLUMN and m.n_splits > 1 and s_w.requires_grad:
             codes = codes + _per_copy_lsq_correction(codes, w_int.detach(), s_w, self.split_shift)
         return codes
 
