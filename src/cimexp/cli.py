@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -64,7 +65,13 @@ def hydra_entry(
             bad value).
         prog: the command's name in messages (``cimexp-train``).
     """
-    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(job)
+
+    @functools.wraps(job)  # Hydra unwraps it: the job name (and <job name>.log) stays that of ``job``
+    def quiet_job(cfg: DictConfig) -> Any:
+        quiet_dependencies()  # again in the job: a parallel launcher runs it in a worker process of its own
+        return job(cfg)
+
+    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(quiet_job)
 
     def main() -> Any:
         args = get_args_parser().parse_args(sys.argv[1:])

@@ -40,7 +40,7 @@ from cimexp.build import (
 )
 from cimexp.callbacks import QATSchedule
 from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_summary, set_adc_errors
-from cimexp.cli import hydra_entry, quiet_dependencies
+from cimexp.cli import hydra_entry
 from cimexp.config import adc_errors, validate_evaluate
 from cimexp.files import atomic_write_json
 from cimexp.module import ImageClassifier
@@ -266,7 +266,6 @@ def _errors_text(errors: dict[str, Any]) -> str:
 
 def job(cfg: DictConfig) -> float | None:
     """The Hydra job: evaluate, and return ``cfg.optimized_metric`` (default ``final/val/acc``) for sweepers."""
-    quiet_dependencies()  # again: a parallel launcher runs the job in a worker process of its own
     metrics, _ = evaluate(cfg)
     return metrics.get(cfg.optimized_metric)
 

@@ -41,7 +41,7 @@ from cimexp.build import build_net
 from cimexp.cim import Calibration, Granularity, StepInit
 from cimexp.cim.options import WEIGHT_STEP_INITS, check_bits
 from cimexp.cim.quant import KERNEL_MODES
-from cimexp.cli import hydra_entry, quiet_dependencies
+from cimexp.cli import hydra_entry
 from cimexp.config import calibration_settings
 from cimexp.files import atomic_write
 from cimexp.module import calibrate_network
@@ -436,7 +436,6 @@ def _top1(row: dict[str, str]) -> float:
 
 def job(cfg: DictConfig) -> None:
     """The Hydra job: fill in the post-training table."""
-    quiet_dependencies()  # again: a parallel launcher runs the job in a worker process of its own
     post_training(cfg)
 
 

@@ -24,7 +24,7 @@ from cimexp.build import build_net, cim_settings, example_input, find_callback, 
 from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, RecoveryCheckpoint, ResultsWriter, RunProgressBar
 from cimexp.cim import VariationLevel, cim_layers, cim_summary, set_adc_errors
 from cimexp.cim.cost import CostModel
-from cimexp.cli import hydra_entry, quiet_dependencies
+from cimexp.cli import hydra_entry
 from cimexp.config import adc_errors, calibration_settings, validate_train
 from cimexp.files import atomic_write_json, read_checkpoint
 from cimexp.module import ImageClassifier
@@ -281,7 +281,6 @@ def _pct(value: float | None) -> str:
 
 def job(cfg: DictConfig) -> float | None:
     """The Hydra job: train, and return ``cfg.optimized_metric`` for sweepers."""
-    quiet_dependencies()  # again: a parallel launcher runs the job in a worker process of its own
     metrics, _ = train(cfg)
     return metrics.get(cfg.optimized_metric)
 

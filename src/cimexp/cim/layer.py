@@ -78,7 +78,7 @@ def _per_copy_lsq_correction(
     """
     step = s_w.permute(0, 1, 3, 2).unsqueeze(-1)  # [P, S, O, T, 1]
     shift = split_shift.reshape(1, -1, 1, 1, 1)
-    ratio = ((w_int / codes.shape[1] - shift * codes.detach()) / (shift * step.detach())).detach()
+    ratio = (w_int / codes.shape[1] - shift * codes.detach()) / (shift * step.detach())
     correction = step * ratio
     return correction - correction.detach()
 
