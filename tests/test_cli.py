@@ -20,7 +20,7 @@ def _output(result) -> str:
 
 
 TYPOS = [
-    ("granularity.weight=colum", ["granularity.weight", "'colum'", "layer, array, column"]),
+    ("granularity.weight=colum", ["granularity.weight", "'colum'", "layer, array, channel, column"]),
     ("model=resnet21", ["model=resnet21", "resnet18, resnet20"]),
     ("adc=9bit", ["adc=9bit", "1bit", "8bit"]),
     ("cell.bits=5", ["cell_bits=5", "1..4"]),  # cell.bits=3 is a real setting (README: sign-bit cells)
@@ -69,7 +69,7 @@ def test_a_typo_in_one_job_of_a_multirun_stops_the_sweep_before_any_job(tiny_dat
     monkeypatch.chdir(tmp_path)
     message = _usage_error("train", ["seed=0,1", "granularity.weight=layer,colum", *tiny_data], validate_train, True)
     assert len(message.splitlines()) == 1
-    assert "granularity.weight=colum" in message and "layer, array, column" in message
+    assert "granularity.weight=colum" in message and "layer, array, channel, column" in message
     assert list(tmp_path.iterdir()) == []
 
 

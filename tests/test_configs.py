@@ -203,9 +203,9 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
 @pytest.mark.parametrize(
     ("overrides", "error", "words"),
     [
-        (["granularity.weight=colum"], ValueError, ["granularity.weight", "colum", "layer, array, column"]),
-        (["granularity.psum=row"], ValueError, ["granularity.psum", "row", "layer, array, column"]),
-        (["cim=none", "granularity.psum=row"], ValueError, ["granularity.psum", "layer, array, column"]),
+        (["granularity.weight=colum"], ValueError, ["granularity.weight", "colum", "layer, array, channel, column"]),
+        (["granularity.psum=row"], ValueError, ["granularity.psum", "row", "layer, array, channel, column"]),
+        (["cim=none", "granularity.psum=row"], ValueError, ["granularity.psum", "layer, array, channel, column"]),
         (["adc.bits=0"], ValueError, ["adc_bits", "valid"]),
         (["cim.weight_encoding=ones"], ValueError, ["ones", "twos_complement"]),
         (["loss.label_smoothing=1.5"], ValueError, ["loss.label_smoothing=1.5", "[0, 1)"]),

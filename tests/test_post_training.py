@@ -105,7 +105,7 @@ def test_table_end_to_end_then_resumed_grown_and_extended(table, make_cfg, float
     [
         (["grid.psum_methods=[prc]"], ValueError, ["grid.psum_methods", "'prc'", "max, percentile, lsq, mse"]),
         (["grid.weight_methods=[percentile]"], ValueError, ["grid.weight_methods", "max, lsq, mse"]),
-        (["grid.weight=[row]"], ValueError, ["grid.weight", "'row'", "layer, array, column"]),
+        (["grid.weight=[row]"], ValueError, ["grid.weight", "'row'", "layer, array, channel, column"]),
         (["grid.adc_bits=[0]"], ValueError, ["grid.adc_bits", "0"]),
         (["grid.psum=[]"], ValueError, ["grid.psum", "non-empty list"]),
         (["calibration.act=minmax"], ValueError, ["calibration.act", "'minmax'"]),

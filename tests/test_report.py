@@ -34,7 +34,7 @@ from cimexp.report import (
     write_report,
 )
 from cimexp.report.cli import main
-from cimexp.report.collect import COLUMNS
+from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank
 from cimexp.report.figures import REFERENCE_LABEL
 from cimexp.report.publish import FIGURES
 from cimexp.report.tables import (
@@ -291,6 +291,14 @@ def test_find_results_names_a_missing_path_and_deduplicates(tree: Path) -> None:
         find_results([tree / "nope"])
     grid = tree / "train" / "multiruns" / "grid"
     assert len(find_results([grid, grid / "0", grid / "0" / "results.json"])) == len(GRID_RUNS)
+
+
+def test_granularity_labels_sort_as_the_layer_orders_its_levels() -> None:
+    from cimexp.cim import Granularity  # the report itself does not import torch
+
+    assert tuple(level.name.lower() for level in sorted(Granularity)) == GRANULARITIES
+    labels = ["float", "column", "none", "channel", "array", "layer"]
+    assert sorted(labels, key=granularity_rank) == ["layer", "array", "channel", "column", "none", "float"]
 
 
 def test_grid_table_pivots_weight_by_psum_with_no_psq_and_float(collected) -> None:

@@ -43,7 +43,7 @@ JOBS = {
     "noise_aware/quick": 2,
     "variation_aware/quick": 2,
     "adc_noise/quick": 24,
-    "granularity_grid/medium": 21,
+    "granularity_grid/medium": 24,
     "granularity_grid/medium_3bit": 15,
     "qat_schedules/medium": 6,
     "variation/medium": 216,
@@ -183,8 +183,9 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
 
 
 def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
-    """Fig. 7 core at a 4-bit ADC (7 schemes), the 5 partial-sum-quantized ones at 3 bits, Fig. 9 as the paper's pair
-    (column/column one-stage against layer/column two-stage, same epochs), all from experiment=medium, 3 seeds."""
+    """Fig. 7 core at a 4-bit ADC (7 schemes, and channel/column beyond the paper), the 5 partial-sum-quantized ones
+    at 3 bits, Fig. 9 as the paper's pair (column/column one-stage against layer/column two-stage, same epochs), all
+    from experiment=medium, 3 seeds."""
 
     def scheme(c: dict) -> str:
         if c["cim"]["_target_"] == "torch.nn.Conv2d":
@@ -195,7 +196,7 @@ def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     four = [c for c, _ in composed["granularity_grid/medium"]]
     psq = ["layer_layer", "array_array", "layer_array", "layer_column", "column_column"]
     assert sorted((scheme(c), c["seed"]) for c in four) == sorted(
-        (s, seed) for s in [*psq, "column_nopsq", "float"] for seed in (0, 1, 2)
+        (s, seed) for s in [*psq, "channel_column", "column_nopsq", "float"] for seed in (0, 1, 2)
     )
     three = [c for c, _ in composed["granularity_grid/medium_3bit"]]
     assert sorted((scheme(c), c["seed"]) for c in three) == sorted((s, seed) for s in psq for seed in (0, 1, 2))

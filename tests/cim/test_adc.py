@@ -185,7 +185,7 @@ def test_training_with_errors_on_has_straight_through_gradients():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("granularity", ["layer", "array", "column"])
+@pytest.mark.parametrize("granularity", ["layer", "array", "channel", "column"])
 def test_adc_step_gradients_are_those_of_the_step_in_output_units(granularity, monkeypatch):
     """The ADC step is kept in integer MAC units; its gradient is divided by the square of the dequantization factor
     c = s_w * s_a * shift (the mean over the columns that share the step), so that SGD moves it as LSQ moves the

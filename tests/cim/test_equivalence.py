@@ -12,7 +12,7 @@ import torch
 
 from cimexp.cim import CIMConv2d, cell_variation, simulate
 
-GRANULARITIES = ("layer", "array", "column")
+GRANULARITIES = ("layer", "array", "channel", "column")
 VARIATION_LEVELS = ("weight", "cell")  # per-weight gains broadcast over the cells (eq. 5), and per-cell gains
 
 

@@ -12,12 +12,14 @@ from torch import nn
 from cimexp.cim import CIMConv2d, calibrate, set_psum_quant
 from cimexp.cim.quant import grad_scale, lsq_grad_scale, round_ste
 
+LEVELS = "layer, array, channel, column"
+
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"weight_granularity": "colum"}, "invalid weight_granularity 'colum'; valid choices: layer, array, column"),
-        ({"psum_granularity": "row"}, "invalid psum_granularity 'row'; valid choices: layer, array, column"),
+        ({"weight_granularity": "colum"}, f"invalid weight_granularity 'colum'; valid choices: {LEVELS}"),
+        ({"psum_granularity": "row"}, f"invalid psum_granularity 'row'; valid choices: {LEVELS}"),
         ({"weight_encoding": "sign"}, "valid choices: twos_complement, differential"),
         ({"array_size": 8}, "invalid array_size=8"),
         ({"cell_bits": 5, "w_bits": 4}, "invalid cell_bits=5: must be <= w_bits=4"),
@@ -122,6 +124,42 @@ def test_column_weight_steps_get_the_lsq_gradient_of_their_own_copy():
     n_per_step = layer.weight.numel() * layer.weight_step.shape[:2].numel() / layer.weight_step.numel()
     expected = lsq_grad_scale(n_per_step, qmax) * (g * per_weight).sum(-1).permute(0, 1, 3, 2)  # [P, S, T, O]
     torch.testing.assert_close(layer.weight_step.grad, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_channel_weight_steps_are_plain_lsq_steps_shared_by_the_splits():
+    """Channel granularity: one weight step per output channel of every array, shared by its split columns, so all
+    splits slice the same integer weight ``q = round(clamp(w / s))`` and the step gets plain LSQ's gradient
+    (here without partial-sum quantization, checked against an ordinary convolution)."""
+    torch.manual_seed(0)
+    layer = CIMConv2d(6, 5, 3, padding=1, array_size=27, weight_granularity="channel", psum_quant=False).double()
+    m = layer.mapping
+    assert layer.weight_step.shape == (1, 1, m.n_row_tiles, 5) and m.n_splits == 2 and m.n_row_tiles == 2
+    x = torch.rand(3, 6, 5, 5, dtype=torch.float64)
+    layer(x)  # initialise the steps
+    with torch.no_grad():
+        layer.weight_step.mul_(torch.exp(0.2 * torch.randn_like(layer.weight_step)))
+    layer.zero_grad()
+    out = layer(x)
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+
+    step = layer.weight_step.detach()[0, 0].unsqueeze(-1).transpose(0, 1)  # [O, T, 1]
+    u = m.tile_rows(layer.weight.detach()) / step  # [O, T, R]
+    qmin, qmax = m.weight_range()
+    q = torch.clamp(torch.round(u), qmin, qmax)
+    with torch.no_grad():
+        codes = layer.cell_codes(layer._weight_step_full())[0]  # [S, O, T, R]
+        assert torch.equal((codes * layer.split_shift.reshape(-1, 1, 1, 1)).sum(0), q)  # one integer, all splits
+    o, c, kh, kw = layer.weight.shape
+    w_ref = (q * step).reshape(o, -1)[:, : c * kh * kw].reshape(o, c, kh, kw).requires_grad_(True)
+    a_int, s_a = layer._act_int(x)
+    y = F.conv2d(a_int.detach() * s_a.detach(), w_ref, padding=1)
+    torch.testing.assert_close(y, out, rtol=1e-10, atol=1e-12)
+    (y * upstream).sum().backward()
+    g = m.tile_rows(w_ref.grad)  # [O, T, R]
+    per_weight = torch.where((u >= qmin) & (u <= qmax), q - u, q)
+    expected = lsq_grad_scale(m.rows_per_tile, qmax) * (g * per_weight).sum(-1).transpose(0, 1)  # [T, O]
+    torch.testing.assert_close(layer.weight_step.grad[0, 0], expected, rtol=1e-8, atol=1e-12)
 
 
 def test_adc_steps_learn_under_sgd():

@@ -6,7 +6,7 @@ activation step). Its count per output position depends on the *finer* of the we
 granularities (only the weight granularity without partial-sum quantization):
 
 - layer / layer: ``1`` (codes are shift-added across splits and arrays first, then scaled once);
-- finest level array: ``n_array x n_oc`` = one per (row tile, polarity, output channel) = ``T * P * O``;
+- finest level array or channel: ``n_array x n_oc`` = one per (row tile, polarity, output channel) = ``T * P * O``;
 - any column: ``n_split x n_array x n_oc`` = one per mapped column = ``P * S * T * O`` (x2 for differential).
 
 The count is :func:`cimexp.cim.layer.dequant_ops` (beside the layer, which needs it without importing this module).

@@ -7,7 +7,7 @@ Forward pass, per output position (paper Sec. II-A, III-A..C; shapes in :mod:`ci
    ``dac_bits`` bits, most significant first; every cycle's partial sums go through the ADC separately and the
    cycles are shifted and added (``input_shift[k] = 2^(dac_bits*(K-1-k))``).
 2. Weights: one copy per (polarity, split), each quantized to ``w_bits`` with its column's LSQ step ``s_w``
-   (shared across copies for layer/array granularity), then bit-sliced into cell codes (:func:`slice_bits`).
+   (shared across copies for layer/array/channel granularity), then bit-sliced into cell codes (:func:`slice_bits`).
 3. Array MAC: every column's partial sum ``P = sum_r code * gain * a_int`` over the rows of its row tile.
 4. ADC: ``clamp(round(P / s_p), adc_min, adc_max)``. ``s_p`` is learned (LSQ) in the integer MAC domain of the
    paper's eq. 2, so one psum step is one ADC reference setting; ``psum_quant=False`` skips the ADC. Optional
@@ -94,7 +94,7 @@ class CIMConv2d(nn.Conv2d):
         cell_bits: bits stored per memory cell; a weight spans ``S = ceil(w_bits / cell_bits)`` cells.
         adc_bits: ADC resolution for every column's partial sum.
         array_size: N of the N x N arrays.
-        weight_granularity, psum_granularity: ``"layer"``, ``"array"`` or ``"column"`` (see
+        weight_granularity, psum_granularity: ``"layer"``, ``"array"``, ``"channel"`` or ``"column"`` (see
             :class:`~cimexp.cim.options.Granularity`).
         psum_quant: quantize partial sums with the ADC; ``False`` keeps them in full precision (also switchable at
             run time with :func:`set_psum_quant`, as in two-stage QAT).
@@ -651,7 +651,7 @@ def dequant_ops(layer: CIMConv2d) -> int:
     level = dequant_granularity(layer)
     if level is Granularity.LAYER:
         return 1
-    if level is Granularity.ARRAY:
+    if level in (Granularity.ARRAY, Granularity.CHANNEL):  # one per output channel of every array
         return m.n_row_tiles * m.n_polarities * m.out_channels
     return m.n_columns
 

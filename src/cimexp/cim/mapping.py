@@ -193,6 +193,8 @@ class ArrayMapping:
             return (1, 1, 1, 1)
         if granularity is Granularity.ARRAY:
             return (self.n_polarities, 1, self.n_row_tiles, self.n_col_tiles)
+        if granularity is Granularity.CHANNEL:
+            return (self.n_polarities, 1, self.n_row_tiles, self.out_channels)
         return (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
 
     def adc_index(self, adc_share: int = 1, device: torch.device | None = None) -> torch.Tensor:
@@ -226,12 +228,14 @@ class ArrayMapping:
             return per_column.mean().reshape(1, 1, 1, 1)
         if granularity is Granularity.COLUMN:
             return per_column
-        per_array = per_column.mean(1, keepdim=True)
-        out = per_array.new_zeros(self.step_shape(granularity))
-        count = per_array.new_zeros(self.step_shape(granularity))
+        per_channel = per_column.mean(1, keepdim=True)
+        if granularity is Granularity.CHANNEL:
+            return per_channel
+        out = per_channel.new_zeros(self.step_shape(granularity))
+        count = per_channel.new_zeros(self.step_shape(granularity))
         idx = self.col_tile_index(per_column.device)
-        out.index_add_(3, idx, per_array)
-        count.index_add_(3, idx, torch.ones_like(per_array))
+        out.index_add_(3, idx, per_channel)
+        count.index_add_(3, idx, torch.ones_like(per_channel))
         return out / count
 
     # --- weight layout ---------------------------------------------------------------------------------------

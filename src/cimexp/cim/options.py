@@ -21,16 +21,22 @@ class Granularity(enum.IntEnum):
 
     - ``LAYER``: one step for the whole layer, shape ``[1, 1, 1, 1]``.
     - ``ARRAY``: one step per physical array (row tile x column tile x polarity), shape ``[P, 1, T, n_ct]``.
+    - ``CHANNEL``: one step per output channel per array, i.e. per (polarity, row tile, output channel), shape
+      ``[P, 1, T, O]``: the ``S`` adjacent columns that hold one output channel's splits share it. Not one of the
+      paper's levels; for weights it is column-wise quantization with the splits' steps tied, so every split
+      slices the same integer weight (README, "Choices worth knowing").
     - ``COLUMN``: one step per array column, i.e. per (polarity, split, row tile, output channel),
-      shape ``[P, S, T, O]``.
+      shape ``[P, S, T, O]``. For weights this is the paper's Sec. III-C: each split quantizes its own copy of
+      the weight with its own step ``s_w1 .. s_wS``.
 
-    Partial sums use the same three levels with the same shapes. The order (``LAYER < ARRAY < COLUMN``) is used
-    to find the finer of two granularities (dequantization accounting).
+    Partial sums use the same levels with the same shapes. The order (``LAYER < ARRAY < CHANNEL < COLUMN``) is
+    used to find the finer of two granularities (dequantization accounting).
     """
 
     LAYER = 0
     ARRAY = 1
-    COLUMN = 2
+    CHANNEL = 2
+    COLUMN = 3
 
     @classmethod
     def parse(cls, value: str | Granularity, what: str = "granularity") -> Granularity:

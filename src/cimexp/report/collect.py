@@ -27,8 +27,9 @@ import pandas as pd
 
 from cimexp.results import KINDS, RESULTS_FILE, read_results, upgrade
 
-GRANULARITIES = ("layer", "array", "column")
-"""Quantization granularities from coarse to fine (the paper's order)."""
+GRANULARITIES = ("layer", "array", "channel", "column")
+"""Quantization granularities from coarse to fine, :class:`cimexp.cim.Granularity`'s order (spelled out here: the
+report does not import torch)."""
 FLOAT = "float"
 """``weight_granularity`` / ``psum_granularity`` / ``scheme`` of a float network (``cim`` is ``null``)."""
 NO_PSQ = "none"
@@ -279,7 +280,7 @@ def with_column_types(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def granularity_rank(value: Any) -> int:
-    """Sort rank of a granularity label: layer, array, column, then no partial-sum quantization, then float."""
+    """Sort rank of a granularity label: layer, array, channel, column, then no partial-sum quantization, then float."""
     order = (*GRANULARITIES, NO_PSQ, FLOAT)
     return order.index(value) if value in order else len(order)
 
