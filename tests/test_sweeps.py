@@ -45,7 +45,7 @@ JOBS = {
     "adc_noise/quick": 24,
     "granularity_grid/medium": 24,
     "granularity_grid/medium_3bit": 18,
-    "qat_schedules/medium": 6,
+    "qat_schedules/medium": 9,
     "variation/medium": 270,
 }
 
@@ -207,7 +207,7 @@ def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     assert {c["adc"]["bits"] for c in four} == {4} and {c["adc"]["bits"] for c in three} == {3}
     qat = [c for c, _ in composed["qat_schedules/medium"]]
     cases = {(scheme(c), c["schedule"]["stage1_epochs"], c["trainer"]["max_epochs"]) for c in qat}
-    assert cases == {("column_column", 0, 2), ("layer_column", 1, 2)}
+    assert cases == {("column_column", 0, 2), ("layer_column", 1, 2), ("channel_column", 0, 2)}
     medium = four + three + qat
     assert {c["tags"][0] for c in medium} == {"medium"} and {c["data"]["train_subset"] for c in medium} == {None}
     assert {c["trainer"]["max_epochs"] for c in four + three} == {1}
