@@ -65,7 +65,7 @@ medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs
 	for sweep in $(MEDIUM_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
 	$(PYTHON) -m cimexp.evaluate -m sweep=variation/medium $(MEDIUM_ARGS)
 	$(PYTHON) -m cimexp.report $(addprefix logs/sweeps/,$(MEDIUM_SWEEPS) variation/medium) --reference paper \
-		--paired-reference column/column --out experiments/results/medium/report
+		--paired-reference column/column --paired-reference layer/column --out experiments/results/medium/report
 
 adc_energy: ## Beyond the paper: accuracy vs ADC energy, adc_bits 2..5 x layer/layer, column/column (quick only)
 	$(PYTHON) -m cimexp.train -m sweep=adc_energy/$(PRESET) $(ARGS)

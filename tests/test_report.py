@@ -830,6 +830,11 @@ def test_cli_makes_a_report_again_from_its_runs_csv(report_dir: Path, tmp_path: 
     assert (out / "history.csv").read_text() == (report_dir / "history.csv").read_text()
     assert main([str(report_dir / "runs.csv"), "--out", str(out), "--paired-reference", "layer/layer"]) == 0
     assert "| layer/layer | column/column | -7.00 (n=1) |" in (out / "paired_differences.md").read_text()
+    both = ["--paired-reference", "column/column", "--paired-reference", "layer/layer"]
+    assert main([str(report_dir / "runs.csv"), "--out", str(out), *both]) == 0
+    paired = (out / "paired_differences.md").read_text()
+    assert "| 0.00 | column/column | layer/layer | +7.00 (n=1) |" in paired  # each reference against the other
+    assert "| 0.00 | layer/layer | column/column | -7.00 (n=1) |" in paired
 
 
 def test_cli_names_an_unknown_paired_reference(report_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""``python -m cimexp.report DIR [DIR ...] [--out REPORT_DIR] [--reference paper|CSV] [--paired-reference SCHEME]
+"""``python -m cimexp.report DIR [DIR ...] [--out REPORT_DIR] [--reference paper|CSV] [--paired-reference SCHEME ...]
 [--wandb]``: collect the ``results.json`` of training and evaluation runs below the given directories (or the
 ``runs.csv`` of earlier reports) and write the report (tables with mean ± std, n and 95% intervals, paired
 differences between schemes, figures with error bars, skipped files) into one directory; optionally log it to W&B."""
@@ -51,10 +51,10 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument(
         "--paired-reference",
-        default=PAIRED_REFERENCE,
+        action="append",
         metavar="SCHEME",
-        help=f"the scheme paired differences are taken against (default: {PAIRED_REFERENCE}), as the `scheme` "
-        "column names it: layer/column, column w/o PSQ, float, ...",
+        help=f"a scheme paired differences are taken against (repeatable; default: {PAIRED_REFERENCE}), as the "
+        "`scheme` column names it: layer/column, column w/o PSQ, float, ...",
     )
     cli.add_argument(
         "--include-debug", action="store_true", help="also report smoke runs of a debug= profile (left out by default)"
@@ -79,11 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         cli.error(str(error))
     schemes = list(dict.fromkeys(runs["scheme"].dropna()))
-    if args.paired_reference != PAIRED_REFERENCE and args.paired_reference not in schemes:
-        cli.error(f"--paired-reference {args.paired_reference!r} is not a scheme of these runs: {', '.join(schemes)}")
+    paired_references = args.paired_reference or [PAIRED_REFERENCE]
+    for scheme in args.paired_reference or []:
+        if scheme not in schemes:
+            cli.error(f"--paired-reference {scheme!r} is not a scheme of these runs: {', '.join(schemes)}")
     first = Path(args.paths[0])
     out = args.out if args.out is not None else (first if first.is_dir() else first.parent) / "report"
-    report = make_report(runs, skipped, history, reference=reference, paired_reference=args.paired_reference)
+    report = make_report(runs, skipped, history, reference=reference, paired_reference=paired_references)
     files = write_report(report, out)
     print(summary(report, out, len(files)), flush=True)
     if args.wandb:

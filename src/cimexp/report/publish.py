@@ -4,6 +4,7 @@ PNG and SVG files, read back with :func:`load_report`, and optionally a W&B run 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from cimexp.report.tables import (
     grid_table,
     history_table,
     paired_lines,
-    paired_table,
+    paired_tables,
     summary_table,
     time_to_accuracy_table,
     to_markdown,
@@ -110,7 +111,7 @@ def make_report(
     skipped: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     reference: pd.DataFrame | None = None,
-    paired_reference: str = PAIRED_REFERENCE,
+    paired_reference: str | Sequence[str] = PAIRED_REFERENCE,
 ) -> Report:
     """Compute the tables and draw the figures of a runs table from :func:`cimexp.report.collect.collect`.
 
@@ -119,14 +120,14 @@ def make_report(
         skipped: the files skipped by ``collect`` (``path``, ``reason``); none if omitted.
         history: training curves (:func:`history_table`); computed from ``runs`` if omitted.
         reference: published numbers (:func:`reference_table`) to compare with; none if omitted.
-        paired_reference: the scheme the paired differences are taken against (``column/column``).
+        paired_reference: the scheme, or schemes, the paired differences are taken against (``column/column``).
     """
     skipped = pd.DataFrame(columns=["path", "reason"]) if skipped is None else skipped
     history = history_table(runs) if history is None else history
     reference = pd.DataFrame(columns=list(REFERENCE_COLUMNS)) if reference is None else reference
     tables = {
         "summary": summary_table(runs),
-        "paired_differences": paired_table(runs, reference=paired_reference),
+        "paired_differences": paired_tables(runs, paired_reference),
         "granularity_grid": grid_table(runs).reset_index(),
         "variation": variation_table(runs),
         "qat_time_to_accuracy": time_to_accuracy_table(history),
@@ -185,7 +186,7 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def load_report(out_dir: str | Path, paired_reference: str = PAIRED_REFERENCE) -> Report:
+def load_report(out_dir: str | Path, paired_reference: str | Sequence[str] = PAIRED_REFERENCE) -> Report:
     """Read a report directory written by :func:`write_report` back into a :class:`Report` (tables recomputed and
     figures redrawn from its runs, with the reference numbers it was written with)."""
     saved = read_saved(out_dir)

@@ -248,6 +248,13 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(shown, key=_granularity_key, kind="stable").reset_index(drop=True)
 
 
+def paired_tables(runs: pd.DataFrame, references: str | Sequence[str] = PAIRED_REFERENCE) -> pd.DataFrame:
+    """:func:`paired_table` of accuracy against each of ``references`` in turn, its rows one table after another."""
+    tables = [paired_table(runs, reference=r) for r in ([references] if isinstance(references, str) else references)]
+    filled = [table for table in tables if not table.empty]
+    return pd.concat(filled, ignore_index=True) if len(filled) > 1 else (filled or tables)[0]
+
+
 def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: str = "acc") -> pd.DataFrame:
     """Paired differences ``reference - scheme`` of ``value`` between the ``reference`` scheme and every other
     scheme, over the replicates both have (the same seeds; for evaluations the same training seed and chip
