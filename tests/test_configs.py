@@ -274,7 +274,12 @@ def test_three_bit_cells_are_a_valid_setting(make_cfg) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [["cell.bits=2"], ["cell.bits=3", "cim.weight_encoding=differential"], ["cell.bits=3", "granularity.weight=layer"]],
+    [
+        ["cell.bits=2"],
+        ["cell.bits=3", "cim.weight_encoding=differential"],
+        ["cell.bits=3", "granularity.weight=layer"],
+        ["cell.bits=3", "granularity.weight=channel"],
+    ],
 )
 def test_no_sign_bit_warning_where_column_steps_train(make_cfg, overrides) -> None:
     with warnings.catch_warnings():

@@ -286,13 +286,15 @@ def _warn_sign_bit_cells(layer: torch.nn.Module) -> None:
     """Warn about column-wise weight steps on a lone sign-bit top cell (1-bit cells, or 4-bit weights on 3-bit
     cells, in two's complement): each split learns its own step there, the sign cell's step drifts away from the
     others and fine-tuning has collapsed to chance in every run we made (README, "Cells whose top cell is a sign
-    bit"). Differential encoding or layer/array weight steps train."""
+    bit"). Channel-wise weight steps (the splits share one), differential encoding or layer/array weight steps
+    train."""
     mapping = getattr(layer, "mapping", None)
     if mapping is not None and mapping.sign_bit_msb and layer.weight_granularity is Granularity.COLUMN:
         warnings.warn(
             f"cell_bits={mapping.cell_bits} with {mapping.magnitude_bits}-bit two's-complement weights leaves a "
             "lone sign bit in the top cell, and column-wise weight steps have not trained in that setting (accuracy "
-            "at chance after fine-tuning). Consider cim.weight_encoding=differential or granularity.weight=layer.",
+            "at chance after fine-tuning). Consider granularity.weight=channel (the splits share one step), "
+            "cim.weight_encoding=differential or granularity.weight=layer.",
             stacklevel=2,
         )
 
