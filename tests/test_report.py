@@ -36,6 +36,7 @@ from cimexp.report import (
 from cimexp.report.cli import main
 from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank
 from cimexp.report.figures import REFERENCE_LABEL
+from cimexp.report.figures import granularity_grid_figure as granularity_grid
 from cimexp.report.publish import FIGURES
 from cimexp.report.tables import (
     NO_PSQ_COLUMN,
@@ -455,6 +456,31 @@ def test_reference_numbers_and_comparison(collected, tmp_path: Path) -> None:
         reference_table([csv])
     with pytest.raises(FileNotFoundError, match="`paper`"):
         reference_table(["papr"])
+
+
+def test_a_reference_number_meets_only_runs_of_its_settings(collected) -> None:
+    """The paper's numbers were measured with 4-bit ADCs: the same scheme at 3 bits gets no published number."""
+    runs = collected[0]
+    layer_column = (runs["kind"] == "train") & (runs["dataset"] == "cifar10") & (runs["scheme"] == "layer/column")
+    at_3_bits = runs[layer_column].assign(adc_bits=3, acc=runs.loc[layer_column, "acc"] - 20)
+    reference = reference_table(["paper"])
+
+    def compared(frame: pd.DataFrame) -> pd.DataFrame:
+        table = comparison_table(frame, reference)
+        return table[(table["dataset"] == "cifar10") & (table["weight_granularity"] == "layer")]
+
+    both = compared(pd.concat([runs, at_3_bits], ignore_index=True))
+    assert both["adc_bits"].tolist() == [4] and both["acc"].iloc[0] == pytest.approx(85.0)
+    alone = compared(pd.concat([runs[~layer_column], at_3_bits], ignore_index=True))
+    assert len(alone) == 1 and pd.isna(alone["acc"].iloc[0])  # the number stays, with no runs beside it
+
+    figure = granularity_grid(pd.concat([runs, at_3_bits], ignore_index=True), reference=reference)
+    stars = {  # published numbers drawn per cifar10 panel, by ADC resolution
+        "adc_bits=3" in ax.get_title(): sum(line.get_marker() == "*" for line in ax.get_lines())
+        for ax in figure.axes
+        if "/ cifar10," in ax.get_title()
+    }
+    assert stars[False] >= 1 and stars[True] == 0
 
 
 def test_write_report_writes_tables_figures_and_reads_back(report_dir: Path, collected) -> None:

@@ -40,6 +40,7 @@ from cimexp.report.tables import (
     adc_energy_table,
     clip_rate_table,
     mean_curves,
+    reference_applies,
     scheme_stats,
     train_runs,
     variation_table,
@@ -107,6 +108,7 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
     }
     for ax, (key, panel) in zip(axes, panels, strict=True):
         where = dict(zip(panel_keys, key, strict=True))
+        settings = {c: where[c] if c in where else _constant(psq[c]) for c in SETTING_COLUMNS if c in psq}
         shown: list[float] = []
         for i, weight in enumerate(weights):
             for j, psum in enumerate(psums):
@@ -140,7 +142,7 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
                     bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
                 )
                 shown += [mean] if pd.isna(std) else [mean - std, mean + std]
-                ref = _reference_acc(reference, where, weight, psum)
+                ref = _reference_acc(reference, where, settings, weight, psum)
                 if ref is not None:
                     ax.plot(x, ref, marker="*", color="black", markersize=9, linestyle="none", label=REFERENCE_LABEL)
                     shown.append(ref)
@@ -438,7 +440,16 @@ def _match(stats: pd.DataFrame, where: dict[str, Any], keys: Sequence[str], **fi
     return None if rows.empty else float(rows["mean"].iloc[0])
 
 
-def _reference_acc(reference: pd.DataFrame | None, where: dict[str, Any], weight: str, psum: str) -> float | None:
+def _constant(values: pd.Series) -> Any:
+    """The one value of a column that does not vary (blanks aside), else ``None``."""
+    distinct = values.dropna().unique()
+    return distinct[0] if len(distinct) == 1 else None
+
+
+def _reference_acc(
+    reference: pd.DataFrame | None, where: dict[str, Any], settings: dict[str, Any], weight: str, psum: str
+) -> float | None:
+    """The published number for this panel's model, data set and CIM settings and this scheme, if there is one."""
     if reference is None or reference.empty:
         return None
     match = reference[
@@ -446,6 +457,7 @@ def _reference_acc(reference: pd.DataFrame | None, where: dict[str, Any], weight
         & (reference["dataset"] == where["dataset"])
         & (reference["weight_granularity"] == weight)
         & (reference["psum_granularity"] == psum)
+        & reference_applies(reference, settings)
     ]
     return None if match.empty else float(match["acc"].iloc[0])
 

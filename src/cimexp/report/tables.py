@@ -43,7 +43,12 @@ HISTORY_COLUMNS = ("epoch", "cum_train_time_s", "acc")
 REFERENCE_COLUMNS = ("model", "dataset", "weight_granularity", "psum_granularity", "acc", "source")
 """Columns of a reference CSV (``--reference path.csv``): accuracy in top-1 %, granularities as in the runs table
 (``layer``/``array``/``column``; ``psum_granularity=none`` for no partial-sum quantization; both ``float`` for the
-full-precision network); ``source`` says where the number comes from."""
+full-precision network); ``source`` says where the number comes from. Optional: any of the runs table's CIM
+settings (``SETTING_COLUMNS``, e.g. ``adc_bits``): a number that gives one is compared only with runs of that setting
+(a 4-bit-ADC result is not set beside 3-bit runs); left out or blank, with runs of any."""
+
+_PAPER_SETTINGS = {"w_bits": 4, "a_bits": 4, "cell_bits": 2, "adc_bits": 4}
+"""The paper's Table II, under which every quantized number of :data:`PAPER_REFERENCE` was measured."""
 
 PAPER_REFERENCE = pd.DataFrame(
     [
@@ -61,10 +66,18 @@ PAPER_REFERENCE = pd.DataFrame(
         ("resnet18", "imagenet", "column", "column", 68.51, "Kim et al. 2025, Table III"),
     ],
     columns=list(REFERENCE_COLUMNS),
+).pipe(
+    lambda table: table.assign(
+        **{
+            key: table["weight_granularity"].ne(FLOAT).map({True: value, False: pd.NA})
+            for key, value in _PAPER_SETTINGS.items()
+        }
+    )
 )
 """The numbers the paper states in its text and Table III (``--reference paper``); Fig. 7/8/9/10 give the rest
 only as plots. The paper's settings are its Table II (W4A4, 2-bit cells, 4-bit ADCs; 128x128 arrays for
-ResNet-20), trained for many more epochs than a CPU run."""
+ResNet-20), trained for many more epochs than a CPU run; its quantized numbers carry the first four, so they are
+compared only with runs under them."""
 
 
 def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
@@ -678,10 +691,29 @@ def reference_table(sources: Sequence[str | Path]) -> pd.DataFrame:
                 f"reference file {str(path)!r} lacks the columns {', '.join(missing)}; "
                 f"needed: {', '.join(REFERENCE_COLUMNS)} (source optional)."
             )
-        tables.append(table.assign(source=table.get("source", path.name)).reindex(columns=list(REFERENCE_COLUMNS)))
+        settings = [c for c in SETTING_COLUMNS if c in table]
+        tables.append(table.assign(source=table.get("source", path.name))[[*REFERENCE_COLUMNS, *settings]])
     if not tables:
         return pd.DataFrame(columns=list(REFERENCE_COLUMNS))
     return pd.concat(tables, ignore_index=True)
+
+
+def reference_settings(reference: pd.DataFrame) -> list[str]:
+    """The CIM settings that some number of ``reference`` is tied to (see :data:`REFERENCE_COLUMNS`)."""
+    return [c for c in SETTING_COLUMNS if c in reference and reference[c].notna().any()]
+
+
+def reference_applies(reference: pd.DataFrame, settings: pd.DataFrame | dict[str, Any]) -> pd.Series:
+    """Whether each reference number applies to runs with ``settings`` (row-aligned with ``reference``, or one
+    dict for all): every setting the number gives is blank or equal to the runs'."""
+    applies = pd.Series(True, index=reference.index)
+    for column in reference_settings(reference):
+        ours = settings.get(column)
+        ours = ours.tolist() if isinstance(ours, pd.Series) else [ours] * len(reference)
+        given = reference[column].tolist()
+        same = [pd.isna(g) or (not pd.isna(o) and g == o) for g, o in zip(given, ours, strict=True)]
+        applies &= pd.Series(same, index=reference.index, dtype=bool)
+    return applies
 
 
 def comparison_table(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -696,10 +728,19 @@ def comparison_table(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFram
     if reference.empty or train.empty:
         return pd.DataFrame()
     quantized = train[train["weight_granularity"] != FLOAT]
-    ours = summarize(train, [*keys, *varying(quantized, ["schedule", *SETTING_COLUMNS])], ["acc"])
+    shown = varying(quantized, ["schedule", *SETTING_COLUMNS])
+    tied = reference_settings(reference)
+    ours = summarize(train, [*keys, *dict.fromkeys([*shown, *tied])], ["acc"])
     reference = reference.merge(train[list(PANEL_KEYS)].drop_duplicates(), on=list(PANEL_KEYS))
-    table = reference.rename(columns={"acc": "reference_acc"}).merge(ours, on=keys, how="left")
-    table = table.astype({"acc_n": "Int64"})
+    reference = reference.rename(columns={"acc": "reference_acc", **{c: f"reference_{c}" for c in tied}})
+    table = reference.reset_index(names="_reference").merge(ours, on=keys, how="left")
+    given = table[[f"reference_{c}" for c in tied]].set_axis(tied, axis=1)
+    table = table[reference_applies(given, table) | table["acc"].isna()]
+    # a number whose scheme ran only under other settings stays, with no runs beside it
+    unmatched = reference.reset_index(names="_reference").loc[lambda r: ~r["_reference"].isin(table["_reference"])]
+    table = pd.concat([table, unmatched], ignore_index=True).sort_values("_reference", kind="stable")
+    hidden = ["_reference", *(f"reference_{c}" for c in tied), *(c for c in tied if c not in shown)]
+    table = table.drop(columns=hidden).reset_index(drop=True).astype({"acc_n": "Int64"})
     table["delta"] = table["acc"] - table["reference_acc"]
     order = [c for c in table.columns if c not in ("reference_acc", "source")] + ["reference_acc", "source"]
     return table[order]
