@@ -60,7 +60,7 @@ imagenet_table3: ## Table III: the five schemes and float on ResNet-18/ImageNet 
 sweeps: granularity_grid qat_schedules variation ## All CIFAR sweeps of PRESET, in order (the grid before variation)
 
 MEDIUM_ARGS ?= hydra/launcher=parallel logger=csv trainer.enable_progress_bar=false
-MEDIUM_SWEEPS = granularity_grid/medium granularity_grid/medium_3bit qat_schedules/medium
+MEDIUM_SWEEPS = granularity_grid/medium granularity_grid/medium_3bit qat_schedules/medium granularity_grid/medium_3bit_mse
 medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs CIMEXP_DATA): Figs. 7, 9, 10, report
 	for sweep in $(MEDIUM_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
 	$(PYTHON) -m cimexp.evaluate -m sweep=variation/medium $(MEDIUM_ARGS)

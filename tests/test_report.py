@@ -34,7 +34,7 @@ from cimexp.report import (
     write_report,
 )
 from cimexp.report.cli import main
-from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank
+from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank, parse_results, runs_table
 from cimexp.report.figures import REFERENCE_LABEL
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
 from cimexp.report.publish import FIGURES
@@ -456,6 +456,25 @@ def test_reference_numbers_and_comparison(collected, tmp_path: Path) -> None:
         reference_table([csv])
     with pytest.raises(FileNotFoundError, match="`paper`"):
         reference_table(["papr"])
+
+
+def test_runs_calibrated_differently_are_different_configurations() -> None:
+    """How the steps started changes results by tens of points at a 3-bit ADC: it must never pool seeds."""
+    rows = []
+    for seed in (0, 1):
+        for method, acc in (("percentile", 0.2), ("mse", 0.7)):
+            record = train_results("cifar10", "layer", "layer", acc, seed)
+            record["config"] = {"calibration.weight": "mse", "calibration.act": "mse", "calibration.psum": method}
+            rows.append(parse_results(record, f"/runs/{method}/{seed}"))
+    rows.append(parse_results(train_results("cifar10", None, None, 0.9), "/runs/float"))  # no CIM: no calibration
+    runs = runs_table(rows)
+    assert runs["calibration"].tolist().count("mse/mse/percentile") == 2 and runs["calibration"].isna().sum() == 1
+
+    summary = summary_table(runs).dropna(subset=["calibration"]).set_index("calibration")
+    assert summary.loc["mse/mse/percentile", "acc"] == pytest.approx(20.0)
+    assert summary.loc["mse/mse/mse", "acc"] == pytest.approx(70.0) and summary.loc["mse/mse/mse", "acc_n"] == 2
+    grid = grid_table(runs)
+    assert sorted(grid["layer"].dropna()) == pytest.approx([20.0, 70.0])
 
 
 def test_a_reference_number_meets_only_runs_of_its_settings(collected) -> None:

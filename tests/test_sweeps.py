@@ -45,6 +45,7 @@ JOBS = {
     "adc_noise/quick": 24,
     "granularity_grid/medium": 24,
     "granularity_grid/medium_3bit": 18,
+    "granularity_grid/medium_3bit_mse": 18,
     "qat_schedules/medium": 9,
     "variation/medium": 270,
 }
@@ -119,7 +120,7 @@ def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, t
         assert "sweep=" not in job_dir.name and "=" in job_dir.name
         if sweep.startswith(EVALUATE_SWEEPS):
             assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
-        elif preset in ("quick", "medium", "medium_3bit"):  # the CPU presets fine-tune a float network
+        elif preset.startswith(("quick", "medium")):  # the CPU presets fine-tune a float network
             assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
         else:
             assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
@@ -205,6 +206,14 @@ def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     psq.append("channel_column")  # beyond the paper
     assert sorted((scheme(c), c["seed"]) for c in three) == sorted((s, seed) for s in psq for seed in (0, 1, 2))
     assert {c["adc"]["bits"] for c in four} == {4} and {c["adc"]["bits"] for c in three} == {3}
+    # the follow-up differs from the 3-bit grid in the partial sums' calibration only
+    follow_up = [  # its jobs' directories aside
+        json.loads(json.dumps(c, default=str).replace("medium_3bit_mse", "medium_3bit"))
+        for c, _ in composed["granularity_grid/medium_3bit_mse"]
+    ]
+    differ = {key for a, b in zip(three, follow_up, strict=True) for key in {*a, *b} if a.get(key) != b.get(key)}
+    assert differ == {"calibration"} and {c["calibration"]["psum"] for c in follow_up} == {"mse"}
+    assert {c["calibration"]["psum"] for c in three} == {"percentile"}
     qat = [c for c, _ in composed["qat_schedules/medium"]]
     cases = {(scheme(c), c["schedule"]["stage1_epochs"], c["trainer"]["max_epochs"]) for c in qat}
     assert cases == {("column_column", 0, 2), ("layer_column", 1, 2), ("channel_column", 0, 2)}

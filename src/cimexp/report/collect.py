@@ -38,10 +38,12 @@ NO_PSQ = "none"
 SETTING_COLUMNS = ("w_bits", "a_bits", "dac_bits", "cell_bits", "adc_bits", "array_size", "weight_encoding")
 """The CIM hardware and bit-width settings; a figure panel or a curve label names those that vary."""
 
-CONDITION_COLUMNS = ("schedule", "noise_lsb", "train_noise_lsb", "train_sigma")
+CONDITION_COLUMNS = ("schedule", "noise_lsb", "train_noise_lsb", "train_sigma", "calibration")
 """How a configuration was trained or evaluated besides its settings: QAT schedule, ADC noise of the accuracy
 measurement (``noise_lsb``: the evaluation's, or for a training run the noise it trained and validated with), ADC
-noise during training (noise-aware training), variation-aware training sigma."""
+noise during training (noise-aware training), variation-aware training sigma, and how the training run's steps were
+calibrated before its first step (``calibration``: the weight / activation / partial-sum methods, e.g.
+``mse/mse/percentile``; empty for a float network or a record without them)."""
 
 SCHEME_COLUMNS = (
     "model",
@@ -74,6 +76,7 @@ COLUMNS = (
     "noise_lsb",
     "train_noise_lsb",
     "train_sigma",
+    "calibration",
     "clip_rate",
     "seed",
     "train_seed",
@@ -241,8 +244,15 @@ def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = No
     trained = record if kind == "train" else (record.get("train_results") or {})
     row["train_noise_lsb"] = float((trained.get("adc_errors") or {}).get("noise_lsb", 0.0))
     row["train_sigma"] = float((trained.get("variation") or {}).get("train_sigma", 0.0))
+    row["calibration"] = _calibration(trained.get("config") or {}) if record["cim"] else None
     row.update(_telemetry(record.get("psum_telemetry")))
     return row
+
+
+def _calibration(config: dict[str, Any]) -> str | None:
+    """``weight/act/psum`` calibration methods of a flattened run config, ``None`` where it does not name them."""
+    methods = [config.get(f"calibration.{quantizer}") for quantizer in ("weight", "act", "psum")]
+    return "/".join(map(str, methods)) if all(methods) else None
 
 
 def _telemetry(telemetry: dict[str, Any] | None) -> dict[str, Any]:
