@@ -14,12 +14,12 @@ activation steps.
 import os
 import sys
 
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import batches  # noqa: E402  (sets CIMEXP_DATA and one thread)
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 
 from cimexp.build import build_trained_net, load_checkpoint  # noqa: E402
 from cimexp.cim.layer import cim_layers, start_telemetry, stop_telemetry  # noqa: E402
@@ -42,7 +42,10 @@ for path in sys.argv[1:]:
     loss = F.cross_entropy(net(train_images), train_labels)
     loss.backward()
     print(f"{path}\n  logit std over images {logits.std(0).mean().item():.3f}, train-batch loss {loss.item():.3f}")
-    print(f"  {'layer':16s} {'ADC step':>9s} {'code 0':>7s} {'clip':>6s} | relative update: {'ADC':>8s} {'weight':>8s} {'act':>8s}")
+    print(
+        f"  {'layer':16s} {'ADC step':>9s} {'code 0':>7s} {'clip':>6s} |"
+        f" relative update: {'ADC':>8s} {'weight':>8s} {'act':>8s}"
+    )
     for name, layer in cim_layers(net):
         s = stats[name]
         zero = (s.counts[:, s.hist_range].sum() / s.counts.sum()).item()
@@ -51,6 +54,7 @@ for path in sys.argv[1:]:
             return (LR * p.grad.abs() / p.detach().abs()).mean().item()
 
         print(
-            f"  {name:16s} {layer.psum_step.detach().flatten()[0].item():9.3f} {zero:7.3f} {s.summary()['clip_rate']:6.3f}"
+            f"  {name:16s} {layer.psum_step.detach().flatten()[0].item():9.3f} {zero:7.3f}"
+            f" {s.summary()['clip_rate']:6.3f}"
             f" | {rel(layer.psum_step):25.1e} {rel(layer.weight_step):8.1e} {rel(layer.act_step):8.1e}"
         )
