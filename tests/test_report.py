@@ -35,7 +35,7 @@ from cimexp.report import (
 )
 from cimexp.report.cli import main
 from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank, parse_results, runs_table
-from cimexp.report.figures import REFERENCE_LABEL
+from cimexp.report.figures import REFERENCE_LABEL, qat_figure
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
 from cimexp.report.publish import FIGURES
 from cimexp.report.tables import (
@@ -46,6 +46,7 @@ from cimexp.report.tables import (
     clip_rate_table,
     comparison_table,
     estimate_columns,
+    in_stage1,
     paired_lines,
     paired_table,
     pareto_front,
@@ -430,6 +431,33 @@ def test_history_and_time_to_accuracy(collected) -> None:
     assert (row["epoch_a"], row["epoch_b"]) == (3, 2)  # the one-stage run reaches 85% one epoch earlier
     assert (row["time_a_min"], row["time_b_min"]) == pytest.approx((200 / 60, 180 / 60))
     assert row["faster"] == "column/column, one-stage" and row["time_saved_pct"] == pytest.approx(10.0)
+
+
+def test_stage1_epochs_of_two_stage_qat_do_not_count_as_reached_accuracy(tmp_path) -> None:
+    # Stage 1 validates without partial-sum quantization: its 95% is not what two-stage QAT delivers (86% at stage 2).
+    two_stage = train_results(
+        "cifar10",
+        "layer",
+        "column",
+        0.86,
+        schedule="two_stage",
+        history=[(100, 0.90), (200, 0.95), (300, 0.8), (400, 0.86)],
+    )
+    write_results(tmp_path, "two", two_stage)
+    write_results(tmp_path, "one", train_results("cifar10", "column", "column", 0.88, history=ONE_STAGE_CURVE))
+    history = history_table(collect([tmp_path])[0])
+    assert history.loc[in_stage1(history), "acc"].tolist() == pytest.approx([90.0, 95.0])
+    row = time_to_accuracy_table(history).iloc[0]
+    assert (row["curve_a"], row["curve_b"]) == ("layer/column, two-stage", "column/column, one-stage")
+    assert (row["best_a"], row["best_b"], row["target_acc"]) == pytest.approx((86.0, 88.0, 86.0))
+    assert (row["epoch_a"], row["epoch_b"]) == (3, 3)
+    assert (row["time_a_min"], row["time_b_min"]) == pytest.approx((400 / 60, 240 / 60))
+    assert row["faster"] == "column/column, one-stage"
+    figure = qat_figure(history)
+    (stage1_time,) = [line for line in figure.axes[0].get_lines() if line.get_marker() == "o" and len(line.get_xdata())]
+    assert stage1_time.get_xdata().tolist() == pytest.approx([100 / 60, 200 / 60])
+    stars = [line for line in figure.axes[0].get_lines() if line.get_marker() == "*"]
+    assert sorted(star.get_ydata()[0] for star in stars) == pytest.approx([86.0, 88.0])
 
 
 def test_pareto_front_keeps_points_nothing_cheaper_beats() -> None:

@@ -208,10 +208,16 @@ def dequant_figure(runs: pd.DataFrame) -> Figure | None:
     return figure
 
 
+STAGE1_MARKER = {"marker": "o", "markersize": 7, "markerfacecolor": "white"}
+"""How :func:`qat_figure` marks two-stage QAT's stage-1 epochs."""
+
+
 def qat_figure(history: pd.DataFrame) -> Figure | None:
     """Training curves (the paper's Fig. 9): accuracy versus cumulative training time (validation excluded) and
-    versus epoch, one line per configuration (mean over its seeds per epoch, a ±1 std band; dashed: two-stage QAT),
-    a star at each line's best. One row of two panels per model and data set. ``None`` without per-epoch history."""
+    versus epoch, one line per configuration (mean over its seeds per epoch, a ±1 std band; dashed: two-stage QAT,
+    hollow markers on its stage-1 epochs, validated without partial-sum quantization), a star at each line's best
+    epoch of the network its schedule delivers (stage 2 for two-stage QAT). One row of two panels per model and data
+    set. ``None`` without per-epoch history."""
     curves = mean_curves(history)
     if curves.empty:
         return None
@@ -227,15 +233,17 @@ def qat_figure(history: pd.DataFrame) -> Figure | None:
                 "linestyle": "--" if curve["schedule"].iloc[0] == "two_stage" else "-",
                 "label": f"{label} (n={n})",
             }
-            best = curve.loc[curve["acc"].idxmax()]
+            delivered = curve[~curve["stage1"]]
+            best = delivered.loc[delivered["acc"].idxmax()] if len(delivered) else None
             std = curve["acc_std"].fillna(0.0)
-            for ax, x, best_x in (
-                (ax_time, curve["cum_train_time_s"] / 60.0, best["cum_train_time_s"] / 60.0),
-                (ax_epoch, curve["epoch"], best["epoch"]),
-            ):
+            for ax, x in ((ax_time, curve["cum_train_time_s"] / 60.0), (ax_epoch, curve["epoch"])):
                 ax.plot(x, curve["acc"], marker=".", **style)
                 ax.fill_between(x, curve["acc"] - std, curve["acc"] + std, color=style["color"], alpha=0.15)
-                ax.plot(best_x, best["acc"], marker="*", markersize=10, color=style["color"], linestyle="none")
+                stage1 = curve["stage1"].to_numpy()
+                ax.plot(x[stage1], curve["acc"][stage1], **STAGE1_MARKER, color=style["color"], linestyle="none")
+                if best is not None:
+                    best_x = best["cum_train_time_s"] / 60.0 if ax is ax_time else best["epoch"]
+                    ax.plot(best_x, best["acc"], marker="*", markersize=10, color=style["color"], linestyle="none")
         title = _title(dict(zip(PANEL_KEYS, key, strict=True)))
         for ax, xlabel in ((ax_time, "Cumulative training time (min)"), (ax_epoch, "Epoch")):
             ax.set_xlabel(xlabel)
@@ -243,8 +251,12 @@ def qat_figure(history: pd.DataFrame) -> Figure | None:
             ax.set_title(title, fontsize=10)
             ax.grid(True, alpha=0.3)
     best = Line2D([], [], marker="*", markersize=10, color="gray", linestyle="none")
+    handles, labels = [best], ["best epoch"]
+    if curves["stage1"].any():
+        handles.append(Line2D([], [], **STAGE1_MARKER, color="gray", linestyle="none"))
+        labels.append("stage 1 (no partial-sum quantization)")
     title = f"mean over seeds per epoch (n), band: {SPREAD}; dashed: two-stage QAT"
-    _legend(figure, list(axes[:, 0]), [best], ["best epoch"], title=title)
+    _legend(figure, list(axes[:, 0]), handles, labels, title=title)
     return figure
 
 

@@ -66,7 +66,7 @@ TABLES = {
     "instances averaged within each), or over the chip instances of one training seed (paper Fig. 10)",
     "qat_time_to_accuracy": "For each pair of training curves (seeds averaged per epoch; n each): cumulative "
     "training time (min) each needs to reach the lower of their best accuracies, and the time saved by the faster "
-    "(paper Fig. 9 marks)",
+    "(paper Fig. 9 marks); a two-stage curve's stage-1 epochs (no partial-sum quantization) do not count",
     "reference_comparison": "Our accuracy over seeds next to published numbers (`--reference`); delta: our mean "
     "minus theirs, in points",
     "adc_energy": "Accuracy (%) against ADC energy per image (nJ, cost.adc_model), absolute and relative to a "
@@ -206,7 +206,8 @@ class Saved:
 
 def read_saved(out_dir: str | Path) -> Saved:
     """The :class:`Saved` tables of a report directory (``runs.csv``, ``skipped.csv``, ``history.csv``,
-    ``reference.csv``), with the runs table's column types restored.
+    ``reference.csv``), with the runs table's column types restored (and, in a history written before it had
+    them, each run's ``stage1_epochs`` from the runs table).
 
     Raises:
         FileNotFoundError: the directory holds no ``runs.csv``.
@@ -226,9 +227,11 @@ def read_saved(out_dir: str | Path) -> Saved:
     def read_if_there(name: str) -> pd.DataFrame | None:
         return read(name) if (out / name).is_file() else None
 
-    return Saved(
-        read("runs.csv"), read_if_there("skipped.csv"), read_if_there("history.csv"), read_if_there("reference.csv")
-    )
+    runs, history = read("runs.csv"), read_if_there("history.csv")
+    if history is not None and "stage1_epochs" not in history:  # written before the history table had it
+        stage1_epochs = runs[runs["kind"] == "train"].drop_duplicates("run_dir")[["run_dir", "stage1_epochs"]]
+        history = history.merge(stage1_epochs, on="run_dir", how="left")
+    return Saved(runs, read_if_there("skipped.csv"), history, read_if_there("reference.csv"))
 
 
 def report_markdown(report: Report) -> str:

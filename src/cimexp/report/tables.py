@@ -566,21 +566,38 @@ def curve_labels(history: pd.DataFrame) -> pd.Series:
     return labels
 
 
-CURVE_COLUMNS = ("curve", *PANEL_KEYS, "schedule", "epoch", "cum_train_time_s", *estimate_columns("acc"))
+def in_stage1(history: pd.DataFrame) -> pd.Series:
+    """Whether each record of :func:`history_table` is from two-stage QAT's stage 1: trained and validated without
+    partial-sum quantization, so not yet the network the schedule delivers (epochs ``< stage1_epochs``)."""
+    if history.empty:
+        return pd.Series(False, index=history.index, dtype=bool)
+    stage1_epochs = pd.to_numeric(history["stage1_epochs"], errors="coerce").fillna(0)
+    return ((history["schedule"] == "two_stage") & (history["epoch"] < stage1_epochs)).astype(bool)
+
+
+CURVE_COLUMNS = (
+    "curve",
+    *PANEL_KEYS,
+    "schedule",
+    "epoch",
+    "stage1",
+    "cum_train_time_s",
+    *estimate_columns("acc"),
+)
 
 
 def mean_curves(history: pd.DataFrame) -> pd.DataFrame:
     """Training curves over seeds: one curve per configuration of :func:`history_table`'s runs, per epoch the
     accuracy over its seeds (``acc`` with its ``_std``, ``_n`` and 95% interval columns) and their mean cumulative
-    training time ``cum_train_time_s``.
+    training time ``cum_train_time_s``; ``stage1`` marks two-stage QAT's stage-1 epochs (:func:`in_stage1`).
 
     ``curve`` labels a configuration: scheme and schedule, plus the settings (and the two-stage switch epoch) that
     differ between the curves of one model and data set. Columns: :data:`CURVE_COLUMNS`.
     """
     if history.empty:
         return pd.DataFrame(columns=list(CURVE_COLUMNS))
-    history = history.assign(curve=_configuration_labels(history))
-    keys = ["curve", *PANEL_KEYS, "schedule", "epoch"]
+    history = history.assign(curve=_configuration_labels(history), stage1=in_stage1(history))
+    keys = ["curve", *PANEL_KEYS, "schedule", "epoch", "stage1"]
     table = summarize(history, keys, ["acc", "cum_train_time_s"]).drop(columns=estimate_columns("cum_train_time_s")[1:])
     return table[list(CURVE_COLUMNS)]
 
@@ -607,6 +624,8 @@ def time_to_accuracy_table(history: pd.DataFrame) -> pd.DataFrame:
 
     The curve with the higher best reaches the other's best accuracy at ``time_a_min`` / ``time_b_min``; the other
     curve reaches it at its own best epoch. Times are cumulative training time (validation excluded) in minutes.
+    Only the networks a schedule delivers count: a two-stage curve's stage-1 epochs, validated without partial-sum
+    quantization, neither set its best nor reach the target, though their training time is part of the times.
 
     Columns: ``model``, ``dataset``, ``curve_a``, ``curve_b``, ``n_a``, ``n_b`` (seeds behind each curve),
     ``best_a``, ``best_b``, ``target_acc``, ``epoch_a``, ``epoch_b``, ``time_a_min``, ``time_b_min``, ``faster``,
@@ -629,6 +648,7 @@ def time_to_accuracy_table(history: pd.DataFrame) -> pd.DataFrame:
         "time_saved_pct",
     ]
     curves_table = mean_curves(history)
+    curves_table = curves_table[~curves_table["stage1"].astype(bool)]
     rows = []
     for panel_key, panel in curves_table.groupby(list(PANEL_KEYS), dropna=False, sort=False):
         curves = {label: curve.sort_values("epoch") for label, curve in panel.groupby("curve", sort=False)}
