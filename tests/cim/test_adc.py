@@ -241,6 +241,16 @@ def test_psum_stats_by_hand():
     assert stats.summary()["conversions"] == 16 and stats.summary()["clip_rate"] == 0.5
 
 
+def test_psum_stats_count_nan_inputs_apart():
+    """A diverged network feeds NaN to its ADCs: they have no code, and validation must still be recorded."""
+    stats = PsumStats(adc_bits=2)
+    v = torch.tensor([[0.2, float("nan"), -1.0, 2.0], [float("nan"), 0.4, 1.2, 5.0]]).reshape(1, 2, 1, 4)
+    stats.update(v, torch.tensor([[0.0], [-2.0]]), torch.tensor([[3.0], [1.0]]))
+    summary = stats.summary()
+    assert summary["conversions"] == 8 and stats.nan_conversions == 2 and summary["nan_rate"] == 0.25
+    assert stats.histogram.sum() == 6 and summary["clip_low"] == 0.125 and summary["clip_high"] == 0.125
+
+
 @pytest.mark.parametrize("dac_bits", [None, 1])
 def test_telemetry_counts_every_conversion(dac_bits):
     layer, x = _layer(dac_bits=dac_bits), _x(batch=3)

@@ -127,12 +127,14 @@ class PsumStats:
     Every conversion's input ``v`` (LSB units) is rounded, as the ADC does, and counted in a 1-LSB histogram over
     ``[-2^b, 2^b]`` (values beyond land in the edge bins), kept separately for signed- and unsigned-range columns.
     Clip counts and used codes follow exactly from these integer bins: a rounded value below ``adc_min`` or above
-    ``adc_max`` clips.
+    ``adc_max`` clips. Inputs that are NaN (a network whose training diverged) have no code: they are counted in
+    ``nan_conversions`` and kept out of the histogram, so the run still reports its (chance-level) validation.
     """
 
     adc_bits: int
     per_column: bool = False
     conversions: int = 0
+    nan_conversions: int = 0
     counts: torch.Tensor | None = None  # [2, 2^(b+1) + 1]: rounded values -2^b..2^b, unsigned / signed columns
     column_clips: torch.Tensor | None = None  # [G, O] clipped conversions per column
     column_conversions: int = 0
@@ -152,8 +154,12 @@ class PsumStats:
             self.column_clips = clips if self.column_clips is None else self.column_clips + clips
             self.column_conversions += v.shape[0] * v.shape[3]
         signed = (qmin < 0).to(torch.int32).reshape(1, -1, 1, 1)  # the two code ranges of a layer
+        nan = torch.isnan(rounded)
         key = rounded.clamp_(-r, r).to(torch.int32).add_(r).add_(signed * (2 * r + 1))
-        counts = torch.bincount(key.flatten(), minlength=2 * (2 * r + 1)).reshape(2, -1).cpu()
+        key = key.masked_fill_(nan, 2 * (2 * r + 1))  # one extra bin past both ranges
+        counts = torch.bincount(key.flatten(), minlength=2 * (2 * r + 1) + 1).cpu()
+        self.nan_conversions += int(counts[-1])
+        counts = counts[:-1].reshape(2, -1)
         self.counts = counts if self.counts is None else self.counts + counts
         self.conversions += v.numel()
 
@@ -167,8 +173,8 @@ class PsumStats:
         return torch.arange(-r, r + 2, dtype=torch.float32) - 0.5
 
     def summary(self) -> dict[str, Any]:
-        """Scalars: ``clip_rate``, ``clip_low``, ``clip_high`` (shares of conversions), ``code_utilization`` (share
-        of the ``2^b`` codes used at least once), ``conversions``; plus ``column_clip_rate`` ``[G, O]`` when
+        """Scalars: ``clip_rate``, ``clip_low``, ``clip_high``, ``nan_rate`` (shares of conversions),
+        ``code_utilization`` (share of the ``2^b`` codes used at least once), ``conversions``; plus ``column_clip_rate`` ``[G, O]`` when
         recorded per column."""
         n = max(self.conversions, 1)
         r, codes = self.hist_range, 2**self.adc_bits
@@ -189,6 +195,7 @@ class PsumStats:
             "clip_rate": (low + high) / n,
             "clip_low": low / n,
             "clip_high": high / n,
+            "nan_rate": self.nan_conversions / n,
             "code_utilization": int(used.sum()) / codes,
         }
         if self.column_clips is not None:
