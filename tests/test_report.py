@@ -33,7 +33,7 @@ from cimexp.report import (
     variation_table,
     write_report,
 )
-from cimexp.report.cli import main
+from cimexp.report.cli import gather, main
 from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank, parse_results, runs_table
 from cimexp.report.figures import REFERENCE_LABEL, qat_figure
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
@@ -286,6 +286,36 @@ def test_collect_skips_and_lists_bad_files_without_crashing(collected) -> None:
     assert reasons["truncated"].startswith("malformed (JSONDecodeError)")
     assert "missing key 'final'" in reasons["no_final"]
     assert "final.val/acc=80.0 is not an accuracy fraction" in reasons["percent"]
+
+
+def test_a_diverged_seed_is_a_result_not_a_skipped_file(tmp_path: Path) -> None:
+    """Dropping a seed that diverged would pick the seeds that make a scheme look good: it stays in the mean."""
+    for seed, acc in enumerate([0.84, 0.83, 0.10]):
+        record = train_results("cifar10", "layer", "layer", acc, seed)
+        if seed == 2:
+            record["status"], record["final"]["val/loss"] = "diverged", math.nan
+        write_results(tmp_path, f"seed={seed}", record)
+    runs, skipped = collect([tmp_path])
+    assert skipped.empty and runs["status"].tolist() == ["finished", "finished", "diverged"]
+    cell = grid_table(runs).iloc[0]
+    assert cell["layer_n"] == 3 and cell["layer"] == pytest.approx((84 + 83 + 10) / 3)
+    report_dir = tmp_path / "report"
+    write_report(make_report(runs, skipped), report_dir)
+    saved = pd.read_csv(report_dir / "runs.csv")
+    saved.drop(columns="status").to_csv(report_dir / "runs.csv", index=False)  # as written before the column
+    assert load_report(report_dir).runs["status"].tolist() == ["finished"] * 3
+
+
+def test_a_run_an_earlier_report_skipped_is_not_listed_once_it_finished(tmp_path: Path) -> None:
+    sweeps = tmp_path / "sweeps"
+    write_results(sweeps, "a/seed=0", train_results("cifar10", "layer", "column", 0.85, 0))
+    write_results(sweeps, "a/seed=1", {"kind": "train", "status": "interrupted"})
+    assert main([str(sweeps), "--out", str(tmp_path / "old")]) == 0
+    assert pd.read_csv(tmp_path / "old" / "skipped.csv")["path"].tolist() == ["a/seed=1/results.json"]
+    write_results(sweeps, "a/seed=1", train_results("cifar10", "layer", "column", 0.86, 1))  # resumed
+    write_results(sweeps, "b/seed=0", train_results("cifar10", "column", "column", 0.84, 0))  # another sweep
+    runs, skipped, _ = gather([str(tmp_path / "old" / "runs.csv"), str(sweeps / "a" / "seed=1"), str(sweeps / "b")])
+    assert sorted(runs["run_dir"]) == ["a/seed=0", "a/seed=1", "b/seed=0"] and skipped.empty
 
 
 def test_find_results_names_a_missing_path_and_deduplicates(tree: Path) -> None:

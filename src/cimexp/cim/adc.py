@@ -174,8 +174,8 @@ class PsumStats:
 
     def summary(self) -> dict[str, Any]:
         """Scalars: ``clip_rate``, ``clip_low``, ``clip_high``, ``nan_rate`` (shares of conversions),
-        ``code_utilization`` (share of the ``2^b`` codes used at least once), ``conversions``; plus ``column_clip_rate`` ``[G, O]`` when
-        recorded per column."""
+        ``code_utilization`` (share of the ``2^b`` codes used at least once), ``conversions``; plus
+        ``column_clip_rate`` ``[G, O]`` when recorded per column."""
         n = max(self.conversions, 1)
         r, codes = self.hist_range, 2**self.adc_bits
         low = high = 0

@@ -98,7 +98,8 @@ def gather(
     paths: Sequence[str], include_debug: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """``(runs, skipped, history)`` of the given paths: results.json files collected below directories, and the
-    saved tables of earlier reports given by their :data:`RUNS_FILE` (``None``: none to give).
+    saved tables of earlier reports given by their :data:`RUNS_FILE` (``None``: none to give). A file an earlier
+    report skipped (a run then unfinished) is no longer listed once its run is among the runs.
 
     Raises:
         FileNotFoundError: a path is none of these.
@@ -118,11 +119,12 @@ def gather(
         runs.append(saved.runs)
         skipped += [saved.skipped] if saved.skipped is not None else []
         history += [saved.history] if saved.history is not None else []
-    return (
-        with_column_types(pd.concat(runs, ignore_index=True)) if len(runs) > 1 else runs[0],
-        pd.concat(skipped, ignore_index=True) if skipped else None,
-        pd.concat(history, ignore_index=True) if history else None,
-    )
+    all_runs = with_column_types(pd.concat(runs, ignore_index=True)) if len(runs) > 1 else runs[0]
+    all_skipped = pd.concat(skipped, ignore_index=True) if skipped else None
+    if all_skipped is not None:
+        over = all_skipped["path"].map(lambda path: str(Path(path).parent)).isin(set(all_runs["run_dir"]))
+        all_skipped = all_skipped[~over].reset_index(drop=True)
+    return all_runs, all_skipped, pd.concat(history, ignore_index=True) if history else None
 
 
 def summary(report: Report, out: Path, n_files: int) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from cimexp.results import KINDS, RESULTS_FILE, read_results, upgrade
+from cimexp.results import DONE_STATUSES, KINDS, RESULTS_FILE, read_results, upgrade
 
 GRANULARITIES = ("layer", "array", "channel", "column")
 """Quantization granularities from coarse to fine, :class:`cimexp.cim.Granularity`'s order (spelled out here: the
@@ -59,6 +59,7 @@ SCHEME_COLUMNS = (
 
 COLUMNS = (
     "kind",
+    "status",
     *SCHEME_COLUMNS,
     *SETTING_COLUMNS,
     "acc",
@@ -86,7 +87,9 @@ COLUMNS = (
     "git_commit",
     "run_dir",
 )
-"""The table's columns, in order. ``cim_summary.total`` keys other than the ones above (ADC cost such as
+"""The table's columns, in order. ``status`` is ``finished`` or ``diverged`` (ran to the end with a non-finite
+loss: a result like any other, e.g. chance accuracy, pooled with its configuration's other seeds, never dropped).
+``cim_summary.total`` keys other than the ones above (ADC cost such as
 ``adc_energy_pj`` per image, ``adc_area_um2``, ``n_adcs``, ``adc_conversions``, ``adc_model``, ``cost_model`` (its
 constants as JSON); ``arrays``, ``cells``, ...) follow as extra columns, empty for runs whose file lacks them."""
 
@@ -151,9 +154,9 @@ def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[p
     """Read every ``results.json`` below ``paths`` into a table of finished runs, and list the files skipped.
 
     A file is skipped, never fatal, when it cannot be read or parsed, lacks a required field, or belongs to a
-    run that is not finished (``status: "running"`` while training, ``"interrupted"``, ``"diverged"``: a
-    non-finite loss at the end). Smoke runs of a ``debug=`` profile (one batch, a few limited epochs) are
-    skipped too, unless ``include_debug``.
+    run that is not over (``status: "running"`` while training, ``"interrupted"``). A ``"diverged"`` run (a
+    non-finite loss at the end) is over and is a result: it is kept, with its ``status``. Smoke runs of a
+    ``debug=`` profile (one batch, a few limited epochs) are skipped too, unless ``include_debug``.
 
     Returns:
         ``(runs, skipped)``: ``runs`` has one row per finished run with the :data:`COLUMNS` (then any extra
@@ -207,18 +210,19 @@ def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = No
     results tree was produced on another machine or moved.
 
     Raises:
-        UnfinishedRun: ``status`` is not ``"finished"``.
+        UnfinishedRun: ``status`` is neither ``"finished"`` nor ``"diverged"``.
         ValueError, KeyError, TypeError: the content does not follow the schema (the message says where).
     """
     record = upgrade(record)
     status = record.get("status")
-    if status != "finished":
+    if status not in DONE_STATUSES:
         raise UnfinishedRun(f"status={status!r}")
     kind = record["kind"]
     shown_dir = _relative(run_dir, root) if root is not None else str(Path(run_dir).resolve())
 
     row: dict[str, Any] = {
         "kind": kind,
+        "status": status,
         "model": record["model"],
         "dataset": record["data"],
         **_scheme(record["cim"]),

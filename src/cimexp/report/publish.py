@@ -206,8 +206,8 @@ class Saved:
 
 def read_saved(out_dir: str | Path) -> Saved:
     """The :class:`Saved` tables of a report directory (``runs.csv``, ``skipped.csv``, ``history.csv``,
-    ``reference.csv``), with the runs table's column types restored (and, in a history written before it had
-    them, each run's ``stage1_epochs`` from the runs table).
+    ``reference.csv``), with the runs table's column types restored (and what tables written by earlier versions
+    lack: ``status`` ``finished`` in a runs table, each run's ``stage1_epochs`` in a history).
 
     Raises:
         FileNotFoundError: the directory holds no ``runs.csv``.
@@ -228,6 +228,8 @@ def read_saved(out_dir: str | Path) -> Saved:
         return read(name) if (out / name).is_file() else None
 
     runs, history = read("runs.csv"), read_if_there("history.csv")
+    if "status" not in runs:  # written when a report held finished runs only
+        runs.insert(1, "status", "finished")
     if history is not None and "stage1_epochs" not in history:  # written before the history table had it
         stage1_epochs = runs[runs["kind"] == "train"].drop_duplicates("run_dir")[["run_dir", "stage1_epochs"]]
         history = history.merge(stage1_epochs, on="run_dir", how="left")
