@@ -318,6 +318,19 @@ def test_a_run_an_earlier_report_skipped_is_not_listed_once_it_finished(tmp_path
     assert sorted(runs["run_dir"]) == ["a/seed=0", "a/seed=1", "b/seed=0"] and skipped.empty
 
 
+def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path) -> None:
+    """A 1-epoch grid and 2-epoch schedule runs of the same scheme (the medium study's Figs. 7 and 9) stay apart."""
+    for epochs, accs in ((1, [0.85, 0.86]), (2, [0.87, 0.88])):
+        for seed, acc in enumerate(accs):
+            record = train_results("cifar10", "column", "column", acc, seed)
+            record["epochs"] = epochs
+            write_results(tmp_path, f"e{epochs}/seed={seed}", record)
+    runs, _ = collect([tmp_path])
+    grid = grid_table(runs).reset_index()
+    assert grid["epochs"].tolist() == [1, 2] and grid["column"].tolist() == pytest.approx([85.5, 87.5])
+    assert grid["column_n"].tolist() == [2, 2]
+
+
 def test_find_results_names_a_missing_path_and_deduplicates(tree: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.*neither a directory nor a results.json"):
         find_results([tree / "nope"])
@@ -335,10 +348,11 @@ def test_granularity_labels_sort_as_the_layer_orders_its_levels() -> None:
 
 def test_grid_table_pivots_weight_by_psum_with_no_psq_and_float(collected) -> None:
     grid = grid_table(collected[0])
-    assert grid.index.names == ["model", "dataset", "schedule", "weight_granularity"]  # cifar100 has two-stage
+    # cifar100's runs are two-stage and 4 epochs long: both keys vary
+    assert grid.index.names == ["model", "dataset", "schedule", "epochs", "weight_granularity"]
     means = ["layer", "array", "column", NO_PSQ_COLUMN, "float"]
     assert list(grid.columns) == [c for name in means for c in estimate_columns(name)]
-    layer = grid.loc[("resnet20", "cifar10", "one_stage", "layer")]
+    layer = grid.loc[("resnet20", "cifar10", "one_stage", 1, "layer")]
     assert layer["layer"] == pytest.approx(81.0)  # mean of seeds 0 and 1
     assert (layer["layer_std"], layer["layer_n"]) == (pytest.approx(math.sqrt(2.0)), 2)
     half = 12.7062047361747 * math.sqrt(2.0) / math.sqrt(2.0)  # t(0.975, 1) * std / sqrt(n)
@@ -346,9 +360,9 @@ def test_grid_table_pivots_weight_by_psum_with_no_psq_and_float(collected) -> No
     assert layer["column"] == pytest.approx(85.0) and pd.isna(layer["array"]) and layer["column_n"] == 1
     assert pd.isna(layer["column_std"]) and pd.isna(layer["column_ci_low"])  # one seed: no spread to give
     assert layer[NO_PSQ_COLUMN] == pytest.approx(89.0) and layer["float"] == pytest.approx(91.0)
-    column = grid.loc[("resnet20", "cifar10", "one_stage", "column")]
+    column = grid.loc[("resnet20", "cifar10", "one_stage", 1, "column")]
     assert (column["array"], column["column"], column[NO_PSQ_COLUMN]) == pytest.approx((86.0, 88.0, 90.0))
-    two_stage = grid.loc[("resnet20", "cifar100", "two_stage", "layer")]
+    two_stage = grid.loc[("resnet20", "cifar100", "two_stage", 4, "layer")]
     assert two_stage["column"] == pytest.approx(85.0) and pd.isna(two_stage["float"])
     assert list(grid.index.get_level_values("weight_granularity")[:2]) == ["layer", "column"]
 

@@ -45,6 +45,10 @@ noise during training (noise-aware training), variation-aware training sigma, an
 calibrated before its first step (``calibration``: the weight / activation / partial-sum methods, e.g.
 ``mse/mse/percentile``; empty for a float network or a record without them)."""
 
+TRAINING_COLUMNS = (*CONDITION_COLUMNS, "epochs")
+"""How a training run was trained besides its settings: the :data:`CONDITION_COLUMNS` and its length in epochs
+(runs fine-tuned for 1 and for 2 epochs are different configurations: tables and figures never pool them)."""
+
 SCHEME_COLUMNS = (
     "model",
     "dataset",

@@ -28,11 +28,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cimexp.report.collect import (
-    CONDITION_COLUMNS,
     FLOAT,
     GRANULARITIES,
     NO_PSQ,
     SETTING_COLUMNS,
+    TRAINING_COLUMNS,
     granularity_rank,
 )
 from cimexp.report.tables import (
@@ -93,7 +93,7 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
     psq = cim[cim["psum_quant"]]
     if psq.empty:
         return None
-    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *TRAINING_COLUMNS])]
     no_psq_keys = [k for k in panel_keys if k not in ("adc_bits", "schedule")]
     bars = scheme_stats(psq, [*panel_keys, "weight_granularity", "psum_granularity"])
     no_psq = scheme_stats(cim[~cim["psum_quant"]], [*no_psq_keys, "weight_granularity"])
@@ -174,7 +174,7 @@ def dequant_figure(runs: pd.DataFrame) -> Figure | None:
     psq = train[(train["weight_granularity"] != FLOAT) & train["psum_quant"] & train["dequant_ops_per_layer"].notna()]
     if psq.empty:
         return None
-    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    panel_keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *TRAINING_COLUMNS])]
     points = scheme_stats(psq, [*panel_keys, "weight_granularity", "psum_granularity"], x="dequant_ops_per_layer")
     floats = scheme_stats(train[train["weight_granularity"] == FLOAT], list(PANEL_KEYS))
     panels = list(points.groupby(panel_keys, dropna=False, sort=False))
@@ -298,7 +298,7 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
     table = adc_energy_table(runs)
     if table.empty:
         return None
-    panel_keys = [key for key in (*PANEL_KEYS, *CONDITION_COLUMNS) if key in table]
+    panel_keys = [key for key in (*PANEL_KEYS, *TRAINING_COLUMNS) if key in table]
     annotate = varying(table, ["dac_bits", "adc_bits"])
     panels = list(table.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=5.5)
@@ -342,7 +342,7 @@ def clip_rate_figure(runs: pd.DataFrame) -> Figure | None:
         return None
     focus = table["weight_granularity"].isin(["layer", "column"]) & table["psum_granularity"].isin(["layer", "column"])
     table = table[focus] if focus.any() else table
-    panel_keys = [*PANEL_KEYS, *varying(table, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    panel_keys = [*PANEL_KEYS, *varying(table, [*SETTING_COLUMNS, *TRAINING_COLUMNS])]
     panels = list(table.groupby(panel_keys, dropna=False, sort=False))
     figure, axes = _panels(len(panels), width=6.0)
     for ax, (key, panel) in zip(axes, panels, strict=True):

@@ -31,6 +31,7 @@ from cimexp.report.collect import (
     NO_PSQ,
     SCHEME_COLUMNS,
     SETTING_COLUMNS,
+    TRAINING_COLUMNS,
     granularity_rank,
 )
 
@@ -372,7 +373,7 @@ def grid_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     if cim.empty:
         return pd.DataFrame()
     psq = cim[cim["psum_quant"]]
-    keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *CONDITION_COLUMNS])]
+    keys = [*PANEL_KEYS, *varying(psq, [*SETTING_COLUMNS, *TRAINING_COLUMNS])]
     row_keys = [*keys, "weight_granularity"]
     psums = [g for g in GRANULARITIES if g in set(psq["psum_granularity"])]
     grid = _side_by_side(summarize(psq, [*row_keys, "psum_granularity"], [value]), row_keys, "psum_granularity", value)
@@ -473,7 +474,7 @@ def adc_energy_table(runs: pd.DataFrame) -> pd.DataFrame:
     if costed.empty:
         return pd.DataFrame()
     costed = costed.assign(adc_energy_nj=pd.to_numeric(costed["adc_energy_pj"]) / 1000.0)
-    panel_keys = [*PANEL_KEYS, *varying(costed, CONDITION_COLUMNS)]
+    panel_keys = [*PANEL_KEYS, *varying(costed, TRAINING_COLUMNS)]
     settings = [c for c in varying(costed, SETTING_COLUMNS) if c != "adc_bits"]
     keys = [*panel_keys, *settings, "adc_bits", "scheme", "weight_granularity", "psum_granularity"]
     points = summarize(costed, keys, ["acc", "adc_energy_nj"]).drop(columns=estimate_columns("adc_energy_nj")[1:])
@@ -509,7 +510,7 @@ def clip_rate_table(runs: pd.DataFrame) -> pd.DataFrame:
     train = train[train[LAYER_CLIP_KEY].notna() & train["psum_quant"].astype(bool)]
     if train.empty:
         return pd.DataFrame()
-    keys = [*PANEL_KEYS, *varying(train, [*SETTING_COLUMNS, *CONDITION_COLUMNS]), "scheme"]
+    keys = [*PANEL_KEYS, *varying(train, [*SETTING_COLUMNS, *TRAINING_COLUMNS]), "scheme"]
     keys += ["weight_granularity", "psum_granularity"]
     rows = [
         {**{k: run[k] for k in [*keys, "kind", "seed", "train_seed"]}, "layer_index": i, "layer": layer}
@@ -741,15 +742,16 @@ def comparison_table(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFram
     """Our training accuracy over seeds next to each reference number with the same model, data set and granularities.
 
     One row per reference entry of a model and data set we have training runs of, and per group of our runs
-    (schedule and settings, where they vary); ``acc`` (mean) with its ``_std``, ``_n`` and 95% interval columns,
-    empty where we have no run of that scheme. ``delta`` is our mean minus the reference, in percentage points.
+    (schedule, calibration, length and settings, where they vary); ``acc`` (mean) with its ``_std``, ``_n`` and
+    95% interval columns, empty where we have no run of that scheme. ``delta`` is our mean minus the reference, in
+    percentage points.
     """
     keys = [*PANEL_KEYS, "weight_granularity", "psum_granularity"]
     train = train_runs(runs)
     if reference.empty or train.empty:
         return pd.DataFrame()
     quantized = train[train["weight_granularity"] != FLOAT]
-    shown = varying(quantized, ["schedule", *SETTING_COLUMNS])
+    shown = varying(quantized, [*TRAINING_COLUMNS, *SETTING_COLUMNS])
     tied = reference_settings(reference)
     ours = summarize(train, [*keys, *dict.fromkeys([*shown, *tied])], ["acc"])
     reference = reference.merge(train[list(PANEL_KEYS)].drop_duplicates(), on=list(PANEL_KEYS))
