@@ -1,6 +1,6 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow medium wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+.PHONY: help install test test-slow medium medium-readings wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
 	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
@@ -66,6 +66,17 @@ medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs
 	$(PYTHON) -m cimexp.evaluate -m sweep=variation/medium $(MEDIUM_ARGS)
 	$(PYTHON) -m cimexp.report $(addprefix logs/sweeps/,$(MEDIUM_SWEEPS) variation/medium) --reference paper \
 		--paired-reference column/column --paired-reference layer/column --out experiments/results/medium/report
+
+READINGS_SWEEPS = granularity_grid/medium_weight_grad_scale granularity_grid/medium_untied_lsq granularity_grid/medium_tied_authors granularity_grid/medium_authors
+READINGS_REPORT = experiments/results/medium/report/runs.csv $(addprefix logs/sweeps/,$(READINGS_SWEEPS) granularity_grid/medium_3epochs)
+medium-readings: ## Issue 26: the medium grid under quantizer=authors, the isolating runs, then 3 epochs by the declared rule
+	$(PYTHON) -m cimexp.train -m sweep=granularity_grid/medium_authors granularity=layer_column,column_column $(MEDIUM_ARGS)
+	for sweep in $(READINGS_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
+	reading=$$($(PYTHON) experiments/results/medium/choose_reading.py experiments/results/medium/report/runs.csv \
+		logs/sweeps/granularity_grid/medium_authors) || exit 1; \
+	$(PYTHON) -m cimexp.train -m sweep=granularity_grid/medium_3epochs quantizer=$$reading $(MEDIUM_ARGS)
+	$(PYTHON) -m cimexp.report $(READINGS_REPORT) --reference paper --paired-reference column/column \
+		--paired-reference layer/column --out experiments/results/medium/report_readings
 
 adc_energy: ## Beyond the paper: accuracy vs ADC energy, adc_bits 2..5 x layer/layer, column/column (quick only)
 	$(PYTHON) -m cimexp.train -m sweep=adc_energy/$(PRESET) $(ARGS)

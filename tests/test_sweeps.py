@@ -48,6 +48,11 @@ JOBS = {
     "granularity_grid/medium_3bit_mse": 18,
     "qat_schedules/medium": 9,
     "variation/medium": 270,
+    "granularity_grid/medium_authors": 24,
+    "granularity_grid/medium_weight_grad_scale": 6,
+    "granularity_grid/medium_untied_lsq": 3,
+    "granularity_grid/medium_tied_authors": 3,
+    "granularity_grid/medium_3epochs": 9,
 }
 
 
@@ -220,6 +225,50 @@ def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     medium = four + three + qat
     assert {c["tags"][0] for c in medium} == {"medium"} and {c["data"]["train_subset"] for c in medium} == {None}
     assert {c["trainer"]["max_epochs"] for c in four + three} == {1}
+
+
+def test_the_readings_sweeps_differ_from_the_medium_grid_only_as_declared(composed) -> None:
+    """Issue "The authors' reading": every job of the readings sweeps equals the medium 4-bit grid's job of the same
+    scheme and seed except in the quantizer settings it declares (and the 3-epoch sweep in its length)."""
+
+    def key(c: dict) -> tuple:
+        g = c["granularity"]
+        return g["weight"], g["psum"], g["psum_quant"], c["cim"]["_target_"], c["seed"]
+
+    def scrubbed(c: dict, job_dir: Path) -> dict:  # job directories and run names aside
+        c = json.loads(json.dumps(c, default=str).replace(str(job_dir), "<job dir>"))
+        del c["logger"]
+        return c
+
+    grid = {key(c): (c, job_dir) for c, job_dir in composed["granularity_grid/medium"]}
+    authors = {"weight_grad_scale": 1e-4, "act_grad_scale": 0.0, "psum_grad_scale": 1e-2, "weight_splits": "per_split",
+               "slice_gradient": "lowest_split"}  # fmt: skip
+    reading = {"calibration.weight": "mean_abs", "no_weight_decay": []}
+    expected = {
+        "granularity_grid/medium_authors": ({"quantizer": authors, **reading}, 24),
+        "granularity_grid/medium_weight_grad_scale": ({"quantizer.weight_grad_scale": 1e-4}, 6),
+        "granularity_grid/medium_untied_lsq": ({"quantizer.weight_splits": "per_split"}, 3),
+        "granularity_grid/medium_tied_authors": (
+            {"quantizer": {**authors, "weight_splits": "shared"}, **reading},
+            3,
+        ),
+        "granularity_grid/medium_3epochs": ({"trainer.max_epochs": 3}, 9),
+    }  # fmt: skip
+    for sweep, (changes, n_jobs) in expected.items():
+        jobs = composed[sweep]
+        assert len(jobs) == n_jobs
+        for job, job_dir in jobs:
+            grid_job, grid_dir = grid[key(job)]
+            want = scrubbed(grid_job, grid_dir)
+            for dotted, value in changes.items():
+                *parents, leaf = dotted.split(".")
+                node = want
+                for parent in parents:
+                    node = node[parent]
+                node[leaf] = value if not isinstance(value, dict) else {**node[leaf], **value}
+            if isinstance(want["cim"], dict) and "weight_splits" in want["cim"]:  # the layer factory reads them
+                want["cim"].update(want["quantizer"])
+            assert scrubbed(job, job_dir) == want, sweep
 
 
 def test_sweep_command_line_overrides_pick_jobs(compose_app, tmp_path: Path) -> None:

@@ -54,6 +54,11 @@ DERIVED_CIM_KEYS = {
     "weight_granularity": "granularity.weight",
     "psum_granularity": "granularity.psum",
     "psum_quant": "granularity.psum_quant",
+    "weight_grad_scale": "quantizer.weight_grad_scale",
+    "act_grad_scale": "quantizer.act_grad_scale",
+    "psum_grad_scale": "quantizer.psum_grad_scale",
+    "weight_splits": "quantizer.weight_splits",
+    "slice_gradient": "quantizer.slice_gradient",
 }
 """Keys of the CIM layer factory (``conf/cim/default.yaml``) that follow a hardware setting: each setting has one
 key (the value), and the ``cim`` node only reads it. Setting ``cim.adc_bits=3`` directly is refused, so the

@@ -64,6 +64,27 @@ def test_every_granularity_pair_and_encoding(weight_granularity, psum_granularit
             _assert_matches_program(layer, x)
 
 
+READINGS = {  # conf/quantizer/*.yaml as layer options (the activation step's gradient scale needs training to act)
+    "authors": {"weight_grad_scale": 1e-4, "act_grad_scale": 0.0, "psum_grad_scale": 1e-2,
+                "weight_splits": "per_split", "slice_gradient": "lowest_split"},
+    "lsq_untied": {"weight_splits": "per_split"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("reading", list(READINGS))
+@pytest.mark.parametrize(("weight_granularity", "psum_granularity"), list(itertools.product(GRANULARITIES, repeat=2)))
+def test_every_granularity_pair_under_the_other_readings(reading, weight_granularity, psum_granularity):
+    """Untied splits at layer and array granularity (one weight step per split) and the authors' gradients: trained
+    a few steps, the exported program's literal simulation still equals the layer."""
+    layer = _trained_layer(
+        20, 12, 3, stride=2, padding=1, array_size=54, weight_granularity=weight_granularity,
+        psum_granularity=psum_granularity, **READINGS[reading],
+    )  # fmt: skip
+    per_split = weight_granularity != "channel"
+    assert layer.weight_step.shape[1] == (layer.mapping.n_splits if per_split else 1)
+    _assert_matches_program(layer, torch.rand(3, 20, 9, 9, dtype=torch.float64))
+
+
 GEOMETRIES = {
     # name: (in, out, kernel, stride, padding, array_size, options)
     "1x1": (10, 8, 1, 1, 0, 4, {}),

@@ -36,11 +36,22 @@ from torch import nn
 
 from cimexp.cim.adc import ADCErrors, ADCState, PsumStats, draw_adc_state, nonideal_adc_shift_add
 from cimexp.cim.mapping import ArrayMapping, input_shift, slice_bits, slice_inputs
-from cimexp.cim.options import Calibration, Granularity, StepInit, VariationLevel, WeightEncoding, check_bits
+from cimexp.cim.options import (
+    Calibration,
+    Granularity,
+    SliceGradient,
+    StepInit,
+    VariationLevel,
+    WeightEncoding,
+    WeightSplits,
+    check_bits,
+    parse_grad_scale,
+)
 from cimexp.cim.program import CIMProgram
 from cimexp.cim.quant import (
     adc_shift_add,
     effective_step,
+    fill_dead,
     lsq_init,
     mse_init,
     output_unit_gradient,
@@ -50,6 +61,15 @@ from cimexp.cim.quant import (
     round_ste,
     sync_mean,
 )
+
+DEFAULTS = {
+    "weight_grad_scale": "lsq",
+    "act_grad_scale": "lsq",
+    "psum_grad_scale": "lsq",
+    "weight_splits": "shared",
+    "slice_gradient": "per_copy",
+}
+"""The quantizer options' defaults (cimexp's reading; ``conf/quantizer/lsq.yaml``)."""
 
 CHANNELS_LAST_DEVICES = ("cpu",)
 """Device types whose fast path computes partial sums channels-last (``[B, H, W, C]`` in memory)."""
@@ -100,6 +120,13 @@ class CIMConv2d(nn.Conv2d):
             run time with :func:`set_psum_quant`, as in two-stage QAT).
         weight_encoding: ``"twos_complement"`` or ``"differential"`` (see
             :class:`~cimexp.cim.options.WeightEncoding`).
+        weight_grad_scale, act_grad_scale, psum_grad_scale: the factor each step's gradient is multiplied by:
+            ``"lsq"`` (default) for LSQ's ``1 / sqrt(N * qmax)``, or a number (the authors' code: ``1e-4`` for
+            weight steps, ``1e-2`` for partial-sum steps; ``0`` freezes a step at its initial value).
+        weight_splits: ``"shared"`` (default) or ``"per_split"``: whether the bit-splits of a weight share one step
+            at layer and array granularity (:class:`~cimexp.cim.options.WeightSplits`).
+        slice_gradient: ``"per_copy"`` (default) or ``"lowest_split"``: how gradients pass through bit slicing
+            (:class:`~cimexp.cim.options.SliceGradient`).
 
     Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights, activation
     and ADC steps from that batch's inputs and partial sums, each as ``calibration`` says (a
@@ -129,6 +156,11 @@ class CIMConv2d(nn.Conv2d):
         psum_quant: bool = True,
         weight_encoding: str | WeightEncoding = "twos_complement",
         dac_bits: int | None = None,
+        weight_grad_scale: float | str | None = "lsq",
+        act_grad_scale: float | str | None = "lsq",
+        psum_grad_scale: float | str | None = "lsq",
+        weight_splits: str | WeightSplits = "shared",
+        slice_gradient: str | SliceGradient = "per_copy",
         groups: int = 1,
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
@@ -150,6 +182,11 @@ class CIMConv2d(nn.Conv2d):
         self.psum_granularity = Granularity.parse(psum_granularity, "psum_granularity")
         self.weight_encoding = WeightEncoding.parse(weight_encoding)
         self.psum_quant = bool(psum_quant)
+        self.weight_grad_scale = parse_grad_scale(weight_grad_scale, "weight_grad_scale")
+        self.act_grad_scale = parse_grad_scale(act_grad_scale, "act_grad_scale")
+        self.psum_grad_scale = parse_grad_scale(psum_grad_scale, "psum_grad_scale")
+        self.weight_splits = WeightSplits.parse(weight_splits)
+        self.slice_gradient = SliceGradient.parse(slice_gradient)
         self.mapping = ArrayMapping.create(
             in_channels,
             out_channels,
@@ -163,7 +200,9 @@ class CIMConv2d(nn.Conv2d):
         )
         m = self.mapping
         factory = {"device": device, "dtype": dtype}
-        self.weight_step = nn.Parameter(torch.ones(m.step_shape(self.weight_granularity), **factory))
+        self.weight_step = nn.Parameter(
+            torch.ones(m.step_shape(self.weight_granularity, self.weight_per_split), **factory)
+        )
         self.psum_step = nn.Parameter(torch.ones(m.step_shape(self.psum_granularity), **factory))
         self.act_step = nn.Parameter(torch.ones((), **factory)) if self.a_bits is not None else None
         # Constants as float buffers, so that .double() / .half() / .to(device) carry them along with the weights.
@@ -230,11 +269,30 @@ class CIMConv2d(nn.Conv2d):
             f"psum_granularity={self.psum_granularity.name.lower()}, psum_quant={self.psum_quant}, "
             f"weight_encoding={self.weight_encoding.value}"
             + ("" if self.n_input_cycles == 1 else f", dac_bits={self.dac_bits}")
+            + "".join(f", {key}={value}" for key, value in self._settings().items() if value != DEFAULTS[key])
         )
+
+    def _settings(self) -> dict[str, str | float]:
+        """The quantizer options as given, as plain values (``"lsq"`` for LSQ's gradient scale)."""
+        return {
+            "weight_grad_scale": "lsq" if self.weight_grad_scale is None else self.weight_grad_scale,
+            "act_grad_scale": "lsq" if self.act_grad_scale is None else self.act_grad_scale,
+            "psum_grad_scale": "lsq" if self.psum_grad_scale is None else self.psum_grad_scale,
+            "weight_splits": self.weight_splits.value,
+            "slice_gradient": self.slice_gradient.value,
+        }
 
     def dequant_ops(self) -> int:
         """Dequantization multiplies per output position (paper Fig. 4; :func:`dequant_ops`)."""
         return dequant_ops(self)
+
+    @property
+    def weight_per_split(self) -> bool:
+        """Whether every bit-split has weight steps of its own (column granularity, or ``weight_splits="per_split"``
+        at layer or array granularity); the steps' ``S`` axis is then ``n_splits`` long."""
+        if self.weight_granularity is Granularity.CHANNEL:
+            return False
+        return self.weight_granularity is Granularity.COLUMN or self.weight_splits is WeightSplits.PER_SPLIT
 
     @property
     def n_input_cycles(self) -> int:
@@ -253,7 +311,7 @@ class CIMConv2d(nn.Conv2d):
         if not self.act_step_ready:
             self._init_act_step(x)
         n_per_step = x[0].numel()
-        s_a = effective_step(self.act_step, n_per_step, self.act_qmax)
+        s_a = effective_step(self.act_step, n_per_step, self.act_qmax, self.act_grad_scale)
         return quantize_int(x, s_a, 0.0, float(self.act_qmax)), s_a
 
     def _weight_step_full(self) -> torch.Tensor:
@@ -263,7 +321,7 @@ class CIMConv2d(nn.Conv2d):
         m = self.mapping
         # Weights quantized with one step (LSQ's N): the per-(polarity, split) copies share the same weights.
         n_per_step = self.weight.numel() * self.weight_step.shape[:2].numel() / self.weight_step.numel()
-        step = effective_step(self.weight_step, n_per_step, float(m.weight_range()[1]))
+        step = effective_step(self.weight_step, n_per_step, float(m.weight_range()[1]), self.weight_grad_scale)
         return m.expand_step(step, self.weight_granularity)
 
     def cell_codes(self, s_w: torch.Tensor) -> torch.Tensor:
@@ -278,8 +336,9 @@ class CIMConv2d(nn.Conv2d):
             u = u * self.polarity.reshape(-1, 1, 1, 1, 1)
             qmin = 0
         w_int = round_ste(torch.clamp(u, qmin, qmax))
-        codes = slice_bits(w_int, m)
-        if self.weight_granularity is Granularity.COLUMN and m.n_splits > 1 and s_w.requires_grad:
+        codes = slice_bits(w_int, m, self.slice_gradient)
+        per_copy = self.slice_gradient is SliceGradient.PER_COPY
+        if per_copy and self.weight_per_split and m.n_splits > 1 and s_w.requires_grad:
             codes = codes + _per_copy_lsq_correction(codes, w_int.detach(), s_w, self.split_shift)
         return codes
 
@@ -300,7 +359,7 @@ class CIMConv2d(nn.Conv2d):
         step = self.psum_step
         if factor is not None:
             step = output_unit_gradient(step, m.reduce_to_step(factor.detach().square(), self.psum_granularity))
-        step = effective_step(step, n_per_step, self._adc_qmax)
+        step = effective_step(step, n_per_step, self._adc_qmax, self.psum_grad_scale)
         return m.expand_step(step, self.psum_granularity)
 
     # --- forward ----------------------------------------------------------------------------------------------
@@ -497,15 +556,20 @@ class CIMConv2d(nn.Conv2d):
     # the lowest quantization MSE on the observed values (mse, the default), LSQ's rule alone (lsq), or the group's
     # max or p-th percentile magnitude over qmax (max, percentile). Groups follow the granularity, so layer-wise
     # steps see the whole layer.
-    def _init_steps(self, samples, lsq_mean_abs, qmin, qmax, granularity, method: StepInit) -> torch.Tensor:
-        """Initial steps from ``samples`` ``[N, P, S, T, O]`` in the shape of ``granularity``'s step; with
-        ``granularity=None`` one step (shape ``[]``) for all of ``samples`` ``[N]`` (activations)."""
+    def _init_steps(
+        self, samples, lsq_mean_abs, qmin, qmax, granularity, method: StepInit, per_split: bool = False
+    ) -> torch.Tensor:
+        """Initial steps from ``samples`` ``[N, P, S, T, O]`` in the shape of ``granularity``'s step (``per_split``:
+        with the splits' axis); with ``granularity=None`` one step (shape ``[]``) for all of ``samples`` ``[N]``
+        (activations). ``lsq_mean_abs`` is ``E|v|`` per step."""
         m = self.mapping
+        if method is StepInit.MEAN_ABS:
+            return fill_dead(lsq_mean_abs)
         if granularity is None:
             shape, reduce, expand = (), _same, _same
         else:
-            shape = m.step_shape(granularity)
-            reduce = functools.partial(m.reduce_to_step, granularity=granularity)
+            shape = m.step_shape(granularity, per_split)
+            reduce = functools.partial(m.reduce_to_step, granularity=granularity, per_split=per_split)
             expand = functools.partial(m.expand_step, granularity=granularity)
         if method in (StepInit.MAX, StepInit.PERCENTILE):
             percentile = 100.0 if method is StepInit.MAX else self.calibration.percentile
@@ -529,9 +593,10 @@ class CIMConv2d(nn.Conv2d):
         mean_abs = m.reduce_to_step(
             w.abs().sum(0).div(self._real_rows_per_tile(w).unsqueeze(-1)).expand(m.n_polarities, m.n_splits, -1, -1),
             self.weight_granularity,
+            self.weight_per_split,
         )
-        method = self.calibration.weight
-        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity, method)
+        method, per_split = self.calibration.weight, self.weight_per_split
+        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity, method, per_split)
         self.weight_step.copy_(step)
         self.weight_step_ready = True
 
@@ -649,11 +714,13 @@ def dequant_ops(layer: CIMConv2d) -> int:
     needs no import back from it."""
     m = layer.mapping
     level = dequant_granularity(layer)
+    if level is Granularity.COLUMN:
+        return m.n_columns
+    # Splits with weight steps of their own are scaled apart before they are added: one multiply per split.
+    splits = m.n_splits if layer.weight_per_split else 1
     if level is Granularity.LAYER:
-        return 1
-    if level in (Granularity.ARRAY, Granularity.CHANNEL):  # one per output channel of every array
-        return m.n_row_tiles * m.n_polarities * m.out_channels
-    return m.n_columns
+        return splits
+    return m.n_row_tiles * m.n_polarities * m.out_channels * splits  # ARRAY, CHANNEL: per output channel of an array
 
 
 def cim_layers(model: nn.Module) -> Iterator[tuple[str, CIMConv2d]]:

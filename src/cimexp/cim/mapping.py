@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimexp.cim.options import Granularity, WeightEncoding
+from cimexp.cim.options import Granularity, SliceGradient, WeightEncoding
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,15 @@ class ArrayMapping:
         hi = [[2 ** (b - 1) - 1 if sg else 2**b - 1 for sg in row] for row in signed]
         return lo, hi
 
-    def step_shape(self, granularity: Granularity) -> tuple[int, int, int, int]:
-        """Shape of the step-size parameter at ``granularity``, broadcastable to ``[P, S, T, O]``."""
+    def step_shape(self, granularity: Granularity, per_split: bool = False) -> tuple[int, int, int, int]:
+        """Shape of the step-size parameter at ``granularity``, broadcastable to ``[P, S, T, O]``. ``per_split``
+        gives layer and array steps one step per split (the ``S`` axis); column steps always have it, channel
+        steps never (:class:`~cimexp.cim.options.WeightSplits`)."""
+        splits = self.n_splits if per_split else 1
         if granularity is Granularity.LAYER:
-            return (1, 1, 1, 1)
+            return (1, splits, 1, 1)
         if granularity is Granularity.ARRAY:
-            return (self.n_polarities, 1, self.n_row_tiles, self.n_col_tiles)
+            return (self.n_polarities, splits, self.n_row_tiles, self.n_col_tiles)
         if granularity is Granularity.CHANNEL:
             return (self.n_polarities, 1, self.n_row_tiles, self.out_channels)
         return (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
@@ -221,18 +224,22 @@ class ArrayMapping:
         shape = (self.n_polarities, self.n_splits, self.n_row_tiles, self.out_channels)
         return step.expand(shape)
 
-    def reduce_to_step(self, per_column: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    def reduce_to_step(
+        self, per_column: torch.Tensor, granularity: Granularity, per_split: bool = False
+    ) -> torch.Tensor:
         """Average a per-column statistic ``[P, S, T, O]`` over the columns that share a step (inverse of
-        :meth:`expand_step`), returning the shape of :meth:`step_shape`."""
-        if granularity is Granularity.LAYER:
-            return per_column.mean().reshape(1, 1, 1, 1)
+        :meth:`expand_step`), returning the shape of :meth:`step_shape` (``per_split`` as there)."""
         if granularity is Granularity.COLUMN:
             return per_column
-        per_channel = per_column.mean(1, keepdim=True)
+        per_split = per_split and granularity is not Granularity.CHANNEL
+        if granularity is Granularity.LAYER:
+            dims = (0, 2, 3) if per_split else (0, 1, 2, 3)
+            return per_column.mean(dims, keepdim=True).expand(self.step_shape(granularity, per_split)).clone()
+        per_channel = per_column if per_split else per_column.mean(1, keepdim=True)
         if granularity is Granularity.CHANNEL:
             return per_channel
-        out = per_channel.new_zeros(self.step_shape(granularity))
-        count = per_channel.new_zeros(self.step_shape(granularity))
+        out = per_channel.new_zeros(self.step_shape(granularity, per_split))
+        count = per_channel.new_zeros(self.step_shape(granularity, per_split))
         idx = self.col_tile_index(per_column.device)
         out.index_add_(3, idx, per_channel)
         count.index_add_(3, idx, torch.ones_like(per_channel))
@@ -249,7 +256,9 @@ class ArrayMapping:
         return flat.reshape(o, self.n_row_tiles, self.rows_per_tile)
 
 
-def slice_bits(w_int: torch.Tensor, mapping: ArrayMapping) -> torch.Tensor:
+def slice_bits(
+    w_int: torch.Tensor, mapping: ArrayMapping, gradient: SliceGradient | str = SliceGradient.PER_COPY
+) -> torch.Tensor:
     """Split integer weights into cell codes, most significant split first (exact, integer-valued floats).
 
     ``w_int``: ``[P, S, ...]`` integer-valued; copy ``s`` is the weight quantized with split ``s``'s scale (with
@@ -265,7 +274,7 @@ def slice_bits(w_int: torch.Tensor, mapping: ArrayMapping) -> torch.Tensor:
         msb = _UNSIGNED
     else:
         msb = _SIGN_BIT if mapping.sign_bit_msb else _SIGNED
-    return _SliceBits.apply(w_int, mapping.cell_bits, msb)
+    return _SliceBits.apply(w_int, mapping.cell_bits, msb, SliceGradient.parse(gradient) is SliceGradient.LOWEST_SPLIT)
 
 
 _UNSIGNED, _SIGNED, _SIGN_BIT = "unsigned", "signed", "sign_bit"
@@ -275,7 +284,7 @@ cell), or negated (a sign-bit cell: 0/1 with a negative significance)."""
 
 class _SliceBits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w_int: torch.Tensor, cell_bits: int, msb: str) -> torch.Tensor:
+    def forward(ctx, w_int: torch.Tensor, cell_bits: int, msb: str, lowest_split: bool) -> torch.Tensor:
         n_splits = w_int.shape[1]
         shift = _split_shift_view(n_splits, cell_bits, w_int)
         high = torch.floor(w_int / shift)
@@ -287,12 +296,17 @@ class _SliceBits(torch.autograd.Function):
             shift = shift.clone()
             shift[:, 0] = -shift[:, 0]
         ctx.save_for_backward(shift)
+        ctx.lowest_split = lowest_split
         return codes
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (shift,) = ctx.saved_tensors
-        return grad / (shift * shift.shape[1]), None, None
+        if not ctx.lowest_split:
+            return grad / (shift * shift.shape[1]), None, None, None
+        grad_w = torch.zeros_like(grad)
+        grad_w[:, -1] = grad[:, -1] / shift[:, -1]
+        return grad_w, None, None, None
 
 
 def input_shift(a_bits: int, dac_bits: int) -> list[int]:
@@ -307,7 +321,7 @@ def slice_inputs(a_int: torch.Tensor, dac_bits: int, n_cycles: int) -> torch.Ten
     first: ``[*shape] -> [K, *shape]`` with ``a_int = sum_k 2^(dac_bits*(K-1-k)) * slice_k``. As for weights
     (:func:`slice_bits`), each slice gets ``1/K`` of the straight-through gradient divided by its significance."""
     copies = a_int.unsqueeze(0).expand(n_cycles, *a_int.shape).unsqueeze(0)  # [1, K, *shape]
-    return _SliceBits.apply(copies, dac_bits, _UNSIGNED).squeeze(0)
+    return _SliceBits.apply(copies, dac_bits, _UNSIGNED, False).squeeze(0)
 
 
 def _split_shift_view(n_splits: int, cell_bits: int, like: torch.Tensor) -> torch.Tensor:

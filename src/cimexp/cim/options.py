@@ -7,6 +7,7 @@ Strings from configs (``"column"``, ``"differential"``) are parsed once, here, i
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 from collections.abc import Mapping
@@ -92,17 +93,22 @@ class StepInit(enum.Enum):
     - ``LSQ``: LSQ's ``2 E|v| / sqrt(qmax)`` (Esser et al., 2020).
     - ``MSE``: the step of lowest quantization MSE on ``v``, searched from LSQ's over 1/64x..2x in quarter octaves
       (:func:`cimexp.cim.quant.mse_init`).
+    - ``MEAN_ABS``: ``E|v|`` over the group, the same for every split (weights only): the authors' public code
+      (``LSQ.py``, ``LsqWeight.init_from``, commented "LSQ paper v2").
     """
 
     MAX = "max"
     PERCENTILE = "percentile"
     LSQ = "lsq"
     MSE = "mse"
+    MEAN_ABS = "mean_abs"
 
 
-WEIGHT_STEP_INITS = (StepInit.MAX, StepInit.LSQ, StepInit.MSE)
+WEIGHT_STEP_INITS = (StepInit.MAX, StepInit.LSQ, StepInit.MSE, StepInit.MEAN_ABS)
 """Methods for weight steps. Not ``PERCENTILE``: a column's step sees one weight per row (~100), where any
 percentile worth clipping at is the max."""
+DATA_STEP_INITS = (StepInit.MAX, StepInit.PERCENTILE, StepInit.LSQ, StepInit.MSE)
+"""Methods for activation and partial-sum steps, which are set from a batch."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ class Calibration:
     value raises ``ValueError`` naming it and the valid choices.
 
     Attributes:
-        weight: weight steps, from the weights (``max``, ``lsq`` or ``mse``).
+        weight: weight steps, from the weights (``max``, ``lsq``, ``mse`` or ``mean_abs``).
         act: activation (DAC) steps, from the batch's layer inputs.
         psum: partial-sum (ADC) steps, from the batch's partial sums, in integer MAC units.
         percentile: ``p`` of the quantizers whose method is ``percentile``, in ``(0, 100]``.
@@ -127,8 +133,8 @@ class Calibration:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", _parse_step_init(self.weight, "calibration.weight", WEIGHT_STEP_INITS))
-        object.__setattr__(self, "act", _parse_step_init(self.act, "calibration.act", tuple(StepInit)))
-        object.__setattr__(self, "psum", _parse_step_init(self.psum, "calibration.psum", tuple(StepInit)))
+        object.__setattr__(self, "act", _parse_step_init(self.act, "calibration.act", DATA_STEP_INITS))
+        object.__setattr__(self, "psum", _parse_step_init(self.psum, "calibration.psum", DATA_STEP_INITS))
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, int | float) or not (0 < p <= 100 and math.isfinite(p)):
             raise ValueError(f"invalid calibration.percentile={p!r}; valid values: a number in (0, 100]")
@@ -160,6 +166,59 @@ class Calibration:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {
             key: getattr(self, key).value for key in ("weight", "act", "psum")
         }
+
+
+class WeightSplits(enum.Enum):
+    """Whether the bit-splits of a weight share one weight step where the granularity leaves it open (layer and
+    array granularity); a channel step is shared by the splits of its output channel and a column step belongs to
+    one split, by definition.
+
+    - ``SHARED``: one step for all splits, so every split slices the same integer weight.
+    - ``PER_SPLIT``: every split quantizes its own copy of the weight with its own step (layer: one step per split;
+      array: one per split of every array), as the authors' code does at every granularity (``SplitConv4Pim_group.py``:
+      one ``LsqWeight`` per split module).
+    """
+
+    SHARED = "shared"
+    PER_SPLIT = "per_split"
+
+    @classmethod
+    def parse(cls, value: str | WeightSplits, what: str = "weight_splits") -> WeightSplits:
+        return _parse_enum(cls, value, what)
+
+
+class SliceGradient(enum.Enum):
+    """How gradients pass through bit slicing (integer weight -> cell codes) when splits have steps of their own.
+
+    - ``PER_COPY``: every split gets ``1/S`` of the straight-through gradient, and with one step per split each
+      split's step gets LSQ's gradient of its own copy, ``(q_s - u_s) / S``
+      (:func:`cimexp.cim.layer._per_copy_lsq_correction`). cimexp's reading.
+    - ``LOWEST_SPLIT``: the gradients that bit arithmetic by remainder and floor division gives: the least
+      significant split passes the whole straight-through gradient (``d code / d q = 1``), the others none; a
+      split's step then gets ``shift_s * code_s``, the least significant one ``code - u`` (inside the range). The
+      authors' code (``utils.py``, ``split4d``: ``torch.remainder`` and ``(x - remainder) / K``).
+    """
+
+    PER_COPY = "per_copy"
+    LOWEST_SPLIT = "lowest_split"
+
+    @classmethod
+    def parse(cls, value: str | SliceGradient, what: str = "slice_gradient") -> SliceGradient:
+        return _parse_enum(cls, value, what)
+
+
+def parse_grad_scale(value: object, what: str) -> float | None:
+    """A step-gradient scale: ``"lsq"`` (or ``None``) for LSQ's ``1 / sqrt(N * qmax)``, returned as ``None``, or a
+    number ``>= 0`` used as it is (0 freezes the step). Raises ``ValueError`` naming ``what`` and the valid values."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "lsq"):
+        return None
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if isinstance(number, bool) or not isinstance(number, int | float) or not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"invalid {what}={value!r}; valid values: lsq (LSQ's 1/sqrt(N*qmax)) or a number >= 0")
+    return float(number)
 
 
 def _parse_step_init(value: object, what: str, allowed: tuple[StepInit, ...]) -> StepInit:

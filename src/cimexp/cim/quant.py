@@ -72,9 +72,10 @@ def positive(step: torch.Tensor) -> torch.Tensor:
     return step.abs().clamp_min(STEP_EPS)
 
 
-def effective_step(step: torch.Tensor, n_per_step: float, qmax: float) -> torch.Tensor:
-    """The step as used in the forward pass: LSQ gradient scaling, then :func:`positive`."""
-    return positive(grad_scale(step, lsq_grad_scale(n_per_step, qmax)))
+def effective_step(step: torch.Tensor, n_per_step: float, qmax: float, scale: float | None = None) -> torch.Tensor:
+    """The step as used in the forward pass: its gradient scaled by ``scale`` (``None``: LSQ's
+    :func:`lsq_grad_scale`), then :func:`positive`."""
+    return positive(grad_scale(step, lsq_grad_scale(n_per_step, qmax) if scale is None else scale))
 
 
 def lsq_grad_scale(n_per_step: float, qmax: float) -> float:

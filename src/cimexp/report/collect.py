@@ -38,12 +38,37 @@ NO_PSQ = "none"
 SETTING_COLUMNS = ("w_bits", "a_bits", "dac_bits", "cell_bits", "adc_bits", "array_size", "weight_encoding")
 """The CIM hardware and bit-width settings; a figure panel or a curve label names those that vary."""
 
-CONDITION_COLUMNS = ("schedule", "noise_lsb", "train_noise_lsb", "train_sigma", "calibration")
+CONDITION_COLUMNS = ("schedule", "noise_lsb", "train_noise_lsb", "train_sigma", "calibration", "quantizer")
 """How a configuration was trained or evaluated besides its settings: QAT schedule, ADC noise of the accuracy
 measurement (``noise_lsb``: the evaluation's, or for a training run the noise it trained and validated with), ADC
 noise during training (noise-aware training), variation-aware training sigma, and how the training run's steps were
 calibrated before its first step (``calibration``: the weight / activation / partial-sum methods, e.g.
-``mse/mse/percentile``; empty for a float network or a record without them)."""
+``mse/mse/percentile``; empty for a float network or a record without them), and the reading of the quantizers
+it trained with (``quantizer``: :func:`quantizer_label`)."""
+
+QUANTIZER_READINGS: dict[str, dict[str, Any]] = {
+    "lsq": {
+        "weight_grad_scale": "lsq",
+        "act_grad_scale": "lsq",
+        "psum_grad_scale": "lsq",
+        "weight_splits": "shared",
+        "slice_gradient": "per_copy",
+        "decay_steps": False,
+    },
+    "authors": {
+        "weight_grad_scale": 1e-4,
+        "act_grad_scale": 0.0,
+        "psum_grad_scale": 1e-2,
+        "weight_splits": "per_split",
+        "slice_gradient": "lowest_split",
+        "decay_steps": True,
+        "decay_norms_biases": True,
+    },
+}
+"""The named readings of the quantizers (``conf/quantizer/<name>.yaml``, with ``decay_steps``: whether step sizes
+are decayed, ``decay_norms_biases``: whether normalisation weights and biases are; both from ``no_weight_decay``).
+Spelled out here because the report does not read configs; a test holds them equal to the config files. The
+first reading is what a record without these keys ran."""
 
 TRAINING_COLUMNS = (*CONDITION_COLUMNS, "epochs")
 """How a training run was trained besides its settings: the :data:`CONDITION_COLUMNS` and its length in epochs
@@ -82,6 +107,7 @@ COLUMNS = (
     "train_noise_lsb",
     "train_sigma",
     "calibration",
+    "quantizer",
     "clip_rate",
     "seed",
     "train_seed",
@@ -253,6 +279,7 @@ def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = No
     row["train_noise_lsb"] = float((trained.get("adc_errors") or {}).get("noise_lsb", 0.0))
     row["train_sigma"] = float((trained.get("variation") or {}).get("train_sigma", 0.0))
     row["calibration"] = _calibration(trained.get("config") or {}) if record["cim"] else None
+    row["quantizer"] = quantizer_label(trained.get("config") or {}, cim=bool(record["cim"]))
     row.update(_telemetry(record.get("psum_telemetry")))
     return row
 
@@ -261,6 +288,37 @@ def _calibration(config: dict[str, Any]) -> str | None:
     """``weight/act/psum`` calibration methods of a flattened run config, ``None`` where it does not name them."""
     methods = [config.get(f"calibration.{quantizer}") for quantizer in ("weight", "act", "psum")]
     return "/".join(map(str, methods)) if all(methods) else None
+
+
+def quantizer_label(config: dict[str, Any], cim: bool = True) -> str:
+    """The reading of the quantizers a run trained with, from its flattened config: the name of a
+    :data:`QUANTIZER_READINGS` entry, or the nearest one followed by what differs (``lsq+weight_grad_scale=0.0001``).
+
+    ``weight_splits`` counts only where the weight granularity leaves it open (layer, array); for a float network
+    (``cim`` false) only the weight decay of normalisation weights and biases counts. Keys a record lacks take the
+    first reading's values (records written before the keys existed ran it)."""
+    default = next(iter(QUANTIZER_READINGS.values()))
+    decayed = config.get("no_weight_decay")
+    exempt = set(decayed) if isinstance(decayed, list | tuple) else {"steps", "norms", "biases"}
+    values = {key: config.get(f"quantizer.{key}", value) for key, value in default.items() if key != "decay_steps"}
+    values["decay_steps"] = "steps" not in exempt
+    values["decay_norms_biases"] = not ({"norms", "biases"} & exempt)
+    ignored = set() if cim else set(values) - {"decay_norms_biases"}
+    if config.get("granularity.weight") in ("channel", "column"):
+        ignored.add("weight_splits")
+
+    def differences(reading: dict[str, Any]) -> dict[str, Any]:
+        full = {"decay_norms_biases": False, **reading}
+        return {k: v for k, v in values.items() if k not in ignored and not _same_value(v, full[k])}
+
+    name, diff = min(((n, differences(r)) for n, r in QUANTIZER_READINGS.items()), key=lambda item: len(item[1]))
+    return "+".join([name, *(f"{key}={value}" for key, value in sorted(diff.items()))])
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a).lower() == str(b).lower()
+    return float(a) == float(b)
 
 
 def _telemetry(telemetry: dict[str, Any] | None) -> dict[str, Any]:

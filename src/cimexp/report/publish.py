@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cimexp.report.collect import HISTORY_KEY, with_column_types
+from cimexp.report.collect import HISTORY_KEY, QUANTIZER_READINGS, with_column_types
 from cimexp.report.figures import (
     adc_energy_figure,
     clip_rate_figure,
@@ -230,6 +230,9 @@ def read_saved(out_dir: str | Path) -> Saved:
     runs, history = read("runs.csv"), read_if_there("history.csv")
     if "status" not in runs:  # written when a report held finished runs only
         runs.insert(1, "status", "finished")
+    if "quantizer" not in runs:  # written before the quantizer had readings: every run had the first one
+        at = list(runs.columns).index("calibration") + 1 if "calibration" in runs else len(runs.columns)
+        runs.insert(at, "quantizer", next(iter(QUANTIZER_READINGS)))
     if history is not None and "stage1_epochs" not in history:  # written before the history table had it
         stage1_epochs = runs[runs["kind"] == "train"].drop_duplicates("run_dir")[["run_dir", "stage1_epochs"]]
         history = history.merge(stage1_epochs, on="run_dir", how="left")

@@ -104,6 +104,7 @@ CONFIGURATION_COLUMNS = (
     "train_noise_lsb",
     "train_sigma",
     "calibration",
+    "quantizer",
 )
 """What makes runs one configuration, whose seeds are replicates: every setting the runs table records except the
 seeds (``seed``, ``train_seed``) and what identifies or times a single run. ``epochs`` counts for training runs
