@@ -107,8 +107,9 @@ CONFIGURATION_COLUMNS = (
     "quantizer",
 )
 """What makes runs one configuration, whose seeds are replicates: every setting the runs table records except the
-seeds (``seed``, ``train_seed``) and what identifies or times a single run. ``epochs`` counts for training runs
-only (an evaluation is of the training run's checkpoint, whatever its length)."""
+seeds (``seed``, ``train_seed``) and what identifies or times a single run. ``epochs`` is the training length, of
+the run or, for an evaluation, of the run that trained its checkpoint (checkpoints trained for 1 and for 2 epochs
+are different networks)."""
 
 SCHEME_COLUMNS = ("scheme", "weight_granularity", "psum_granularity", "psum_quant")
 """The columns that name a quantization scheme; paired differences compare schemes with all else equal."""
@@ -235,9 +236,9 @@ def scheme_stats(frame: pd.DataFrame, keys: Sequence[str], value: str = "acc", x
     return table
 
 
-def configuration_keys(runs: pd.DataFrame, kind: str) -> list[str]:
-    """The :data:`CONFIGURATION_COLUMNS` of ``runs`` that define a configuration of runs of ``kind``."""
-    return [c for c in CONFIGURATION_COLUMNS if c in runs and not (kind == "evaluate" and c == "epochs")]
+def configuration_keys(runs: pd.DataFrame) -> list[str]:
+    """The :data:`CONFIGURATION_COLUMNS` of ``runs`` (training and evaluation runs alike)."""
+    return [c for c in CONFIGURATION_COLUMNS if c in runs]
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -252,7 +253,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     for kind, metrics in (("train", TRAIN_METRICS), ("evaluate", EVALUATE_METRICS)):
         frame = runs[runs["kind"] == kind]
         if not frame.empty:
-            summary = summarize(frame, configuration_keys(frame, kind), [m for m in metrics if m in frame])
+            summary = summarize(frame, configuration_keys(frame), [m for m in metrics if m in frame])
             parts.append(summary.assign(kind=kind))
     if not parts:
         return pd.DataFrame()
@@ -290,7 +291,7 @@ def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: s
         frame = runs[(runs["kind"] == kind) & runs[value].notna()]
         if frame.empty or reference not in set(frame["scheme"]):
             continue
-        keys = [c for c in configuration_keys(frame, kind) if c not in SCHEME_COLUMNS]
+        keys = [c for c in configuration_keys(frame) if c not in SCHEME_COLUMNS]
         frame = frame.assign(_unit=replicate_units(frame, pairing=True), _seed=_chip_seeds(frame))
         for group, configuration in frame.groupby(keys, dropna=False, sort=False):
             if reference not in set(configuration["scheme"]):
