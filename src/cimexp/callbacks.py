@@ -299,7 +299,7 @@ class RecoveryCheckpoint(Checkpoint):
         return self.every_minutes is not None and time.monotonic() - self._saved_at >= 60 * self.every_minutes
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state (and no "not set" notice)
         self.saved_step = trainer.global_step
         self._saved_at = time.monotonic()
 

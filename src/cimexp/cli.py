@@ -19,14 +19,17 @@ import functools
 import logging
 import os
 import re
+import shutil
 import sys
 import textwrap
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
@@ -34,6 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cimexp.config import CONFIG_PATH, compose, group_options, register_resolvers
+from cimexp.data.base import DataError
+from cimexp.files import CorruptFileError, RunLockedError
+from cimexp.results import StaleRunError
 
 USAGE_ERROR = 2
 """Exit code of a command line that names a bad group option, key or value (as argparse uses)."""
@@ -49,6 +55,22 @@ their own)."""
 
 class UsageError(Exception):
     """A command line that cannot run; the message is one line naming the bad value and the valid choices."""
+
+
+RUN_ERRORS = (StaleRunError, RunLockedError, CorruptFileError, DataError, FileNotFoundError, ValueError)
+"""Errors a user causes that show only once the job runs (a run directory of another config or in use, a corrupt
+checkpoint, missing or wrong data, a refused file): one line on stderr and exit code 2, as a bad command line."""
+
+
+def _remove_if_unused(run_dir: Path, job_name: str) -> None:
+    """Delete ``run_dir`` if it holds only what a run writes before its first step (Hydra's ``.hydra/`` and
+    ``<job>.log``, the resolved config, the git state, a logger's folder), and neither results nor checkpoints: a
+    job refused before it trained leaves no run directory behind."""
+    if not run_dir.is_dir():
+        return
+    before_training = {".hydra", f"{job_name}.log", "config_resolved.yaml", "git.json", "csv", "wandb"}
+    if {entry.name for entry in run_dir.iterdir()} <= before_training:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def hydra_entry(
@@ -69,7 +91,19 @@ def hydra_entry(
     @functools.wraps(job)  # Hydra unwraps it: the job name (and <job name>.log) stays that of ``job``
     def quiet_job(cfg: DictConfig) -> Any:
         quiet_dependencies()  # again in the job: a parallel launcher runs it in a worker process of its own
-        return job(cfg)
+        try:
+            return job(cfg)
+        except RUN_ERRORS as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            hydra_cfg = HydraConfig.get()
+            if not isinstance(error, StaleRunError | RunLockedError):  # those directories hold another run's files
+                _remove_if_unused(Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
+            if hydra_cfg.mode == RunMode.MULTIRUN:  # the launcher reports it with the job's overrides
+                logging.getLogger(f"cimexp.{config_name}").error(one_line(error))
+                raise
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+            sys.exit(USAGE_ERROR)
 
     hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(quiet_job)
 

@@ -23,6 +23,9 @@ NO_DECAY_KINDS = ("steps", "norms", "biases")
 normalisation weights (the other 1-D parameters) and biases (names ending in ``bias``)."""
 
 
+HASHED_CONFIG_KEY = "hashed_config"
+"""Checkpoint entry holding the hashed config of the run that wrote it (``cimexp.results.hashed_config``)."""
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -61,6 +64,8 @@ class ImageClassifier(L.LightningModule):
         calibration_batches: training batches the steps are calibrated on (at most; concatenated).
         bn_batches: training batches the BatchNorm statistics are re-estimated on after calibration; 0: none.
         config: the resolved run config, stored in the checkpoint's ``hyper_parameters`` (not logged from here).
+        hashed_config: the run's ``cimexp.results.hashed_config`` (data and files by content), stored in every
+            checkpoint as ``hashed_config``: a run resumes from it only under the same settings.
         compile_mode: ``torch.compile`` the network with this mode (:data:`COMPILE_MODES`) once its step sizes are
             calibrated (``configure_model``, after ``setup``); ``None``: run it eagerly. Compilation happens on the
             first training and the first validation step; the state_dict keys do not change.
@@ -79,6 +84,7 @@ class ImageClassifier(L.LightningModule):
         bn_batches: int = 0,
         config: dict[str, Any] | None = None,
         compile_mode: str | None = None,
+        hashed_config: dict[str, Any] | None = None,
     ) -> None:
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise ValueError(f"invalid compile_mode={compile_mode!r}; valid choices: {', '.join(COMPILE_MODES)}")
@@ -97,6 +103,7 @@ class ImageClassifier(L.LightningModule):
         self.calibration = Calibration.parse(calibration)
         self.calibration_batches = calibration_batches
         self.bn_batches = bn_batches
+        self.hashed_config = hashed_config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compile_mode is not None and telemetry_active(self.model):
@@ -148,6 +155,8 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best
+        if self.hashed_config is not None:
+            checkpoint[HASHED_CONFIG_KEY] = self.hashed_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_acc_best = float(checkpoint.get("val_acc_best", 0.0))

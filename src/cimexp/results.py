@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ HASH_EXCLUDED_KEYS = (
     "trainer.enable_*",  # progress bar, model summary, checkpointing: output, not arithmetic
     "trainer.log_every_n_steps",  # logging cadence
     "trainer.profiler",  # timing report
+    "checkpoint",  # how often the recovery checkpoint is written (a resumed run ends as the uninterrupted one)
+    "callbacks.recovery_checkpoint.every_*",  # the same, where the callback reads it
     "callbacks.*.dirpath",  # checkpoint directory
     "callbacks.*.path",  # results.json's path
 )
@@ -127,6 +129,23 @@ those that change only what results.json holds (``telemetry``, ``cost``)."""
 
 class StaleRunError(FileExistsError):
     """A run directory holds a finished run of another config; nothing was run."""
+
+
+def refuse_changed_resume(run_dir: str | Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse to resume the unfinished run of ``run_dir``, whose checkpoint was written under the hashed config
+    ``old``, under ``new``: it would record settings that never ran for the part already trained.
+
+    Raises:
+        StaleRunError: the configs differ; one line naming the keys (old -> new) and how to start a new run.
+    """
+    differences = config_differences(old, new)
+    if differences:
+        shown = "; ".join(differences[:10]) + (f"; ... ({len(differences) - 10} more)" if len(differences) > 10 else "")
+        raise StaleRunError(
+            f"{Path(run_dir)} holds an unfinished run of another config ({len(differences)} keys differ, old -> new: "
+            f"{shown}); resuming it would record settings that never ran, so nothing ran. Relaunch with its settings "
+            f"to resume it, or launch into a new run directory (hydra.run.dir=<new dir>), or delete {Path(run_dir)}."
+        )
 
 
 def versions() -> dict[str, str]:
@@ -144,7 +163,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def hashed_config(config: Mapping[str, Any], files: Mapping[str, str | Path | None] | None = None) -> dict[str, Any]:
+DATA_DIGEST_PREFIX = "data.sha256."
+"""Keys of a hashed config that identify the data by content: ``data.sha256.<file name>``."""
+
+
+def hashed_config(
+    config: Mapping[str, Any],
+    files: Mapping[str, str | Path | None] | None = None,
+    data_files: Iterable[str | Path] = (),
+) -> dict[str, Any]:
     """The part of a resolved config that decides a run's results: flat ``{dotted key: value}`` without
     :data:`HASH_EXCLUDED_KEYS`, as it reads back from JSON.
 
@@ -154,11 +181,15 @@ def hashed_config(config: Mapping[str, Any], files: Mapping[str, str | Path | No
             .ckpt file>}``). Such a key's value becomes ``"<file name> sha256:<16 hex>"``, so a file replaced in
             place counts as a change and the same file under another path does not. A ``None`` or missing file
             keeps the value.
+        data_files: the data set's files (``ImageDataModule.data_files``); each adds ``data.sha256.<name>``, so
+            the same path holding other data (relabelled, another copy) counts as a change.
     """
     flat = {key: value for key, value in _flatten(config).items() if not _excluded(key)}
     for key, file in (files or {}).items():
         if key in flat and file is not None and Path(file).is_file():
             flat[key] = f"{Path(file).name} sha256:{_file_digest(str(Path(file).resolve()))}"
+    for file in data_files:
+        flat[f"{DATA_DIGEST_PREFIX}{Path(file).name}"] = _file_digest(str(Path(file).resolve()))
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
 
 
@@ -169,8 +200,11 @@ def config_hash(hashed: Mapping[str, Any]) -> str:
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["optimizer.lr: 0.1 -> 0.5", ...]`` for every key of two flat configs whose value differs (sorted;
-    ``<absent>`` where one lacks the key); keys of :data:`HASH_EXCLUDED_KEYS` are ignored."""
+    ``<absent>`` where one lacks the key); keys of :data:`HASH_EXCLUDED_KEYS` are ignored, and so are the data
+    digests when ``old`` has none (written before they were recorded: it is compared by the data's settings)."""
     missing = object()
+    if not any(key.startswith(DATA_DIGEST_PREFIX) for key in old):
+        new = {key: value for key, value in new.items() if not key.startswith(DATA_DIGEST_PREFIX)}
 
     def text(value: Any) -> str:
         return "<absent>" if value is missing else json.dumps(value)
@@ -277,6 +311,7 @@ def reusable_results(
     kind: str,
     config: Mapping[str, Any],
     files: Mapping[str, str | Path | None] | None = None,
+    data_files: Iterable[str | Path] = (),
 ) -> dict[str, Any] | None:
     """The finished record of ``run_dir`` if it was produced by the same config; ``None`` if there is none.
 
@@ -291,7 +326,7 @@ def reusable_results(
     record = finished_results(run_dir, kind)
     if record is None:
         return None
-    new = hashed_config(config, files)
+    new = hashed_config(config, files, data_files)
     stored = record.get("config")
     old = stored if isinstance(stored, dict) else _legacy_config(Path(run_dir), config, files)
     differences = config_differences(old, new) if old is not None else ["(no recorded config to compare with)"]

@@ -7,6 +7,7 @@ package (:mod:`cimexp.config`), so an installed wheel runs from any directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import time
@@ -26,9 +27,9 @@ from cimexp.cim import VariationLevel, cim_layers, cim_summary, set_adc_errors
 from cimexp.cim.cost import CostModel
 from cimexp.cli import hydra_entry
 from cimexp.config import adc_errors, calibration_settings, validate_train
-from cimexp.files import atomic_write_json, read_checkpoint
-from cimexp.module import ImageClassifier
-from cimexp.results import hashed_config, make_record, reusable_results, run_status
+from cimexp.files import KeepPreviousCheckpointIO, atomic_write_json, readable_checkpoint, run_lock
+from cimexp.module import HASHED_CONFIG_KEY, ImageClassifier
+from cimexp.results import hashed_config, make_record, refuse_changed_resume, reusable_results, run_status
 from cimexp.utils import (
     finish_wandb,
     git_state,
@@ -62,18 +63,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``results``). For a finished run directory: the stored ``final`` metrics, and ``cfg`` and ``results`` only.
     """
     output_dir = Path(cfg.paths.output_dir)
+    with run_lock(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`train` inside the run directory's lock."""
     config = resolved_config(cfg)
     files = {"model.init_from": cfg.model.get("init_from")}
-    hashed = hashed_config(config, files)
+    data_files = _data_files(cfg)
+    hashed = hashed_config(config, files, data_files)
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None:
-        done = reusable_results(output_dir, "train", config, files)
+        done = reusable_results(output_dir, "train", config, files, data_files)
         if done is not None:
             log.info("finished before, not trained again: %s/results.json", output_dir)
             return done["final"], {"cfg": cfg, "results": done}
         ckpt_path = unfinished_checkpoint(output_dir)
-        if ckpt_path is not None:
-            log.info("resuming the unfinished run from %s", ckpt_path)
 
     validate_train(cfg)
     if cfg.seed is not None:
@@ -81,7 +87,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     ckpt_path = resolve_ckpt_path(ckpt_path, output_dir)
     if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # a file whose unpickling would run code is refused here, naming it
+        # A file whose unpickling would run code is refused here, naming it; a corrupt latest falls back to the one
+        # before it. A checkpoint of this run resumes only under the settings that wrote it.
+        ckpt_path, checkpoint = readable_checkpoint(ckpt_path)
+        if Path(ckpt_path).resolve().parent == (output_dir / "checkpoints").resolve():
+            _check_resume(output_dir, checkpoint, hashed, files, continued=cfg.ckpt_path is not None)
+        log.info("resuming the unfinished run from %s", ckpt_path)
     git = git_state()
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +112,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         **calibration_settings(cfg.calibration),
         config=config,
         compile_mode=cfg.model.compile_mode if cfg.model.get("compile") else None,
+        hashed_config=hashed,
     )
     callbacks = [*instantiate_all(cfg.get("callbacks")), instantiate(cfg.schedule)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar())
     loggers: list[Logger] = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), KeepPreviousCheckpointIO()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
     try:
         for logger in trainer.loggers:  # not `loggers`: fast_dev_run swaps them for a no-op logger
@@ -143,6 +156,39 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "results": results,
     }
     return metrics, objects
+
+
+CONTINUATION_KEYS = ("trainer.max_epochs", "trainer.max_steps")
+"""What an explicit ``ckpt_path=last`` may change when it continues a run of this directory: its length."""
+
+
+def _check_resume(
+    output_dir: Path, checkpoint: dict[str, Any], hashed: dict[str, Any], files: dict[str, Any], continued: bool
+) -> None:
+    """Refuse to resume a checkpoint of this run directory under other settings than the ones that wrote it
+    (:func:`cimexp.results.refuse_changed_resume`); ``continued`` (an explicit ``ckpt_path``) may lengthen the
+    run (:data:`CONTINUATION_KEYS`). A checkpoint written before checkpoints held their hashed config is compared by
+    its resolved config (its files by path)."""
+    old = checkpoint.get(HASHED_CONFIG_KEY)
+    if old is None:
+        stored = (checkpoint.get("hyper_parameters") or {}).get("config")
+        if not isinstance(stored, dict):
+            return  # not a checkpoint of cimexp's: nothing to compare with
+        old = hashed_config(stored, {key: file for key, file in files.items() if key in hashed})
+    new = dict(hashed)
+    if continued:
+        old = {key: value for key, value in old.items() if key not in CONTINUATION_KEYS}
+        new = {key: value for key, value in new.items() if key not in CONTINUATION_KEYS}
+    refuse_changed_resume(output_dir, old, new)
+
+
+def _data_files(cfg: DictConfig) -> list[Path]:
+    """The data set's files (``ImageDataModule.data_files``), identified by content in results.json; ``[]`` when
+    the data settings cannot build a module (validation reports that) or name no files."""
+    try:
+        return instantiate(cfg.data, _partial_=True)().data_files()
+    except (ValueError, TypeError):
+        return []
 
 
 def _results(

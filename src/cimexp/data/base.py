@@ -7,6 +7,7 @@ import inspect
 import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -108,6 +109,11 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         self.augment = augment
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+
+    def data_files(self) -> list[Path]:
+        """The files this module reads, where a run knows them before reading (their content identifies the data
+        in results.json: ``cimexp.results.hashed_config``); ``[]`` for generated data or folders of many images."""
+        return []
 
     @abc.abstractmethod
     def _load_splits(self) -> tuple[Dataset, Dataset]:

@@ -67,6 +67,14 @@ class _CIFARDataModule(ImageDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
 
+    def data_files(self) -> list[Path]:
+        """The files of the first layout found (``[]`` when none is there yet, e.g. before a download)."""
+        try:
+            layout, folder = self._located()
+        except FileNotFoundError:
+            return []
+        return self._files(layout, folder)
+
     def prepare_data(self) -> None:
         """Download if needed and allowed (Lightning runs this once per node, before ``setup``)."""
         self._locate()
@@ -134,11 +142,20 @@ class _CIFARDataModule(ImageDataModule):
         names = ("train.npz", "test.npz") if layout == "npz" else self.train_batches + self.test_batches
         return [folder / name for name in names]
 
-    def _locate(self) -> tuple[str, Path]:
-        """Return the first ``(layout, folder)`` holding all files, downloading first if allowed."""
+    def _located(self) -> tuple[str, Path]:
+        """The first ``(layout, folder)`` holding all files; ``FileNotFoundError`` when there is none."""
         for layout, folder in self._candidates():
             if all(f.is_file() for f in self._files(layout, folder)):
                 return layout, folder
+        raise FileNotFoundError(self._missing_message("download=False"))
+
+    def _locate(self) -> tuple[str, Path]:
+        """Return the first ``(layout, folder)`` holding all files, downloading first if allowed."""
+        try:
+            return self._located()
+        except FileNotFoundError:
+            if not self.download:
+                raise
         failure = "download=False"
         if self.download:
             try:
@@ -253,8 +270,37 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.numeric", "_frombuffer"),  # numpy 2 with pickle protocol 5
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3's protocol 2 writes bytes (numpy's buffers)
+        ("copy_reg", "_reconstructor"),  # Python 2's name, in the official batches
+        ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"),
+        ("builtins", "object"),
+    }
+)
+"""The only globals a CIFAR python batch may name: what rebuilds numpy arrays. The batches are otherwise dicts,
+lists, strings and numbers; anything else (``os.system`` ...) is refused before it could run."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python batches and nothing else: :data:`PICKLE_GLOBALS` only."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch names no such object")
+        return super().find_class(module, name)
+
+
 def read_pickled_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and concatenate CIFAR's python batches (dicts with ``data`` ``[n, 3072]`` uint8 and labels).
+    """Read and concatenate CIFAR's python batches (dicts with ``data`` ``[n, 3072]`` uint8 and labels), with an
+    unpickler that admits only the types the format has (:data:`PICKLE_GLOBALS`): a crafted file cannot run code.
 
     Args:
         paths: batch files, in order.
@@ -267,7 +313,7 @@ def read_pickled_batches(paths: list[Path], label_key: str) -> tuple[torch.Tenso
     for path in paths:
         try:
             with open(path, "rb") as file:
-                batch = pickle.load(file, encoding="latin1")
+                batch = _BatchUnpickler(file, encoding="latin1").load()
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             targets = np.asarray(batch[label_key], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as error:
