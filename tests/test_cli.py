@@ -10,6 +10,7 @@ import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
+import cimexp.config
 import cimexp.post_training
 from cimexp.cli import UsageError, help_text, preflight
 from cimexp.config import validate_evaluate, validate_train
@@ -28,7 +29,31 @@ TYPOS = [
     ("cim.adc_bits=3", ["cim.adc_bits", "adc.bits=3"]),  # one key per setting
     ("adc.bitz=3", ["adc.bitz", "no such key", "bits, noise_lsb"]),
     ("granularity=kim", ["granularity=kim", "layer_layer", "column_column"]),  # a name from before the rename
+    ("trainer.max_epochs=-5", ["trainer.max_epochs=-5", "integer >= -1"]),  # was Lightning's, once the run began
+    ("optimizer.lr=abc", ["optimizer.lr='abc'", "a number"]),  # was "'<' not supported between 'str' and 'float'"
+    ("quantizer.weight_grad_scale=big", ["weight_grad_scale='big'", "lsq", "a number >= 0"]),
+    ("quantizer.weight_splits=untied", ["weight_splits 'untied'", "shared, per_split"]),
+    ("quantizer=theirs", ["quantizer=theirs", "authors, lsq"]),
+    ("calibration.weight=percentile", ["calibration.weight 'percentile'", "max, lsq, mse, mean_abs"]),
 ]
+
+
+@pytest.mark.parametrize(
+    ("config_name", "sweep", "words"),
+    [
+        ("train", "sweep=granularity_grid/quik", ["sweep=granularity_grid/quik", "granularity_grid/quick"]),
+        ("train", "sweep=variation/quick", ["sweep of cimexp-evaluate", "cimexp-evaluate -m sweep=variation/quick"]),
+        ("evaluate", "sweep=granularity_grid/quick", ["sweep of cimexp-train", "cimexp-train -m"]),
+    ],
+)
+def test_a_sweep_typo_lists_the_sweeps_and_another_command_s_sweep_names_that_command(
+    config_name: str, sweep: str, words: list[str]
+) -> None:
+    validate = validate_train if config_name == "train" else cimexp.config.validate_evaluate
+    message = _usage_error(config_name, [sweep], validate, multirun=True)
+    assert len(message.splitlines()) == 1 and "_common" not in message, message
+    for word in words:
+        assert word in message, message
 
 
 def _usage_error(config_name: str, overrides: list[str], validate, multirun: bool = False) -> str:

@@ -182,3 +182,21 @@ def test_refusals_at_run_time_are_one_line_with_exit_code_2(run_cli, tiny_data, 
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
     assert "train.npz: 20 images" in missing.stderr
     assert not (tmp_path / "new").exists()  # refused before it began: no run directory left behind
+
+
+def test_a_gpu_trainer_without_a_gpu_is_refused_before_anything_is_written(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"trainer\.accelerator=gpu .*no CUDA GPU is visible.*trainer=cpu"):
+        run(["trainer=gpu"], "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_the_summary_of_an_interrupted_run_says_where_it_stopped() -> None:
+    from cimexp.train import _summary_line
+
+    results = {"model": "resnet20", "data": "cifar10", "cim": None, "status": "interrupted", "global_step": 14,
+               "epochs": 0, "wall_time_s": 31.2, "run_dir": "/runs/a", "final": {}, "train_time_s": 0.0}  # fmt: skip
+    line = _summary_line(results)
+    assert "stopped after 14 steps, in epoch 1, 31.2 s" in line and "n/a" not in line

@@ -150,8 +150,34 @@ def preflight(
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        other = _other_entry_point_sweep(config_name, overrides, config_dir)
+        if other is not None:
+            raise UsageError(other) from error
         prefix = f"job [{' '.join(job_overrides)}]: " if multirun and job_overrides is not overrides else ""
         raise UsageError(prefix + (_unknown_key(config_name, error, config_dir) or one_line(error))) from error
+
+
+_SWEEP_COMMANDS = {"train": "cimexp-train", "evaluate": "cimexp-evaluate"}
+
+
+def _other_entry_point_sweep(config_name: str, overrides: list[str], config_dir: str | None) -> str | None:
+    """For a sweep of the other entry point (``cimexp-train -m sweep=variation/quick``, an evaluation sweep): the
+    message naming the command that runs it; ``None`` otherwise."""
+    sweeps = [o for o in overrides if o.startswith("sweep=")]
+    if config_name not in _SWEEP_COMMANDS or len(sweeps) != 1:
+        return None
+    for other, command in _SWEEP_COMMANDS.items():
+        if other == config_name:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compose(other, sweeps, config_dir=config_dir, run_mode=RunMode.MULTIRUN)
+        except (HydraException, OmegaConfBaseException, ValueError, TypeError):
+            continue
+        this = _SWEEP_COMMANDS[config_name]
+        return f"{sweeps[0]} is a sweep of {command}, not of {this}: run {command} -m {sweeps[0]}"
+    return None
 
 
 def sweep_jobs(config_name: str, overrides: list[str], config_dir: str | None = None) -> list[list[str]]:
@@ -179,7 +205,11 @@ def one_line(error: BaseException) -> str:
     """The user-facing part of a composition or validation error on one line."""
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
-        return f"{group}={option}: no such option; valid choices: {', '.join(error.options)}"
+        options = [o for o in error.options if not o.startswith("_")]  # building blocks (_common, _base)
+        if group.startswith("sweep/"):  # a sweep is named sweep=<figure>/<preset>
+            option, group = f"{group.removeprefix('sweep/')}/{option}", "sweep"
+            options = [o for o in group_options("sweep") if not o.rpartition("/")[2].startswith("_")]
+        return f"{group}={option}: no such option; valid choices: {', '.join(options)}"
     cause = error.__cause__ if isinstance(error, HydraException) and error.__cause__ is not None else None
     lines = [line.strip() for line in str(error).splitlines()]
     lines = [line for line in lines if line and not line.startswith(("full_key:", "object_type=", "reference_type="))]

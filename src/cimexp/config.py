@@ -183,6 +183,10 @@ def validate_train(cfg: DictConfig) -> None:
         instantiate(cfg.data, _partial_=True)()
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid data settings (the `data` config node): {error}") from error
+    for key, value in cfg.optimizer.items():
+        if not str(key).startswith("_") and isinstance(value, str):
+            raise ValueError(f"invalid optimizer.{key}={value!r}; valid values: a number")
+    _check_trainer(cfg.trainer)
     try:  # the optimizer and scheduler check their own arguments: build them on one parameter
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
         if cfg.get("scheduler"):
@@ -224,6 +228,30 @@ def validate_train(cfg: DictConfig) -> None:
             f"trainer strategy {trainer.strategy!r} with devices={trainer.devices} cannot run inside a Hydra "
             "multirun (-m): Lightning starts the other ranks by re-running the command line, which would rerun "
             "the whole sweep. Run the jobs one at a time, or set trainer.strategy=ddp_spawn."
+        )
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    """The run's length, which Lightning would refuse only when the run starts."""
+    for key, least in (("max_epochs", -1), ("min_epochs", 0), ("max_steps", -1)):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            valid = "an integer >= -1 (-1: no limit)" if least < 0 else f"an integer >= {least}"
+            raise ValueError(f"invalid trainer.{key}={value!r}; valid values: {valid} or null")
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """Refuse a GPU trainer on a machine without a GPU, before a run writes anything (not in :func:`validate_train`:
+    the GPU presets are validated on CPU machines too, e.g. a sweep prepared for a cluster).
+
+    Raises:
+        ValueError: ``trainer.accelerator`` is ``gpu`` or ``cuda`` and no CUDA device is visible.
+    """
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} (trainer=gpu): no CUDA GPU is visible on this machine "
+            "(torch.cuda.is_available() is False); use trainer=cpu, or run where a GPU is"
         )
 
 

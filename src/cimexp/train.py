@@ -26,7 +26,7 @@ from cimexp.callbacks import EpochTimer, PsumTelemetry, QATSchedule, RecoveryChe
 from cimexp.cim import VariationLevel, cim_layers, cim_summary, set_adc_errors
 from cimexp.cim.cost import CostModel
 from cimexp.cli import hydra_entry
-from cimexp.config import adc_errors, calibration_settings, validate_train
+from cimexp.config import adc_errors, calibration_settings, check_accelerator, validate_train
 from cimexp.files import KeepPreviousCheckpointIO, atomic_write_json, readable_checkpoint, run_lock
 from cimexp.module import HASHED_CONFIG_KEY, ImageClassifier
 from cimexp.results import hashed_config, make_record, refuse_changed_resume, reusable_results, run_status
@@ -82,6 +82,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
         ckpt_path = unfinished_checkpoint(output_dir)
 
     validate_train(cfg)
+    check_accelerator(cfg.trainer)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -313,6 +314,11 @@ def _summary_line(results: dict[str, Any]) -> str:
         )
     final_acc = results["final"].get("val/acc")
     train_time = results["train_time_s"]
+    if results["status"] == "interrupted":  # stopped inside an epoch: no validation yet, the epoch timer at 0
+        return (
+            f"{results['model']}/{results['data']} {setting} | stopped after {results['global_step']} steps, in "
+            f"epoch {results['epochs'] + 1}, {results['wall_time_s']:.1f} s | {results['run_dir']}/results.json"
+        )
     return (
         f"{results['model']}/{results['data']} {setting} | epochs {results['epochs']} | "
         f"val/acc {_pct(final_acc)} best {_pct(results['best']['val/acc'])} | "
