@@ -1,6 +1,6 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow medium medium-readings wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+.PHONY: help install test test-slow medium medium-readings soak wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
 	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
@@ -22,6 +22,9 @@ test: ## Fast test tier (what CI runs): unit tests, every config option, short t
 
 test-slow: ## Slow tier: debug profiles, real CIFAR-10 runs as subprocesses, training with model.compile (CIFAR needs CIMEXP_DATA)
 	$(PYTHON) -m pytest -m slow
+
+soak: ## Fault-injection soak: a 6-job synthetic sweep SIGKILLed 20 times, relaunched, compared with an uninterrupted one
+	$(PYTHON) tests/soak.py --kills 20 --seed 0 --out $$(mktemp -d)
 
 wheel-smoke: ## Build the wheel, install it into a fresh venv, run the entry points from an empty directory (CI)
 	PYTHON=$(PYTHON) bash .ci/wheel_smoke

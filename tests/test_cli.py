@@ -357,3 +357,12 @@ def test_ctrl_c_and_sigterm_checkpoint_and_leave_an_interrupted_run_and_the_comm
     resumed = run_cli(command[3:], cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0 and "resuming the unfinished run" in _output(resumed), _output(resumed)
     _assert_ends_as(run_dir, uninterrupted)
+
+
+def test_help_points_to_sections_the_readme_has() -> None:
+    from cimexp.cli import README_SECTIONS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
+    assert set(README_SECTIONS) <= headings, set(README_SECTIONS) - headings
+    assert ", ".join(README_SECTIONS) in help_text("train", "cimexp-train")

@@ -200,3 +200,23 @@ def test_the_summary_of_an_interrupted_run_says_where_it_stopped() -> None:
                "epochs": 0, "wall_time_s": 31.2, "run_dir": "/runs/a", "final": {}, "train_time_s": 0.0}  # fmt: skip
     line = _summary_line(results)
     assert "stopped after 14 steps, in epoch 1, 31.2 s" in line and "n/a" not in line
+
+
+def test_a_long_cpu_run_announces_its_estimate_and_the_faster_alternatives() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from cimexp.train import cpu_time_notice
+
+    cifar = SimpleNamespace(train_subset=None, split_sizes=(50_000, 10_000), batch_size=128)
+    on = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    paper = OmegaConf.create({"trainer": {"max_epochs": 200, "max_steps": -1}})
+    notice = cpu_time_notice(paper, cifar, on)
+    assert notice is not None and len(notice.splitlines()) == 1
+    assert "78,200 training steps" in notice and "about 20 h" in notice and "experiment=quick" in notice
+    assert "trainer=gpu" in notice
+    quick = OmegaConf.create({"trainer": {"max_epochs": 1, "max_steps": 100}})
+    assert cpu_time_notice(quick, cifar, on) is None
+    gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert cpu_time_notice(paper, cifar, gpu) is None

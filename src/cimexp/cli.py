@@ -159,6 +159,9 @@ def preflight(
 
 _SWEEP_COMMANDS = {"train": "cimexp-train", "evaluate": "cimexp-evaluate"}
 
+README_SECTIONS = ("Install and the two commands", "Options", "Where files go", "Stopping and resuming")
+"""The README sections ``--help`` points to (a test holds them equal to headings of the README)."""
+
 
 def _other_entry_point_sweep(config_name: str, overrides: list[str], config_dir: str | None) -> str | None:
     """For a sweep of the other entry point (``cimexp-train -m sweep=variation/quick``, an evaluation sweep): the
@@ -305,7 +308,7 @@ def help_text(config_name: str, prog: str) -> str:
         "",
         "Every value is a key too, e.g. " + _KEY_EXAMPLES[config_name],
         f"Show the composed config: {prog} <overrides> --cfg job.  Your own config folder: --config-dir <dir>.",
-        "Hydra's own options: --hydra-help.  More: README.md (Quick start, Configuration, Where files go).",
+        "Hydra's own options: --hydra-help.  More: README.md (" + ", ".join(README_SECTIONS) + ").",
     ]
     return "\n".join(lines)
 

@@ -122,6 +122,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), KeepPreviousCheckpointIO()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
+    notice = cpu_time_notice(cfg, datamodule, trainer)
+    if notice is not None and trainer.is_global_zero:
+        log.warning(notice)
     try:
         for logger in trainer.loggers:  # not `loggers`: fast_dev_run swaps them for a no-op logger
             logger.log_hyperparams(config)
@@ -157,6 +160,36 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
         "results": results,
     }
     return metrics, objects
+
+
+REFERENCE_CPU_STEP_S = 0.93
+"""Seconds of one column/column ResNet-20 training step at batch 128 on the project's 2-core CPU (AMD EPYC, torch
+2.14; experiments/results/bench/cpu_2core.md): the pace :func:`cpu_time_notice` estimates a CPU run with."""
+LONG_CPU_RUN_STEPS = 20_000
+"""A CPU run of more optimizer steps than this (about 5 h at the reference pace) is announced with its estimate."""
+
+
+def cpu_time_notice(cfg: DictConfig, datamodule: L.LightningDataModule, trainer: L.Trainer) -> str | None:
+    """One line for a long run on a CPU (the paper's 200-epoch recipe): its steps, the time they take at the
+    reference pace, and the faster alternatives; ``None`` for a GPU run or a short one. The run starts anyway."""
+    if trainer.strategy.root_device.type != "cpu":
+        return None
+    train_size = datamodule.train_subset or datamodule.split_sizes[0]
+    if train_size is None:
+        return None
+    epochs = cfg.trainer.get("max_epochs")
+    steps = -(-train_size // datamodule.batch_size) * epochs if epochs and epochs > 0 else None
+    max_steps = cfg.trainer.get("max_steps")
+    if max_steps is not None and max_steps > 0:
+        steps = max_steps if steps is None else min(steps, max_steps)
+    if steps is None or steps <= LONG_CPU_RUN_STEPS:
+        return None
+    hours = steps * REFERENCE_CPU_STEP_S * (datamodule.batch_size / 128) / 3600
+    return (
+        f"this run is {steps:,} training steps on the CPU: about {hours:.0f} h at the {REFERENCE_CPU_STEP_S} s a "
+        "step of a 2-core CPU (the progress bar's run_eta gives this machine's pace); faster: experiment=quick "
+        "(a 100-step fine-tune, minutes), experiment=medium (one full-data epoch), or trainer=gpu on a GPU"
+    )
 
 
 CONTINUATION_KEYS = ("trainer.max_epochs", "trainer.max_steps")

@@ -1,4 +1,4 @@
-"""The CIM layer as a library: ``CIMConv2d``, its chip programming (``CIMProgram``), variation, ADC
+"""The CIM layers as a library: ``CIMConv2d`` and ``CIMLinear``, its chip programming (``CIMProgram``), variation, ADC
 non-idealities, partial-sum telemetry and cost.
 
 >>> from cimexp.cim import CIMConv2d
@@ -7,9 +7,11 @@ non-idealities, partial-sum telemetry and cost.
 """
 
 from cimexp.cim.adc import ADCErrors, PsumStats
+from cimexp.cim.convert import Conversion, convert
 from cimexp.cim.cost import CostModel, cim_summary, layer_cost
 from cimexp.cim.layer import (
     CIMConv2d,
+    CIMLinear,
     calibrate,
     cim_layers,
     dequant_ops,
@@ -32,6 +34,7 @@ __all__ = [
     "ArrayMapping",
     "Calibration",
     "CIMConv2d",
+    "CIMLinear",
     "CIMProgram",
     "CostModel",
     "Granularity",
@@ -39,6 +42,8 @@ __all__ = [
     "VariationLevel",
     "WeightEncoding",
     "calibrate",
+    "Conversion",
+    "convert",
     "cell_variation",
     "cim_layers",
     "cim_summary",

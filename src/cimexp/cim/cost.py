@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, cim_layers, dequant_ops
+from cimexp.cim.layer import CIMConv2d, CIMLinear, cim_layers, dequant_ops
 
 
 # --- ADC cost models -------------------------------------------------------------------------------------------
@@ -330,18 +330,15 @@ def _output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tu
     probe = copy.deepcopy(model).eval()
     sizes: dict[str, tuple[int, int]] = {}
     for name, layer in list(cim_layers(probe)):
-        plain = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            layer.dilation,
-            bias=False,
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-        )
-        plain.register_forward_hook(lambda mod, inp, out, key=name: sizes.__setitem__(key, tuple(out.shape[-2:])))
+        if isinstance(layer, CIMLinear):  # its positions: the tokens (leading dims but the batch) of one input
+            plain = nn.Linear(
+                layer.in_features, layer.out_features, device=layer.weight.device, dtype=layer.weight.dtype
+            )
+            record = lambda mod, inp, out, key=name: sizes.__setitem__(key, (math.prod(out.shape[1:-1]), 1))  # noqa: E731
+        else:
+            plain = _plain_conv(layer)
+            record = lambda mod, inp, out, key=name: sizes.__setitem__(key, tuple(out.shape[-2:]))  # noqa: E731
+        plain.register_forward_hook(record)
         if name:
             parent, _, child = name.rpartition(".")
             setattr(probe.get_submodule(parent), child, plain)
@@ -349,3 +346,17 @@ def _output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tu
             probe = plain
     probe(example_input[:1])
     return sizes
+
+
+def _plain_conv(layer: CIMConv2d) -> nn.Conv2d:
+    return nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        bias=False,
+        device=layer.weight.device,
+        dtype=layer.weight.dtype,
+    )

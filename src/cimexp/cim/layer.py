@@ -111,6 +111,10 @@ class CIMConv2d(nn.Conv2d):
         a_bits: unsigned activation bits; ``None`` disables activation quantization.
         dac_bits: input bits applied per cycle (bit-serial inputs); ``None`` (default): ``a_bits``, one multi-bit
             DAC value per inference as in the paper.
+        act_signed: quantize inputs to signed codes ``[-2^(a_bits-1), 2^(a_bits-1)-1]`` (inputs that can be
+            negative: after a normalisation without ReLU, as in transformers and MobileNetV2's residual stream);
+            default ``False``: unsigned codes ``[0, 2^a_bits-1]`` of inputs that follow a ReLU, as in the paper.
+            Signed inputs make every column's partial sum signed (signed ADC ranges); one input cycle only.
         cell_bits: bits stored per memory cell; a weight spans ``S = ceil(w_bits / cell_bits)`` cells.
         adc_bits: ADC resolution for every column's partial sum.
         array_size: N of the N x N arrays.
@@ -161,6 +165,7 @@ class CIMConv2d(nn.Conv2d):
         psum_grad_scale: float | str | None = "lsq",
         weight_splits: str | WeightSplits = "shared",
         slice_gradient: str | SliceGradient = "per_copy",
+        act_signed: bool = False,
         groups: int = 1,
         padding_mode: str = "zeros",
         device: torch.device | str | None = None,
@@ -176,6 +181,7 @@ class CIMConv2d(nn.Conv2d):
         self.w_bits = check_bits("w_bits", w_bits)
         self.a_bits = check_bits("a_bits", a_bits, allow_none=True)
         self.dac_bits = _check_dac_bits(dac_bits, self.a_bits)
+        self.act_signed = _check_act_signed(act_signed, self.a_bits, self.dac_bits)
         self.cell_bits = check_bits("cell_bits", cell_bits)
         self.adc_bits = check_bits("adc_bits", adc_bits)
         self.weight_granularity = Granularity.parse(weight_granularity, "weight_granularity")
@@ -196,7 +202,7 @@ class CIMConv2d(nn.Conv2d):
             cell_bits=self.cell_bits,
             adc_bits=self.adc_bits,
             encoding=self.weight_encoding,
-            signed_inputs=self.a_bits is None,
+            signed_inputs=self.a_bits is None or self.act_signed,
         )
         m = self.mapping
         factory = {"device": device, "dtype": dtype}
@@ -269,6 +275,7 @@ class CIMConv2d(nn.Conv2d):
             f"psum_granularity={self.psum_granularity.name.lower()}, psum_quant={self.psum_quant}, "
             f"weight_encoding={self.weight_encoding.value}"
             + ("" if self.n_input_cycles == 1 else f", dac_bits={self.dac_bits}")
+            + (", act_signed=True" if self.act_signed else "")
             + "".join(f", {key}={value}" for key, value in self._settings().items() if value != DEFAULTS[key])
         )
 
@@ -302,7 +309,11 @@ class CIMConv2d(nn.Conv2d):
     # --- quantizers -------------------------------------------------------------------------------------------
     @property
     def act_qmax(self) -> int:
-        return 2**self.a_bits - 1
+        return 2 ** (self.a_bits - 1) - 1 if self.act_signed else 2**self.a_bits - 1
+
+    @property
+    def act_qmin(self) -> int:
+        return -(2 ** (self.a_bits - 1)) if self.act_signed else 0
 
     def _act_int(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a_int, s_a)``: the DAC input codes ``[B, C, H, W]`` and the (effective) activation step."""
@@ -312,7 +323,7 @@ class CIMConv2d(nn.Conv2d):
             self._init_act_step(x)
         n_per_step = x[0].numel()
         s_a = effective_step(self.act_step, n_per_step, self.act_qmax, self.act_grad_scale)
-        return quantize_int(x, s_a, 0.0, float(self.act_qmax)), s_a
+        return quantize_int(x, s_a, float(self.act_qmin), float(self.act_qmax)), s_a
 
     def _weight_step_full(self) -> torch.Tensor:
         """Effective weight steps, one per column: ``[P, S, T, O]``."""
@@ -536,6 +547,7 @@ class CIMConv2d(nn.Conv2d):
             channels_per_tile=m.channels_per_tile,
             act_bits=self.a_bits,
             act_scale=s_a,
+            act_signed=self.act_signed,
             dac_bits=self.dac_bits,
             input_shift=self.input_shift.to(**cpu),
             cell_codes=codes.to(**cpu),
@@ -611,8 +623,8 @@ class CIMConv2d(nn.Conv2d):
     def _init_act_step(self, x: torch.Tensor) -> None:
         method = self.calibration.act
         samples = _subsample(x.detach().flatten(), INIT_SAMPLES[method])
-        qmax = float(self.act_qmax)
-        step = self._init_steps(samples, samples.abs().mean(), 0.0, qmax, None, method)
+        qmin, qmax = float(self.act_qmin), float(self.act_qmax)
+        step = self._init_steps(samples, samples.abs().mean(), qmin, qmax, None, method)
         self.act_step.copy_(sync_mean(step))
         self.act_step_ready = True
 
@@ -636,6 +648,72 @@ class CIMConv2d(nn.Conv2d):
         self.psum_step_ready = False
 
 
+class CIMLinear(CIMConv2d):
+    """A linear layer computed as on the crossbars: ``nn.Linear``'s ``y = x W^T + b`` over the last dimension of
+    ``x`` ``[..., in_features]``, mapped, quantized, converted and exported exactly as :class:`CIMConv2d` does a
+    1x1 convolution over one position (it is one: the same mapping, quantizers, ADCs, variation, telemetry,
+    ``cim_program`` and cost accounting, no second copy of them). Each of the ``out_features`` columns holds
+    ``in_features`` rows, tiled over ``ceil(in_features / array_size)`` arrays; ``act_signed=True`` for inputs that
+    can be negative (after a LayerNorm, say).
+
+    ``weight`` has ``nn.Conv2d``'s shape ``[out_features, in_features, 1, 1]``; a ``state_dict`` of an
+    ``nn.Linear`` (``[out, in]``) loads into it, and :meth:`from_linear` copies one.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **cim_options: Any,
+    ) -> None:
+        super().__init__(in_features, out_features, 1, bias=bias, device=device, dtype=dtype, **cim_options)
+
+    @property
+    def in_features(self) -> int:
+        return self.in_channels
+
+    @property
+    def out_features(self) -> int:
+        return self.out_channels
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **cim_options: Any) -> CIMLinear:
+        """A CIM layer with ``linear``'s shape and a copy of its float weights (and bias)."""
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **cim_options,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight.reshape(layer.weight.shape))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = super().forward(x.reshape(-1, self.in_channels, 1, 1))
+        return y.reshape(*lead, self.out_channels)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        weight = state_dict.get(f"{prefix}weight")
+        if weight is not None and weight.dim() == 2:  # an nn.Linear's [out, in]
+            state_dict[f"{prefix}weight"] = weight.reshape(*weight.shape, 1, 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        conv = super().extra_repr()
+        cim = conv[conv.index("w_bits=") :]
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {cim}"
+
+
 @contextlib.contextmanager
 def _tf32_off() -> Iterator[None]:
     """cuDNN's TF32 convolutions switched off (eager mode only: a compiled graph reads the flag once)."""
@@ -645,6 +723,20 @@ def _tf32_off() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = previous
+
+
+def _check_act_signed(act_signed: bool, a_bits: int | None, dac_bits: int | None) -> bool:
+    """``act_signed`` validated: a bool, with quantized inputs applied in one cycle."""
+    if not isinstance(act_signed, bool):
+        raise ValueError(f"invalid act_signed={act_signed!r}; valid values: true, false")
+    if act_signed and a_bits is None:
+        raise ValueError("invalid act_signed=True with a_bits=None: unquantized inputs are signed already")
+    if act_signed and dac_bits != a_bits:
+        raise ValueError(
+            f"invalid act_signed=True with dac_bits={dac_bits} < a_bits={a_bits}: bit-serial inputs are unsigned; "
+            f"valid: dac_bits=null (one cycle of {a_bits} bits)"
+        )
+    return act_signed
 
 
 def _check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:

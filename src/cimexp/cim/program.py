@@ -34,7 +34,8 @@ from cimexp.files import atomic_write, atomic_write_json
 FORMAT_VERSION = 3
 
 CONTRACT = """\
-a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None)
+a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None; with act_signed:
+                                                          clamp(..., -2^(act_bits-1), 2^(act_bits-1) - 1))
 a_k = floor(a_int / input_shift[k]) mod 2^dac_bits        (input cycle k of K = len(input_shift))
 y[o] = sum_k input_shift[k] * sum_p polarity[p] * sum_s split_shift[s] * sum_t Q(act_scale * weight_scale[p,s,t,o]
          * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_k[t,r]) + bias[o]
@@ -89,6 +90,7 @@ class CIMProgram:
     adc_min: torch.Tensor  # [P, S] integer codes
     adc_max: torch.Tensor  # [P, S]
     bias: torch.Tensor | None  # [O]
+    act_signed: bool = False  # a_int = clamp(round(x / act_scale), -2^(act_bits-1), 2^(act_bits-1) - 1)
 
     @property
     def adc_step(self) -> torch.Tensor:
@@ -149,7 +151,12 @@ def simulate(program: CIMProgram, x: torch.Tensor) -> torch.Tensor:
     """Run ``program`` on input ``x`` ``[B, C, H, W]`` exactly as the contract in this module's docstring says:
     literally, one array at a time and one ADC per column. Slow by design; the reference for ``CIMConv2d``."""
     p = program
-    a_int = x if p.act_bits is None else torch.clamp(torch.round(x / p.act_scale), 0, 2**p.act_bits - 1)
+    if p.act_bits is None:
+        a_int = x
+    elif p.act_signed:
+        a_int = torch.clamp(torch.round(x / p.act_scale), -(2 ** (p.act_bits - 1)), 2 ** (p.act_bits - 1) - 1)
+    else:
+        a_int = torch.clamp(torch.round(x / p.act_scale), 0, 2**p.act_bits - 1)
     shifts = p.input_shift.tolist()
     y = torch.zeros(())
     for shift in shifts:  # input cycles, most significant first

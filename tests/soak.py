@@ -1,0 +1,129 @@
+"""Fault-injection soak: a 6-job synthetic sweep killed with SIGKILL at random moments, relaunched after each kill,
+must end with every job's weights and metrics equal to those of the same sweep run without interruption.
+
+    python tests/soak.py --kills 20 --seed 0 --out /tmp/soak      # make soak
+
+The kill moments are drawn with ``--seed`` (uniform between ``--min-wait`` and ``--max-wait`` seconds after each
+launch, so that kills land during start-up, training, checkpoint writes and validation alike). Every launch is the
+same command; finished jobs are skipped and unfinished ones resume from ``last.ckpt`` (a stale ``run.lock`` of the
+killed process is replaced). Prints a JSON summary (kills, launches, jobs, seconds) and exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SWEEP = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.train_size=48",
+    "data.val_size=16",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+    "checkpoint.every_n_steps=1",  # a checkpoint after every step: kills inside epochs resume inside them
+    "granularity=layer_column,column_column",
+    "seed=0,1,2",
+    "hydra.sweep.subdir=${hydra.job.override_dirname}",
+]
+"""6 jobs (2 schemes x 3 seeds), 12 steps each, in job directories named after their overrides."""
+
+
+def launch(sweep_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "cimexp.train", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def run_to_end(sweep_dir: Path, timeout: float = 1800) -> None:
+    process = launch(sweep_dir)
+    if process.wait(timeout=timeout) != 0:
+        raise RuntimeError(f"the sweep into {sweep_dir} exited with {process.returncode}")
+
+
+def soak(out: Path, kills: int, seed: int, min_wait: float, max_wait: float) -> dict:
+    """Run the reference sweep, then the killed one; compare them. Returns the summary."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    run_to_end(out / "reference")
+    reference_s = time.monotonic() - started
+    killed, launches, soak_started = 0, 0, time.monotonic()
+    while killed < kills:
+        process = launch(out / "soak")
+        launches += 1
+        try:
+            process.wait(timeout=rng.uniform(min_wait, max_wait))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            killed += 1
+            continue
+        if process.returncode != 0:
+            raise RuntimeError(f"a relaunch exited with {process.returncode}")
+        break  # the sweep finished before the next kill: relaunch to be sure nothing is left, then compare
+    run_to_end(out / "soak")
+    launches += 1
+    differences = compare(out / "reference", out / "soak")
+    return {
+        "kills": killed,
+        "launches": launches,
+        "jobs": len(job_dirs(out / "reference")),
+        "reference_s": round(reference_s, 1),
+        "soak_s": round(time.monotonic() - soak_started, 1),
+        "seed": seed,
+        "differences": differences,
+    }
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep_dir.glob("*/results.json"))
+
+
+def compare(reference: Path, soaked: Path) -> list[str]:
+    """What differs between the two sweeps: job directories, final metrics, weights of the final checkpoints."""
+    names = [p.name for p in job_dirs(reference)]
+    differences = [] if names == [p.name for p in job_dirs(soaked)] else [f"jobs: {names} vs {job_dirs(soaked)}"]
+    for name in names:
+        a, b = (json.loads((d / name / "results.json").read_text()) for d in (reference, soaked))
+        for key in ("status", "epochs", "global_step", "final", "config_hash"):
+            if a.get(key) != b.get(key):
+                differences.append(f"{name}: {key} {a.get(key)} vs {b.get(key)}")
+        sa, sb = (
+            torch.load(d / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+            for d in (reference, soaked)
+        )
+        for key in sa:
+            if not torch.equal(sa[key], sb[key]):
+                differences.append(f"{name}: weights {key}")
+    return differences
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-wait", type=float, default=2.0)
+    parser.add_argument("--max-wait", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    args = parser.parse_args(argv)
+    summary = soak(args.out.resolve(), args.kills, args.seed, args.min_wait, args.max_wait)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["differences"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
