@@ -218,7 +218,7 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["calibration.percentile=0"], ValueError, ["calibration.percentile=0", "(0, 100]"]),
         (["calibration.batches=0"], ValueError, ["calibration.batches=0", "an integer >= 1"]),
         (["calibration.bn_batches=-1"], ValueError, ["calibration.bn_batches=-1", "an integer >= 0"]),
-        (["optimizer.lr=abc"], ValueError, ["optimizer", "'lr': 'abc'"]),
+        (["optimizer.lr=abc"], ValueError, ["optimizer.lr='abc'", "a number"]),
         (["optimizer.momentum=-1"], ValueError, ["'momentum': -1", "Invalid momentum value: -1"]),
         (["scheduler.eta_min=x"], ValueError, ["scheduler", "'eta_min': 'x'"]),
         (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),

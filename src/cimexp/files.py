@@ -166,6 +166,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             the message names it and what to do.
     """
     path = Path(run_dir) / LOCK_FILE
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(3):
@@ -191,6 +192,8 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     finally:
         if _lock_holder(path) == me:
             path.unlink(missing_ok=True)
+        if created and not any(path.parent.iterdir()):  # the lock made the directory and nothing else was written
+            path.parent.rmdir()
 
 
 def _lock_holder(path: Path) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""Networks of the paper (ResNet-20 for CIFAR, ResNet-18 for ImageNet) with injectable conv layers.
+"""Networks of the paper (ResNet-20 for CIFAR, ResNet-18 for ImageNet) with injectable conv layers, and networks
+beyond it (VGG-8, MobileNetV2, a small ViT, any torchvision model) put on the crossbars by ``cimexp.cim.convert``.
 
 ``build_model("resnet20", conv_layer=functools.partial(CIMConv2d, array_size=128))`` builds a CIM network;
 ``swap_convs`` converts an existing float model, and ``load_float_weights`` loads a float checkpoint into it.
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from cimexp.models.networks import ViT, mobilenetv2, torchvision_model, vgg8, vit
 from cimexp.models.resnet import resnet18, resnet20
 from cimexp.models.swap import ConvFactory, load_float_weights, swap_convs
 
@@ -26,6 +28,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "MODELS",
+    "ViT",
+    "mobilenetv2",
+    "torchvision_model",
+    "vgg8",
+    "vit",
     "ConvFactory",
     "build_model",
     "load_float_weights",
