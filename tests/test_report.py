@@ -49,6 +49,7 @@ from cimexp.report.tables import (
     in_stage1,
     paired_lines,
     paired_table,
+    paired_tables,
     pareto_front,
     summary_table,
     to_markdown,
@@ -272,7 +273,8 @@ def test_collect_one_row_per_finished_run_with_the_table_columns(collected, tree
     with_train = evaluated[evaluated["seed"] == 0].iloc[0]
     without_train = evaluated[evaluated["seed"] == 1].iloc[0]
     assert with_train["epochs"] == 1 and with_train["train_time_s"] == 90.0 and with_train["acc_best"] == 90.0
-    assert pd.isna(without_train["epochs"]) and pd.isna(without_train["train_time_s"])
+    assert pd.isna(without_train["train_time_s"])
+    assert without_train["epochs"] == 1  # its checkpoint's length, known from the other evaluation of that checkpoint
     # the checkpoint relative to the run directory the record names, joined to the run's directory in the table
     run_dir = Path(with_train["run_dir"])
     assert Path(with_train["ckpt"]) == run_dir.parent / "ckpts" / "column_column.ckpt"  # /elsewhere/../ckpts/...
@@ -968,3 +970,19 @@ def test_committed_report_figures_fit_their_canvas(committed: str) -> None:
     assert report.figures
     for name, figure in report.figures.items():
         assert_fits_canvas(f"{committed}: {name}", figure)
+
+
+def test_paired_differences_against_several_references_leave_no_cell_blank(tmp_path: Path) -> None:
+    """Tables of two references share their columns: a column that varies in one (here the length, with 2-epoch
+    runs of column/column and layer/layer only) is filled in the other's rows too (it was blank)."""
+    write_paired_runs(tmp_path)
+    for scheme in ("column/column", "layer/layer"):
+        weight, psum = scheme.split("/")
+        for seed, acc in enumerate(PAIRED_ACC[scheme]):
+            record = {**train_results("cifar10", weight, psum, acc + 0.01, seed), "epochs": 2}
+            write_results(tmp_path, f"{weight}_{psum}/two_epochs/seed={seed}", record)
+    runs, _ = collect([tmp_path])
+    table = paired_tables(runs, ["column/column", "layer/column"])
+    assert set(table["reference"]) == {"column/column", "layer/column"}
+    assert "epochs" in table and table["epochs"].notna().all()
+    assert set(table.loc[table["reference"] == "layer/column", "epochs"]) == {1}

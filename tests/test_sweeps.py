@@ -4,6 +4,8 @@ variation sweeps find the grid's checkpoints, re-launched jobs skip or resume, l
 from __future__ import annotations
 
 import json
+import os
+import signal
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 import cimexp.evaluate
+import cimexp.module
 import cimexp.train
 from cimexp.config import validate_train as validate_config
 from cimexp.data import SyntheticDataModule
@@ -383,14 +386,23 @@ def test_relaunched_job_skips_when_finished_and_resumes_when_killed(
     assert again_metrics == finished["final"] and again.keys() == {"cfg", "results"}
     assert again["results"] == finished and (run_dir / "results.json").stat().st_mtime_ns == stamp
 
-    # killed in epoch 1 (its last.ckpt is from epoch 0, results.json says running): launched again, it resumes
+    # stopped in epoch 1 (Ctrl-C after epoch 0: last.ckpt after the next batch, results.json "interrupted"):
+    # launched again with the same settings, it resumes and ends as the uninterrupted run
     killed = tmp_path / "killed"
-    first_metrics, _ = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=1"], "killed"))
-    (killed / "results.json").write_text(json.dumps({"status": "running", "history": []}))
+
+    def interrupt_after_epoch_0(module) -> None:
+        if module.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # RecoveryCheckpoint's handler, not pytest's, while training
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(cimexp.module.ImageClassifier, "on_train_epoch_end", interrupt_after_epoch_0, raising=False)
+        train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "killed"))
+    assert json.loads((killed / "results.json").read_text())["status"] == "interrupted"
     _, resumed = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "killed"))
     assert resumed["trainer"].current_epoch == 2 and resumed["trainer"].global_step == 4
     history = resumed["results"]["history"]
-    assert [r["epoch"] for r in history] == [0, 1] and history[0]["val/acc"] == first_metrics["val/acc"]
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert [r["val/acc"] for r in history] == [r["val/acc"] for r in finished["history"]]
     assert json.loads((killed / "results.json").read_text())["status"] == "finished"
 
     # an explicit ckpt_path always trains: continue a finished run for more epochs in place

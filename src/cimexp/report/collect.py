@@ -336,6 +336,10 @@ def runs_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMNS), dtype=object)
     extra = sorted(set(table.columns) - set(COLUMNS) - {HISTORY_KEY})
     table = table.reindex(columns=[*COLUMNS, *extra, *([HISTORY_KEY] if rows else [])])
+    evaluations = table["kind"] == "evaluate"
+    if evaluations.any():  # an evaluation without its training record takes its checkpoint's length from another
+        known = table.loc[evaluations].groupby("ckpt", dropna=False)["epochs"].transform("first")
+        table.loc[evaluations, "epochs"] = table.loc[evaluations, "epochs"].fillna(known)
     table = with_column_types(table)
     order = ["kind", "model", "dataset", "weight_granularity", "psum_granularity", "schedule", "sigma", "seed"]
     return table.sort_values(order, key=_sort_key, kind="stable").reset_index(drop=True)

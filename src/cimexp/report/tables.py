@@ -267,12 +267,27 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def paired_tables(runs: pd.DataFrame, references: str | Sequence[str] = PAIRED_REFERENCE) -> pd.DataFrame:
     """:func:`paired_table` of accuracy against each of ``references`` in turn, its rows one table after another."""
-    tables = [paired_table(runs, reference=r) for r in ([references] if isinstance(references, str) else references)]
+    references = [references] if isinstance(references, str) else list(references)
+    tables = [paired_table(runs, reference=r, all_columns=len(references) > 1) for r in references]
     filled = [table for table in tables if not table.empty]
-    return pd.concat(filled, ignore_index=True) if len(filled) > 1 else (filled or tables)[0]
+    if len(filled) <= 1:
+        return (filled or tables)[0] if len(references) == 1 else _shown_columns(pd.concat(tables or [pd.DataFrame()]))
+    return _shown_columns(pd.concat(filled, ignore_index=True))
 
 
-def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: str = "acc") -> pd.DataFrame:
+def _shown_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A paired table (:func:`paired_table` with ``all_columns``) with the configuration columns that vary among all
+    its rows, so that tables of several references share their columns and leave no cell blank."""
+    if table.empty:
+        return table
+    shown = ["kind", *PANEL_KEYS]
+    shown += varying(table, [c for c in CONFIGURATION_COLUMNS if c not in (*shown, *SCHEME_COLUMNS) and c in table])
+    return table[[*shown, "reference", "scheme", *estimate_columns("difference")]].reset_index(drop=True)
+
+
+def paired_table(
+    runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: str = "acc", all_columns: bool = False
+) -> pd.DataFrame:
     """Paired differences ``reference - scheme`` of ``value`` between the ``reference`` scheme and every other
     scheme, over the replicates both have (the same seeds; for evaluations the same training seed and chip
     instance, :func:`replicate_units` with ``pairing``: a variation seed draws the same cell factors for every
@@ -282,7 +297,8 @@ def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: s
     seeds); over one training seed, over its chip instances. Pairing removes what a seed does to both schemes (data
     order, initial draw, evaluation subset), so it resolves smaller differences than two separate intervals would.
 
-    Columns: ``kind``, ``model``, ``dataset``, the configuration columns that vary, ``reference``, ``scheme``,
+    Columns: ``kind``, ``model``, ``dataset``, the configuration columns that vary (``all_columns``: all of them,
+    for :func:`paired_tables` to combine tables of several references), ``reference``, ``scheme``,
     then ``difference`` with its :data:`ESTIMATE_SUFFIXES` columns (percentage points; positive: the reference is
     higher). One row per scheme that shares at least one replicate with the reference; empty without any.
     """
@@ -319,7 +335,8 @@ def paired_table(runs: pd.DataFrame, reference: str = PAIRED_REFERENCE, value: s
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     shown = ["kind", *PANEL_KEYS]
-    shown += varying(table, [c for c in CONFIGURATION_COLUMNS if c not in (*shown, *SCHEME_COLUMNS)])
+    others = [c for c in CONFIGURATION_COLUMNS if c not in (*shown, *SCHEME_COLUMNS) and c in table]
+    shown += others if all_columns else varying(table, others)
     table = table[[*shown, "reference", "scheme", *estimate_columns("difference")]]
     return table.sort_values([*shown, "scheme"], key=_granularity_key, kind="stable").reset_index(drop=True)
 
