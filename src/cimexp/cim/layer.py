@@ -45,6 +45,7 @@ from cimexp.cim.options import (
     WeightEncoding,
     WeightSplits,
     check_bits,
+    parse_choice,
     parse_grad_scale,
 )
 from cimexp.cim.program import CIMProgram
@@ -191,8 +192,8 @@ class CIMConv2d(nn.Conv2d):
         self.weight_grad_scale = parse_grad_scale(weight_grad_scale, "weight_grad_scale")
         self.act_grad_scale = parse_grad_scale(act_grad_scale, "act_grad_scale")
         self.psum_grad_scale = parse_grad_scale(psum_grad_scale, "psum_grad_scale")
-        self.weight_splits = WeightSplits.parse(weight_splits)
-        self.slice_gradient = SliceGradient.parse(slice_gradient)
+        self.weight_splits = parse_choice(WeightSplits, weight_splits, "weight_splits")
+        self.slice_gradient = parse_choice(SliceGradient, slice_gradient, "slice_gradient")
         self.mapping = ArrayMapping.create(
             in_channels,
             out_channels,

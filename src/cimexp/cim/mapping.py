@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cimexp.cim.options import Granularity, SliceGradient, WeightEncoding
+from cimexp.cim.options import Granularity, SliceGradient, WeightEncoding, parse_choice
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,8 @@ def slice_bits(
         msb = _UNSIGNED
     else:
         msb = _SIGN_BIT if mapping.sign_bit_msb else _SIGNED
-    return _SliceBits.apply(w_int, mapping.cell_bits, msb, SliceGradient.parse(gradient) is SliceGradient.LOWEST_SPLIT)
+    lowest_split = parse_choice(SliceGradient, gradient, "slice_gradient") is SliceGradient.LOWEST_SPLIT
+    return _SliceBits.apply(w_int, mapping.cell_bits, msb, lowest_split)
 
 
 _UNSIGNED, _SIGNED, _SIGN_BIT = "unsigned", "signed", "sign_bit"

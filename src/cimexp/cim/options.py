@@ -182,10 +182,6 @@ class WeightSplits(enum.Enum):
     SHARED = "shared"
     PER_SPLIT = "per_split"
 
-    @classmethod
-    def parse(cls, value: str | WeightSplits, what: str = "weight_splits") -> WeightSplits:
-        return _parse_enum(cls, value, what)
-
 
 class SliceGradient(enum.Enum):
     """How gradients pass through bit slicing (integer weight -> cell codes) when splits have steps of their own.
@@ -201,10 +197,6 @@ class SliceGradient(enum.Enum):
 
     PER_COPY = "per_copy"
     LOWEST_SPLIT = "lowest_split"
-
-    @classmethod
-    def parse(cls, value: str | SliceGradient, what: str = "slice_gradient") -> SliceGradient:
-        return _parse_enum(cls, value, what)
 
 
 def parse_grad_scale(value: object, what: str) -> float | None:
@@ -228,6 +220,12 @@ def _parse_step_init(value: object, what: str, allowed: tuple[StepInit, ...]) ->
             return member
     choices = ", ".join(m.value for m in allowed)
     raise ValueError(f"invalid {what} {key if isinstance(value, StepInit) else repr(value)}; valid choices: {choices}")
+
+
+def parse_choice(cls, value, what: str):
+    """``value`` (a member, or its name or value in any case) as a member of the enum ``cls``; a bad one raises
+    ``ValueError`` naming ``what``, the value and the valid choices."""
+    return _parse_enum(cls, value, what)
 
 
 def _parse_enum(cls, value, what: str):
