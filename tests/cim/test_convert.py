@@ -57,10 +57,9 @@ def test_keep_none_regexes_and_signed_inputs():
         convert(_net(), keep="first")
 
 
-def test_a_torchvision_resnet18_converts_and_runs():
+def test_a_torchvision_resnet18_converts():
+    """(It trains a batch in tests/models/test_networks.py.)"""
     net = resnet18(num_classes=10).eval()
     report = convert(net, weight_granularity="column", psum_granularity="column")
     assert len(report.converted) == 19 and set(report.kept) == {"conv1", "fc"}
-    assert len(list(cim_layers(net))) == 19
-    with torch.no_grad():
-        assert net(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    assert len(list(cim_layers(net))) == 19 and not net.layer1[0].conv1.training
