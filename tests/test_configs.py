@@ -294,3 +294,18 @@ def test_run_directories_say_what_ran() -> None:
     assert slug("model.init_from=/a/b.ckpt,adc=3bit") == "model.init_from=_a_b.ckpt,adc=3bit"
     assert slug("") == "default"
     assert len(slug("x" * 500)) <= 200
+
+
+def test_the_quantizer_readings_are_spelled_alike_everywhere() -> None:
+    """conf/quantizer/*.yaml, the runs table's readings (torch-free) and the layer's defaults agree."""
+    from cimexp.cim.layer import DEFAULTS
+    from cimexp.config import config_dir
+    from cimexp.report.collect import QUANTIZER_READINGS
+
+    for name, reading in QUANTIZER_READINGS.items():
+        preset = OmegaConf.to_container(OmegaConf.load(config_dir() / "quantizer" / f"{name}.yaml"))
+        assert {k: v for k, v in reading.items() if not k.startswith("decay_")} == preset["quantizer"], name
+        exempt = set(preset.get("no_weight_decay", ["steps", "norms", "biases"]))
+        assert reading["decay_steps"] == ("steps" not in exempt), name
+    lsq = OmegaConf.to_container(OmegaConf.load(config_dir() / "quantizer" / "lsq.yaml"))["quantizer"]
+    assert lsq == DEFAULTS

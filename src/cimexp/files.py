@@ -115,9 +115,9 @@ class KeepPreviousCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent if path.parent.is_dir() else None, prefix=f".{path.name}.")
-        os.close(fd)
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # same file system: os.replace is atomic
+        os.close(fd)
         try:
             torch.save(checkpoint, tmp)
             os.chmod(tmp, 0o666 & ~_umask())
