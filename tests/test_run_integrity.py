@@ -220,3 +220,36 @@ def test_a_long_cpu_run_announces_its_estimate_and_the_faster_alternatives() -> 
     assert cpu_time_notice(quick, cifar, on) is None
     gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     assert cpu_time_notice(paper, cifar, gpu) is None
+
+
+def test_a_progress_bar_resumed_inside_an_epoch_shows_its_epoch_and_total(tmp_path: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from cimexp.callbacks import RunProgressBar
+
+    seen: list[tuple[str, int | None, int]] = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, idx) -> None:  # noqa: ANN001
+            bar = next(c for c in trainer.callbacks if isinstance(c, RunProgressBar)).train_progress_bar
+            seen.append((bar.desc, bar.total, bar.n))
+
+    def trainer(**kwargs) -> L.Trainer:  # noqa: ANN003
+        return L.Trainer(callbacks=[RunProgressBar(), Watch()], logger=False, enable_checkpointing=False,
+                         limit_train_batches=8, limit_val_batches=0, enable_model_summary=False, **kwargs)  # fmt: skip
+
+    class SaveInside(L.Callback):  # a checkpoint after batch 3 of 8 in epoch 1, as RecoveryCheckpoint writes one
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, idx) -> None:  # noqa: ANN001
+            if idx == 2:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    first = trainer(max_epochs=1)
+    first.callbacks.append(SaveInside())
+    first.fit(BoringModel())
+    seen.clear()
+    trainer(max_epochs=2).fit(BoringModel(), ckpt_path=tmp_path / "mid.ckpt")
+    assert [(desc.rstrip(": "), total, n) for desc, total, n in (seen[0], seen[5])] == [
+        ("Epoch 1/2", 8, 4),  # not "Training: 4/?"
+        ("Epoch 2/2", 8, 1),
+    ]

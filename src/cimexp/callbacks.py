@@ -503,6 +503,7 @@ class RunProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 1) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self._started: tuple[float, int] | None = None
+        self._bar_epoch: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -510,8 +511,18 @@ class RunProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
+        self._bar_epoch = trainer.current_epoch
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        # A run resumed inside an epoch continues without `on_train_epoch_start` (Lightning skips it), which would
+        # leave the bar as "Training: 35/?": set it up here, counting from the batch the run resumes at.
+        if self._bar_epoch != trainer.current_epoch and self.train_progress_bar is not None:
+            self.on_train_epoch_start(trainer, pl_module)
+            self.train_progress_bar.initial = idx
+            self.train_progress_bar.n = idx
+            self.train_progress_bar.refresh()
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict]:
         items = super().get_metrics(trainer, pl_module)
