@@ -16,7 +16,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from cimexp.config import compose
+from cimexp.run.config import compose
 
 _TINY_DATA = [
     "data=synthetic",

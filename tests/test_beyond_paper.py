@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cimexp.callbacks import VariationAwareTraining
 from cimexp.cim import CIMConv2d, cim_layers
-from cimexp.config import validate_train as validate_config
+from cimexp.run.callbacks import VariationAwareTraining
+from cimexp.run.config import validate_train as validate_config
 from cimexp.train import train
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
-import cimexp.config
 import cimexp.post_training
-from cimexp.cli import UsageError, help_text, preflight
-from cimexp.config import validate_evaluate, validate_train
+import cimexp.run.config
+from cimexp.run.config import validate_evaluate, validate_train
+from cimexp.run.entry import UsageError, help_text, preflight
 
 
 def _output(result) -> str:
@@ -49,7 +49,7 @@ TYPOS = [
 def test_a_sweep_typo_lists_the_sweeps_and_another_command_s_sweep_names_that_command(
     config_name: str, sweep: str, words: list[str]
 ) -> None:
-    validate = validate_train if config_name == "train" else cimexp.config.validate_evaluate
+    validate = validate_train if config_name == "train" else cimexp.run.config.validate_evaluate
     message = _usage_error(config_name, [sweep], validate, multirun=True)
     assert len(message.splitlines()) == 1 and "_common" not in message, message
     for word in words:
@@ -57,7 +57,7 @@ def test_a_sweep_typo_lists_the_sweeps_and_another_command_s_sweep_names_that_co
 
 
 def _usage_error(config_name: str, overrides: list[str], validate, multirun: bool = False) -> str:
-    """The message ``cimexp.cli.preflight`` stops the command line with (the entry point prints it after
+    """The message ``cimexp.run.entry.preflight`` stops the command line with (the entry point prints it after
     ``<prog>: error: `` and exits with code 2, as the subprocess tests below check once)."""
     with pytest.raises(UsageError) as caught:
         preflight(config_name, overrides, validate, multirun=multirun)
@@ -360,7 +360,7 @@ def test_ctrl_c_and_sigterm_checkpoint_and_leave_an_interrupted_run_and_the_comm
 
 
 def test_help_points_to_sections_the_readme_has() -> None:
-    from cimexp.cli import README_SECTIONS
+    from cimexp.run.entry import README_SECTIONS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}

@@ -16,13 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, read_write
 from torch import nn
 
-from cimexp.build import build_net, instantiate_all
-from cimexp.callbacks import QATSchedule
 from cimexp.cim import CIMConv2d, cim_layers
-from cimexp.config import DERIVED_CIM_KEYS, config_dir
-from cimexp.config import validate_train as validate_config
 from cimexp.models import resnet20
-from cimexp.utils import resolved_config, slug
+from cimexp.run.build import build_net, instantiate_all
+from cimexp.run.callbacks import QATSchedule
+from cimexp.run.config import DERIVED_CIM_KEYS, config_dir
+from cimexp.run.config import validate_train as validate_config
+from cimexp.run.provenance import resolved_config, slug
 
 CONF_DIR = config_dir()
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -299,8 +299,8 @@ def test_run_directories_say_what_ran() -> None:
 def test_the_quantizer_readings_are_spelled_alike_everywhere() -> None:
     """conf/quantizer/*.yaml, the runs table's readings (torch-free) and the layer's defaults agree."""
     from cimexp.cim.layer import DEFAULTS
-    from cimexp.config import config_dir
     from cimexp.report.collect import QUANTIZER_READINGS
+    from cimexp.run.config import config_dir
 
     for name, reading in QUANTIZER_READINGS.items():
         preset = OmegaConf.to_container(OmegaConf.load(config_dir() / "quantizer" / f"{name}.yaml"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import cimexp.train
-from cimexp.config import compose
-from cimexp.config import validate_train as validate_config
 from cimexp.cost import cost_summary, main
+from cimexp.run.config import compose
+from cimexp.run.config import validate_train as validate_config
 from cimexp.train import train
 
 # ResNet-20's CIM layers on 32x32 images (W4 on 2-bit cells: S = 2, P = 1; 128x128 arrays: 14 channels per tile):

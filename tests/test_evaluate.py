@@ -10,9 +10,9 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 import cimexp.evaluate
-from cimexp.build import resolve_checkpoint
 from cimexp.evaluate import evaluate
 from cimexp.results import HEADER, METRICS
+from cimexp.run.build import resolve_checkpoint
 from cimexp.train import train
 
 TRAINED_DATA = [

@@ -69,8 +69,8 @@ def test_a_checkpoint_carrying_code_is_refused_and_never_runs(make_cfg, tiny_dat
     """Every place that reads user-given checkpoints (float weights to fine-tune from; checkpoints to evaluate; a
     checkpoint to resume training from, which Lightning loads with ``weights_only=True`` too) refuses a file whose
     unpickling would run code, names it, and the payload never runs; a refused resume leaves no run directory."""
-    from cimexp.build import load_checkpoint
     from cimexp.models import load_float_weights, resnet20
+    from cimexp.run.build import load_checkpoint
     from cimexp.train import train
 
     marker = tmp_path / "payload_ran"

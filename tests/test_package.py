@@ -7,12 +7,14 @@ The wheel itself is built, installed into a fresh venv and run from an empty dir
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from cimexp.config import compose, config_dir, shipped_file
+from cimexp.run.config import compose, config_dir, shipped_file
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -148,3 +150,31 @@ def test_the_entry_points_are_declared() -> None:
         "cimexp-cost": "cimexp.cost:main",
         "cimexp-report": "cimexp.report.cli:main",
     }
+
+
+def test_the_layout_shows_the_architecture() -> None:
+    """``src/cimexp/`` holds the entry points, the run machinery, the layer library, models, data, reports and the
+    two file-format modules, and nothing else."""
+    entry_points = {"train.py", "evaluate.py", "post_training.py", "cost.py", "bench.py"}
+    packages = {"run", "cim", "models", "data", "report"}
+    formats = {"results.py", "files.py"}
+    found = {p.name for p in SRC.iterdir() if p.name != "__pycache__"}
+    assert found == entry_points | packages | formats | {"__init__.py"}
+
+
+def test_the_config_machinery_loads_no_lightning() -> None:
+    """Composing and the config checks import no Lightning (only building the data module, a LightningDataModule,
+    to check its arguments does)."""
+    code = (
+        "import sys\n"
+        "import cimexp.run.config, cimexp.run.build, cimexp.files, cimexp.results, cimexp.cim\n"
+        "cimexp.run.config.compose('train', [])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_only_hydras_public_api_is_used() -> None:
+    users = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "hydra._internal" in p.read_text()]
+    assert users == []

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from cimexp.build import build_net
 from cimexp.cim import Calibration
 from cimexp.models import resnet20
-from cimexp.module import calibrate_network
 from cimexp.post_training import COLUMNS, _cell_config, post_training, top1_accuracy
+from cimexp.run.build import build_net
+from cimexp.run.classifier import calibrate_network
 
 TINY = [
     "data=synthetic",

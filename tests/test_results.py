@@ -190,3 +190,12 @@ def test_runs_of_schema_version_1_are_compared_through_their_resolved_config(tmp
     with pytest.raises(StaleRunError, match="no recorded config"):
         reusable_results(tmp_path, "train", config)
     assert reusable_results(tmp_path, "evaluate", config) is None  # another kind: nothing to reuse
+
+
+def test_a_run_recorded_before_the_callbacks_moved_is_the_same_run() -> None:
+    from cimexp.results import config_differences
+
+    old = {"schedule._target_": "cimexp.callbacks.QATSchedule", "optimizer.lr": 0.1}
+    new = {"schedule._target_": "cimexp.run.callbacks.QATSchedule", "optimizer.lr": 0.1}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "schedule._target_": "cimexp.run.callbacks.Other"}) != []

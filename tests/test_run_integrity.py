@@ -22,13 +22,13 @@ from cimexp.data.base import DataError
 from cimexp.data.cifar import read_pickled_batches
 from cimexp.files import (
     CorruptFileError,
-    KeepPreviousCheckpointIO,
     RunLockedError,
     read_checkpoint,
     readable_checkpoint,
     run_lock,
 )
 from cimexp.results import TRAIN_FIELDS, StaleRunError, hashed_config, make_record, reusable_results
+from cimexp.run.callbacks import KeepPreviousCheckpointIO
 from cimexp.train import train
 
 
@@ -194,11 +194,11 @@ def test_a_gpu_trainer_without_a_gpu_is_refused_before_anything_is_written(
 
 
 def test_the_summary_of_an_interrupted_run_says_where_it_stopped() -> None:
-    from cimexp.train import _summary_line
+    from cimexp.run.summary import summary_line
 
     results = {"model": "resnet20", "data": "cifar10", "cim": None, "status": "interrupted", "global_step": 14,
                "epochs": 0, "wall_time_s": 31.2, "run_dir": "/runs/a", "final": {}, "train_time_s": 0.0}  # fmt: skip
-    line = _summary_line(results)
+    line = summary_line(results)
     assert "stopped after 14 steps, in epoch 1, 31.2 s" in line and "n/a" not in line
 
 
@@ -207,7 +207,7 @@ def test_a_long_cpu_run_announces_its_estimate_and_the_faster_alternatives() -> 
 
     from omegaconf import OmegaConf
 
-    from cimexp.train import cpu_time_notice
+    from cimexp.run.summary import cpu_time_notice
 
     cifar = SimpleNamespace(train_subset=None, split_sizes=(50_000, 10_000), batch_size=128)
     on = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
@@ -226,7 +226,7 @@ def test_a_progress_bar_resumed_inside_an_epoch_shows_its_epoch_and_total(tmp_pa
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from cimexp.callbacks import RunProgressBar
+    from cimexp.run.callbacks import RunProgressBar
 
     seen: list[tuple[str, int | None, int]] = []
 

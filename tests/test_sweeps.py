@@ -19,13 +19,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 import cimexp.evaluate
-import cimexp.module
+import cimexp.run.classifier
 import cimexp.train
-from cimexp.config import validate_train as validate_config
 from cimexp.data import SyntheticDataModule
 from cimexp.models import resnet20
+from cimexp.run.config import validate_train as validate_config
+from cimexp.run.provenance import resolved_config
 from cimexp.train import train
-from cimexp.utils import resolved_config
 
 EXPERIMENTS_DIR = Path(str(resources.files("cimexp.experiments")))
 SWEEPS = sorted(
@@ -106,7 +106,7 @@ def composed(tmp_path_factory, compose_app) -> dict[str, list[tuple[dict, Path]]
             for cfg, job_dir in sweep_jobs(compose_app, root, sweep):
                 HydraConfig().set_config(cfg)
                 if sweep.startswith(EVALUATE_SWEEPS):
-                    cimexp.config.validate_evaluate(cfg)
+                    cimexp.run.config.validate_evaluate(cfg)
                 else:
                     validate_config(cfg)
                 jobs[sweep].append((resolved_config(cfg), job_dir))
@@ -395,7 +395,9 @@ def test_relaunched_job_skips_when_finished_and_resumes_when_killed(
             os.kill(os.getpid(), signal.SIGINT)  # RecoveryCheckpoint's handler, not pytest's, while training
 
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        patch.setattr(cimexp.module.ImageClassifier, "on_train_epoch_end", interrupt_after_epoch_0, raising=False)
+        patch.setattr(
+            cimexp.run.classifier.ImageClassifier, "on_train_epoch_end", interrupt_after_epoch_0, raising=False
+        )
         train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "killed"))
     assert json.loads((killed / "results.json").read_text())["status"] == "interrupted"
     _, resumed = train(make_cfg([*TINY, *QUIET, *FLOAT, "trainer.max_epochs=2"], "killed"))

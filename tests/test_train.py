@@ -18,15 +18,16 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-import cimexp.module
+import cimexp.run.classifier
 import cimexp.train
-from cimexp.build import build_net
-from cimexp.callbacks import QATSchedule
 from cimexp.cim import Calibration, CIMConv2d, cim_layers
 from cimexp.data import BatchTransform, SyntheticDataModule
 from cimexp.models import resnet20
-from cimexp.module import ImageClassifier, build_scheduler, weight_decay_split
 from cimexp.results import finished_results
+from cimexp.run.build import build_net
+from cimexp.run.callbacks import QATSchedule
+from cimexp.run.classifier import ImageClassifier
+from cimexp.run.optim import build_scheduler, weight_decay_split
 from cimexp.train import train
 
 STEPS_PER_EPOCH = 2  # TINY_DATA: 16 training images in batches of 8
@@ -322,16 +323,16 @@ def test_calibration_config_reaches_setup(make_cfg, tiny_data, monkeypatch: pyte
     them) and the batches of the BatchNorm re-estimation that ``ImageClassifier.setup`` then runs."""
     overrides = ["calibration.weight=max", "calibration.psum=percentile", "calibration.percentile=99.9"]
     cfg = make_cfg([*tiny_data, *overrides, "calibration.batches=2", "calibration.bn_batches=3"])
-    settings = cimexp.config.calibration_settings(cfg.calibration)
+    settings = cimexp.run.config.calibration_settings(cfg.calibration)
     method = Calibration("max", "mse", "percentile", 99.9)
     assert settings == {"calibration": method, "calibration_batches": 2, "bn_batches": 3}
     module = ImageClassifier(_tiny_cim_net(), optimizer=torch.optim.SGD, **settings)
     batches = [(torch.rand(4, 3, 8, 8) + i, torch.zeros(4, dtype=torch.long)) for i in range(4)]
     module.trainer = SimpleNamespace(ckpt_path=None, datamodule=SimpleNamespace(train_dataloader=lambda: batches))
     calls = []
-    calibrate = cimexp.module.calibrate
+    calibrate = cimexp.run.classifier.calibrate
     spy = lambda net, x, **kw: calls.append((x, kw)) or calibrate(net, x, **kw)  # noqa: E731
-    monkeypatch.setattr(cimexp.module, "calibrate", spy)
+    monkeypatch.setattr(cimexp.run.classifier, "calibrate", spy)
 
     module.setup("fit")
 
@@ -343,7 +344,7 @@ def test_calibration_config_reaches_setup(make_cfg, tiny_data, monkeypatch: pyte
 
 def test_calibration_defaults_are_the_apis(make_cfg, tiny_data) -> None:
     """conf/calibration/default.yaml and ``Calibration()`` agree: mse everywhere, one batch, no BN re-estimation."""
-    settings = cimexp.config.calibration_settings(make_cfg(tiny_data).calibration)
+    settings = cimexp.run.config.calibration_settings(make_cfg(tiny_data).calibration)
     assert settings == {"calibration": Calibration(), "calibration_batches": 1, "bn_batches": 0}
 
 

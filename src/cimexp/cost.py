@@ -2,7 +2,7 @@
 ``python -m cimexp.cost [group=option ...] [key=value ...]`` (or ``cimexp-cost``), with the overrides of
 ``python -m cimexp.train``, e.g. ``python -m cimexp.cost adc=5bit granularity=layer_layer cost.adc_model=isaac``.
 
-The network is built from the same composed config as training (:func:`cimexp.build.build_net`, float weights not
+The network is built from the same composed config as training (:func:`cimexp.run.build.build_net`, float weights not
 loaded); no data are read: the input size is the data module's ``image_size``. The numbers are those of
 results.json's ``cim_summary`` (:func:`cimexp.cim.cost.cim_summary`).
 """
@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from cimexp.build import build_net, example_input
 from cimexp.cim import cim_layers, cim_summary
 from cimexp.cim.cost import CostModel
-from cimexp.cli import USAGE_ERROR, one_line
-from cimexp.config import compose
+from cimexp.run.build import build_net, example_input
+from cimexp.run.config import compose
+from cimexp.run.entry import USAGE_ERROR, one_line
 
 USAGE = __doc__.split("\n\n")[0]
 

@@ -29,7 +29,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from cimexp.build import (
+from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_summary, set_adc_errors
+from cimexp.files import atomic_write_json
+from cimexp.results import METRICS, hashed_config, make_record, reusable_results
+from cimexp.run.build import (
     TrainedCheckpoint,
     build_trained_net,
     cim_settings,
@@ -38,14 +41,12 @@ from cimexp.build import (
     resolve_checkpoint,
     schedule_summary,
 )
-from cimexp.callbacks import QATSchedule
-from cimexp.cim import CostModel, VariationLevel, cell_variation, cim_summary, set_adc_errors
-from cimexp.cli import hydra_entry
-from cimexp.config import adc_errors, validate_evaluate
-from cimexp.files import atomic_write_json
-from cimexp.module import ImageClassifier
-from cimexp.results import METRICS, hashed_config, make_record, reusable_results
-from cimexp.utils import finish_wandb, git_state, resolved_config, run_name, sweep_group
+from cimexp.run.callbacks import QATSchedule
+from cimexp.run.classifier import ImageClassifier
+from cimexp.run.config import adc_errors, validate_evaluate
+from cimexp.run.entry import hydra_entry
+from cimexp.run.loggers import finish_wandb
+from cimexp.run.provenance import git_state, resolved_config, run_name, sweep_group
 
 log = logging.getLogger("cimexp.evaluate")
 

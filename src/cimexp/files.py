@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -105,27 +104,23 @@ PREVIOUS_SUFFIX = ".prev"
 """``last.ckpt`` -> ``last.ckpt.prev``: the checkpoint before the latest one, kept until the latest is complete."""
 
 
-class KeepPreviousCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made safe against a kill in the middle of a write: the new checkpoint goes to a
-    temporary file in the same folder and replaces the old one only once complete (``os.replace``), and the file it
-    replaces is kept as ``<name>.prev`` if it is a resume checkpoint (:data:`KEEP_PREVIOUS`;
-    :func:`readable_checkpoint` falls back to it)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # same file system: os.replace is atomic
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
-            if path.is_file() and path.name in KEEP_PREVIOUS:
-                os.replace(path, f"{path}{PREVIOUS_SUFFIX}")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` made safe against a kill in the middle of a write: the checkpoint goes to a temporary file in
+    the same folder and replaces the old one only once complete (``os.replace``), and the file it replaces is kept
+    as ``<name>.prev`` if it is a resume checkpoint (:data:`KEEP_PREVIOUS`; :func:`readable_checkpoint` falls back to
+    it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # same file system: os.replace is atomic
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        if path.is_file() and path.name in KEEP_PREVIOUS:
+            os.replace(path, f"{path}{PREVIOUS_SUFFIX}")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def readable_checkpoint(path: str | Path) -> tuple[Path, Any]:

@@ -37,14 +37,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from cimexp.build import build_net
 from cimexp.cim import Calibration, Granularity, StepInit
 from cimexp.cim.options import WEIGHT_STEP_INITS, check_bits
 from cimexp.cim.quant import KERNEL_MODES
-from cimexp.cli import hydra_entry
-from cimexp.config import calibration_settings
 from cimexp.files import atomic_write
-from cimexp.module import calibrate_network
+from cimexp.run.build import build_net
+from cimexp.run.classifier import calibrate_network
+from cimexp.run.config import calibration_settings
+from cimexp.run.entry import hydra_entry
 
 log = logging.getLogger("cimexp.post_training")
 

@@ -1,5 +1,5 @@
 """The ``results.json`` of a run: its one definition, used by both writers (``cimexp.train``, ``cimexp.evaluate``
-and the :class:`~cimexp.callbacks.ResultsWriter` callback), the report's reader (``cimexp.report.collect``) and the
+and the :class:`~cimexp.run.callbacks.ResultsWriter` callback), the report's reader (``cimexp.report.collect``) and the
 tests.
 
 A record is a JSON object. Every record starts with the header (:data:`HEADER`): ``schema_version``, ``kind``
@@ -127,6 +127,10 @@ change only floating-point rounding (``model.kernels``, ``model.compile``, ``tra
 those that change only what results.json holds (``telemetry``, ``cost``)."""
 
 
+HASHED_CONFIG_KEY = "hashed_config"
+"""Checkpoint entry holding the hashed config of the run that wrote it (:func:`hashed_config`)."""
+
+
 class StaleRunError(FileExistsError):
     """A run directory holds a finished run of another config; nothing was run."""
 
@@ -176,7 +180,7 @@ def hashed_config(
     :data:`HASH_EXCLUDED_KEYS`, as it reads back from JSON.
 
     Args:
-        config: the resolved config as a plain dict (``cimexp.utils.resolved_config``).
+        config: the resolved config as a plain dict (``cimexp.run.provenance.resolved_config``).
         files: dotted key -> the file it names (e.g. ``{"model.init_from": ...}``; evaluation: ``{"ckpt": <the
             .ckpt file>}``). Such a key's value becomes ``"<file name> sha256:<16 hex>"``, so a file replaced in
             place counts as a change and the same file under another path does not. A ``None`` or missing file
@@ -198,11 +202,25 @@ def config_hash(hashed: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+MOVED_TARGETS = {"cimexp.callbacks.": "cimexp.run.callbacks."}
+"""Where the ``_target_`` of a config written by an earlier version now lives (old prefix -> new): the callbacks
+moved into :mod:`cimexp.run.callbacks`. A run recorded under the old name is the same run."""
+
+
+def _current_target(value: Any) -> Any:
+    for old, new in MOVED_TARGETS.items():
+        if isinstance(value, str) and value.startswith(old):
+            return new + value[len(old) :]
+    return value
+
+
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["optimizer.lr: 0.1 -> 0.5", ...]`` for every key of two flat configs whose value differs (sorted;
-    ``<absent>`` where one lacks the key); keys of :data:`HASH_EXCLUDED_KEYS` are ignored, and so are the data
-    digests when ``old`` has none (written before they were recorded: it is compared by the data's settings)."""
+    ``<absent>`` where one lacks the key); keys of :data:`HASH_EXCLUDED_KEYS` are ignored, ``old``'s targets are
+    read under their current names (:data:`MOVED_TARGETS`), and the data digests are ignored when ``old`` has none
+    (written before they were recorded: it is compared by the data's settings)."""
     missing = object()
+    old = {key: _current_target(value) for key, value in old.items()}
     if not any(key.startswith(DATA_DIGEST_PREFIX) for key in old):
         new = {key: value for key, value in new.items() if not key.startswith(DATA_DIGEST_PREFIX)}
 

@@ -191,7 +191,7 @@ class ResumableDataLoader(DataLoader):
 
     Lightning stores ``state_dict()`` in every checkpoint: the epoch of the current pass and the number of batches
     yielded in it. A loader given that state with ``load_state_dict`` (by Lightning, or by
-    :class:`cimexp.callbacks.RecoveryCheckpoint` where Lightning does not) starts its next pass over that epoch by
+    :class:`cimexp.run.callbacks.RecoveryCheckpoint` where Lightning does not) starts its next pass over that epoch by
     producing and dropping as many batches, so the resumed epoch goes on with exactly the batches, augmentation and
     worker RNG states of the uninterrupted run. Producing the skipped batches costs their loading time, not their
     training time. The skip applies to the saved epoch only: a checkpoint from an epoch's end resumes with the next

@@ -18,9 +18,9 @@ os.environ.setdefault("CIMEXP_DATA", os.path.join(_HERE, *[".."] * 5, "shared", 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from cimexp.build import build_net  # noqa: E402
-from cimexp.config import compose  # noqa: E402
-from cimexp.module import calibrate_network, weight_decay_split  # noqa: E402
+from cimexp.run.build import build_net  # noqa: E402
+from cimexp.run.classifier import calibrate_network, weight_decay_split  # noqa: E402
+from cimexp.run.config import compose  # noqa: E402
 
 torch.set_num_threads(1)
 

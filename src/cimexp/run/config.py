@@ -18,32 +18,33 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path
-from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cimexp.callbacks import check_checkpoint_intervals
 from cimexp.cim import ADCErrors, Calibration, Granularity, VariationLevel
 from cimexp.cim.cost import CostModel
 from cimexp.cim.quant import KERNEL_MODES
-from cimexp.module import COMPILE_MODES, NO_DECAY_KINDS, build_scheduler
-from cimexp.utils import run_name, slug, sweep_group
+from cimexp.run.optim import NO_DECAY_KINDS, build_scheduler
+from cimexp.run.provenance import run_name, slug, sweep_group
 
 CONFIG_MODULE = "cimexp.conf"
 """The package holding the Hydra config groups (the repository's ``conf/``)."""
 CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
 """``config_path`` of every Hydra entry point."""
-EXPERIMENTS_PATH = "pkg://cimexp.experiments"
+EXPERIMENTS_MODULE = "cimexp.experiments"
+"""The package holding the paper's sweeps (the repository's ``experiments/``)."""
+EXPERIMENTS_PATH = f"pkg://{EXPERIMENTS_MODULE}"
 """The paper's sweeps (the repository's ``experiments/``), on every primary config's ``hydra.searchpath``."""
 SHIPPED_MODULE = "cimexp.checkpoints"
 """The package holding the checkpoints that ship with cimexp (the repository's ``checkpoints/``)."""
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
 
 DERIVED_CIM_KEYS = {
     "w_bits": "quant.w_bits",
@@ -94,42 +95,41 @@ def register_resolvers() -> None:
 
 
 @contextlib.contextmanager
-def _hydra(config_dir: str | None = None, *, experiments: bool = False) -> Iterator[Hydra]:
-    """Hydra initialised on the package's configs as the entry points see them (``config_dir``: a user's config
-    folder searched first, as ``--config-dir`` adds it). ``experiments``: search the sweeps too, for listing their
-    options without a primary config (whose ``hydra.searchpath`` brings them in otherwise)."""
+def _initialized(config_module: str = CONFIG_MODULE, config_dir: str | None = None) -> Iterator[list[str]]:
+    """Hydra initialised (its public compose API) on ``config_module``'s configs, as the entry points see them.
+
+    ``config_dir`` (``--config-dir``): a user's config folder, put on the search path by ``hydra.searchpath``
+    (Hydra finds the primary config only on the initial search path, which the public API cannot extend). It adds
+    presets; where it holds a preset of a shipped preset's name, the entry point (``--config-dir`` searches it
+    first) runs the user's and this checks the shipped one. Yields the overrides that add it.
+    """
     register_resolvers()
-    search_path = create_config_search_path(CONFIG_PATH)
-    if experiments:  # after the package's configs; Hydra needs its schema source last
-        search_path.append(provider="cimexp", path=EXPERIMENTS_PATH, anchor=SearchPathQuery(provider="main"))
+    GlobalHydra.instance().clear()
+    searchpath = []
     if config_dir is not None:
         path = os.path.abspath(config_dir)
         if not os.path.isdir(path):
             raise ValueError(f"--config-dir {config_dir!r}: no such directory")
-        search_path.prepend(provider="command-line", path=f"file://{path}")
-    GlobalHydra.instance().clear()
+        searchpath = [f"hydra.searchpath=[file://{path},{EXPERIMENTS_PATH}]"]
     try:
-        yield Hydra.create_main_hydra2(task_name="cimexp", config_search_path=search_path)
+        with hydra.initialize_config_module(config_module, version_base="1.3"):
+            yield searchpath
     finally:
         GlobalHydra.instance().clear()
 
 
 def compose(
-    config_name: str,
-    overrides: list[str],
-    *,
-    config_dir: str | None = None,
-    hydra_config: bool = False,
-    run_mode: RunMode = RunMode.RUN,
+    config_name: str, overrides: list[str], *, config_dir: str | None = None, hydra_config: bool = False
 ) -> DictConfig:
     """``<config_name>.yaml`` of the config package composed with command-line ``overrides``, as the entry point
-    composes it (``config_dir``: ``--config-dir``; ``hydra_config``: keep Hydra's own ``hydra`` node).
+    composes one run (``config_dir``: ``--config-dir``; ``hydra_config``: keep Hydra's own ``hydra`` node). Sweep
+    overrides (``seed=0,1``) are refused, as in a single run; :func:`cimexp.run.entry.sweep_jobs` splits a sweep.
 
     Raises:
         hydra.errors.HydraException: a bad group option, key or override (Hydra's message).
     """
-    with _hydra(config_dir) as hydra:
-        cfg = hydra.compose_config(config_name, overrides, run_mode=run_mode, from_shell=True)
+    with _initialized(config_dir=config_dir) as searchpath:
+        cfg = hydra.compose(config_name, [*overrides, *searchpath], return_hydra_config=True)
     if not hydra_config:
         with open_dict(cfg):
             del cfg["hydra"]
@@ -138,13 +138,23 @@ def compose(
 
 def group_options(group: str, config_dir: str | None = None) -> list[str]:
     """The options of a config group (``model`` -> ``["resnet18", "resnet20"]``); for a group of groups like
-    ``sweep`` the options of its subgroups, as ``<subgroup>/<option>`` (``granularity_grid/quick``)."""
-    with _hydra(config_dir, experiments=True) as hydra:
-        loader = hydra.config_loader
-        options = list(loader.get_group_options(group))
-        for subgroup in loader.list_groups(group):
-            options += [f"{subgroup}/{option}" for option in loader.get_group_options(f"{group}/{subgroup}")]
-        return options
+    ``sweep`` the options of its subgroups, as ``<subgroup>/<option>`` (``granularity_grid/quick``). Searched in the
+    config groups, the sweeps and ``config_dir``."""
+    options: list[str] = []
+    for module in (CONFIG_MODULE, EXPERIMENTS_MODULE):
+        with _initialized(module):
+            loader = GlobalHydra.instance().config_loader()
+            found = list(loader.get_group_options(group))
+            for subgroup in loader.list_groups(group):
+                found += [f"{subgroup}/{option}" for option in loader.get_group_options(f"{group}/{subgroup}")]
+        options += [option for option in found if option not in options]
+    if config_dir is not None and (Path(config_dir) / group).is_dir():  # a user's own presets (--config-dir)
+        folder = Path(config_dir) / group
+        options += sorted(
+            str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")
+            if str(p.relative_to(folder).with_suffix("")) not in options
+        )  # fmt: skip
+    return options
 
 
 def validate_train(cfg: DictConfig) -> None:
@@ -338,6 +348,8 @@ def _relaunches_script(trainer: DictConfig) -> bool:
     Not inside a SLURM job step with several tasks (e.g. ``hydra/launcher=slurm`` with ``tasks_per_node`` > 1):
     SLURM starts every rank itself there.
     """
+    from lightning.fabric.plugins.environments import SLURMEnvironment  # here: validation loads no Lightning
+
     if SLURMEnvironment.detect():
         return False
     strategy = trainer.get("strategy")
@@ -347,3 +359,14 @@ def _relaunches_script(trainer: DictConfig) -> bool:
     else:
         is_ddp = strategy == "ddp"
     return is_ddp and (trainer.get("devices") not in (1, "1") or trainer.get("num_nodes", 1) > 1)
+
+
+def check_checkpoint_intervals(every_minutes: float | None, every_n_steps: int | None) -> None:
+    """Raise ``ValueError`` naming the value unless ``every_minutes`` is a number > 0 and ``every_n_steps`` an
+    integer >= 1 (either may be ``None``: off); the keys are those of the ``checkpoint`` node of ``conf/train.yaml``."""
+    for key, value, kinds, valid in (
+        ("every_minutes", every_minutes, (int, float), "a number > 0"),
+        ("every_n_steps", every_n_steps, (int,), "an integer >= 1"),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not value > 0):
+            raise ValueError(f"invalid checkpoint.{key}={value!r}; valid values: {valid}, or null (off)")

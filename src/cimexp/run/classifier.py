@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -10,24 +9,17 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cimexp.cim import Calibration, calibrate, cim_layers, reestimate_batchnorm, set_calibration, telemetry_active
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-"""``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
-
-NO_DECAY_KINDS = ("steps", "norms", "biases")
-"""Kinds of parameters that can be exempt from weight decay: quantizer step sizes (names ending in ``_step``),
-normalisation weights (the other 1-D parameters) and biases (names ending in ``bias``)."""
-
-
-HASHED_CONFIG_KEY = "hashed_config"
-"""Checkpoint entry holding the hashed config of the run that wrote it (``cimexp.results.hashed_config``)."""
+from cimexp.results import HASHED_CONFIG_KEY
+from cimexp.run.config import COMPILE_MODES, calibration_settings
+from cimexp.run.optim import NO_DECAY_KINDS, SchedulerFactory, build_scheduler, weight_decay_split
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class ImageClassifier(L.LightningModule):
@@ -104,6 +96,26 @@ class ImageClassifier(L.LightningModule):
         self.calibration_batches = calibration_batches
         self.bn_batches = bn_batches
         self.hashed_config = hashed_config
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, net: nn.Module, num_classes: int, *, config: dict[str, Any], hashed_config: dict[str, Any]
+    ) -> ImageClassifier:
+        """The module of a composed training config (``optimizer``, ``scheduler``, ``loss``, ``no_weight_decay``,
+        ``calibration``, ``model.compile``); ``config``: the resolved config, ``hashed_config``: its hashed form,
+        saved in checkpoints."""
+        return cls(
+            net,
+            optimizer=instantiate(cfg.optimizer),
+            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            num_classes=num_classes,
+            label_smoothing=cfg.loss.label_smoothing,
+            no_weight_decay=cfg.no_weight_decay,
+            **calibration_settings(cfg.calibration),
+            config=config,
+            compile_mode=cfg.model.compile_mode if cfg.model.get("compile") else None,
+            hashed_config=hashed_config,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compile_mode is not None and telemetry_active(self.model):
@@ -186,44 +198,3 @@ def calibrate_network(
     calibrate(model, torch.cat(list(batches[:calibration_batches])), weights=True, method=calibration)
     if bn_batches:
         reestimate_batchnorm(model, batches[:bn_batches])
-
-
-SCHEDULE_LENGTH_KEYS = ("T_max", "total_steps")
-"""Arguments that give a scheduler's length in steps: cosine annealing's ``T_max``, one-cycle's ``total_steps``."""
-
-
-def build_scheduler(
-    factory: SchedulerFactory, optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """``factory(optimizer)`` with its length argument (:data:`SCHEDULE_LENGTH_KEYS`) set to ``total_steps`` where
-    the factory leaves it ``None`` or unset; a length given in the config wins."""
-    target = getattr(factory, "func", factory)
-    accepted = inspect.signature(target).parameters
-    keywords = getattr(factory, "keywords", {})
-    length = {key: total_steps for key in SCHEDULE_LENGTH_KEYS if key in accepted and keywords.get(key) is None}
-    return factory(optimizer, **length)
-
-
-def parameter_kind(name: str, param: torch.Tensor) -> str:
-    """``"steps"``, ``"biases"``, ``"norms"`` (:data:`NO_DECAY_KINDS`) or ``"weights"`` (everything else)."""
-    if name.endswith("_step"):
-        return "steps"
-    if name.endswith("bias"):
-        return "biases"
-    return "norms" if param.ndim <= 1 else "weights"
-
-
-def weight_decay_split(
-    model: nn.Module, no_decay_kinds: Sequence[str] = NO_DECAY_KINDS
-) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:
-    """Trainable parameters by name: ``(with weight decay, without)``; without: those of ``no_decay_kinds``
-    (:func:`parameter_kind`). An unknown kind raises ``ValueError`` naming it."""
-    unknown = [kind for kind in no_decay_kinds if kind not in NO_DECAY_KINDS]
-    if unknown:
-        raise ValueError(f"invalid no_weight_decay entries {unknown}; valid choices: {', '.join(NO_DECAY_KINDS)}")
-    decay: dict[str, nn.Parameter] = {}
-    no_decay: dict[str, nn.Parameter] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if parameter_kind(name, param) in no_decay_kinds else decay)[name] = param
-    return decay, no_decay

@@ -1,4 +1,5 @@
-"""Small helpers of the experiment platform: config resolvers, run bookkeeping and early config checks."""
+"""A run's name and provenance: the slug and names of run directories, the sweep group, the git state and the
+resolved config recorded with every run."""
 
 from __future__ import annotations
 
@@ -72,57 +73,3 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(container, dict)
     container.pop("hydra", None)
     return container
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """Turn the ``ckpt_path`` config value into what ``Trainer.fit`` takes.
-
-    ``None`` -> ``None`` (fresh run); ``last`` -> this run's ``checkpoints/last.ckpt`` (resume in place, with
-    ``hydra.run.dir`` set to the old run directory); a run directory -> its ``checkpoints/last.ckpt``;
-    a file -> itself.
-
-    Raises:
-        FileNotFoundError: the checkpoint does not exist.
-    """
-    if ckpt_path is None:
-        return None
-    path = Path(output_dir) if str(ckpt_path) == "last" else Path(ckpt_path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt_path!r}: no checkpoint at {str(path)!r}. Pass a .ckpt file, a run directory "
-            "(holding checkpoints/last.ckpt), or `last` together with hydra.run.dir=<the old run directory>."
-        )
-    return str(path)
-
-
-def unfinished_checkpoint(run_dir: str | Path) -> Path | None:
-    """``run_dir/checkpoints/last.ckpt`` if it exists: a killed or stopped run resumes from it (it is written at the
-    end of every epoch, inside long epochs, and when Ctrl-C or SIGTERM stops the run; ``RecoveryCheckpoint``).
-
-    Callers check :func:`cimexp.results.reusable_results` first; a finished run also has a last.ckpt.
-    """
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
-
-
-def wandb_logger(**kwargs: Any) -> Any:
-    """Lightning's ``WandbLogger`` without the ``anonymous`` setting it always passes to ``wandb.init``: wandb
-    warns on every run that the setting has no effect (the configs use this as the logger's ``_target_``)."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    logger = WandbLogger(**kwargs)
-    logger._wandb_init.pop("anonymous", None)  # noqa: SLF001 - the only way to leave the setting unset
-    return logger
-
-
-def finish_wandb(loggers: list[Any]) -> None:
-    """End the W&B run when ``loggers`` include W&B: the jobs of a multirun share one process, and each must log
-    to a run of its own."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
@@ -36,10 +36,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cimexp.config import CONFIG_PATH, compose, group_options, register_resolvers
 from cimexp.data.base import DataError
 from cimexp.files import CorruptFileError, RunLockedError
 from cimexp.results import StaleRunError
+from cimexp.run.config import CONFIG_PATH, compose, group_options, register_resolvers
 
 USAGE_ERROR = 2
 """Exit code of a command line that names a bad group option, key or value (as argparse uses)."""
@@ -71,6 +71,28 @@ def _remove_if_unused(run_dir: Path, job_name: str) -> None:
     before_training = {".hydra", f"{job_name}.log", "config_resolved.yaml", "git.json", "csv", "wandb"}
     if {entry.name for entry in run_dir.iterdir()} <= before_training:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def command_line(argv: list[str]) -> argparse.Namespace:
+    """The flags of a Hydra command line that decide whether it runs a job (``--help``, ``--cfg``, ``-m``, ...) and
+    its overrides, read as ``@hydra.main`` reads them (which then parses the same ``argv`` itself)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--help", "-h", action="store_true")
+    parser.add_argument("--hydra-help", action="store_true")
+    parser.add_argument("--version", action="store_true")
+    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    parser.add_argument("--resolve", action="store_true")
+    parser.add_argument("--package", "-p")
+    parser.add_argument("--run", "-r", action="store_true")
+    parser.add_argument("--multirun", "-m", action="store_true")
+    parser.add_argument("--shell-completion", "-sc", action="store_true")
+    parser.add_argument("--config-path", "-cp")
+    parser.add_argument("--config-name", "-cn")
+    parser.add_argument("--config-dir", "-cd")
+    parser.add_argument("--experimental-rerun")
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    return parser.parse_args(argv)
 
 
 def hydra_entry(
@@ -108,13 +130,13 @@ def hydra_entry(
     hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(quiet_job)
 
     def main() -> Any:
-        args = get_args_parser().parse_args(sys.argv[1:])
+        args = command_line(sys.argv[1:])
         register_resolvers()
         quiet_dependencies()
         if args.help:
             print(help_text(config_name, prog))
             sys.exit(0)
-        if not (args.cfg or args.info or args.hydra_help or args.shell_completion or args.resolve):
+        if not (args.cfg or args.info or args.hydra_help or args.shell_completion or args.resolve or args.version):
             try:
                 preflight(config_name, args.overrides, validate, multirun=args.multirun, config_dir=args.config_dir)
             except UsageError as error:
@@ -175,7 +197,7 @@ def _other_entry_point_sweep(config_name: str, overrides: list[str], config_dir:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                compose(other, sweeps, config_dir=config_dir, run_mode=RunMode.MULTIRUN)
+                compose(other, sweeps, config_dir=config_dir)
         except (HydraException, OmegaConfBaseException, ValueError, TypeError):
             continue
         this = _SWEEP_COMMANDS[config_name]
@@ -188,11 +210,16 @@ def sweep_jobs(config_name: str, overrides: list[str], config_dir: str | None = 
     ``hydra.sweeper.params`` and the command line's sweeps (``seed=0,1,2``), with job ``j`` taking value
     ``j mod n`` of each key of ``n`` values. Values that fail only in combination are caught when their job runs.
     """
-    base = compose(config_name, overrides, config_dir=config_dir, hydra_config=True, run_mode=RunMode.MULTIRUN)
+    parser = OverridesParser.create()
+    first_values = [  # the sweep preset's parameters are read from a config composed with each key's first value
+        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+        for o in parser.parse_overrides(overrides)
+    ]
+    base = compose(config_name, first_values, config_dir=config_dir, hydra_config=True)
     node = base.hydra.sweeper.get("params")
     params = OmegaConf.to_container(node, resolve=False) if node else {}
     assert isinstance(params, dict)
-    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *overrides])
+    parsed = parser.parse_overrides([*(f"{k}={v}" for k, v in params.items()), *overrides])
     axes: dict[str, list[str]] = {}  # the command line wins over the preset, as in Hydra's basic sweeper
     for override in parsed:
         key = override.get_key_element()

@@ -11,23 +11,26 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import lightning as L
 import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cimexp.callbacks import QATSchedule
 from cimexp.cim import cim_layers, set_kernels
 from cimexp.files import read_checkpoint
 from cimexp.models import load_float_weights
 from cimexp.results import read_results
 
-log = logging.getLogger("cimexp.build")
+if TYPE_CHECKING:  # the network and checkpoints are built without Lightning (cimexp-cost, validation)
+    import lightning as L
 
-CallbackT = TypeVar("CallbackT", bound=L.Callback)
+    from cimexp.run.callbacks import QATSchedule
+
+log = logging.getLogger("cimexp.run.build")
+
+CallbackT = TypeVar("CallbackT", bound="L.Callback")
 
 RUN_KEYS = ("init_from", "compile", "compile_mode", "kernels")
 """Keys of the ``model`` node that say how the network is run, not how it is built."""
@@ -197,3 +200,12 @@ def build_trained_net(checkpoint: TrainedCheckpoint, num_classes: int) -> torch.
             "(<run dir>/checkpoints/last.ckpt)."
         )
     return net
+
+
+def data_files(cfg: DictConfig) -> list[Path]:
+    """The data set's files (``ImageDataModule.data_files``), identified by content in results.json; ``[]`` when
+    the data settings cannot build a module (validation reports that) or name no files."""
+    try:
+        return instantiate(cfg.data, _partial_=True)().data_files()
+    except (ValueError, TypeError):
+        return []
