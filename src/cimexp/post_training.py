@@ -353,10 +353,9 @@ def render_table(rows: list[dict[str, str]]) -> str:
     lines = [
         "# Post-training calibration: top-1 (%) without any training",
         "",
-        "Written by `python -m cimexp.post_training` from `cells.csv` (README: Post-training). A float checkpoint "
-        "converted to CIM layers; steps calibrated on training batches with the weight / partial-sum methods of each "
-        "row (README: Calibration); accuracy on the evaluation (test) split. Columns: weight / partial-sum "
-        "granularity.",
+        "Written by `python -m cimexp.post_training` from `cells.csv` (methods and command: docs/calibration.md). A "
+        "float checkpoint converted to CIM layers; steps calibrated on training batches with the weight / partial-sum "
+        "methods of each row; accuracy on the evaluation (test) split. Columns: weight / partial-sum granularity.",
     ]
     for settings_hash in dict.fromkeys(row["setting"] for row in rows):
         lines += _section([row for row in rows if row["setting"] == settings_hash])

@@ -25,7 +25,7 @@ class Granularity(enum.IntEnum):
     - ``CHANNEL``: one step per output channel per array, i.e. per (polarity, row tile, output channel), shape
       ``[P, 1, T, O]``: the ``S`` adjacent columns that hold one output channel's splits share it. Not one of the
       paper's levels; for weights it is column-wise quantization with the splits' steps tied, so every split
-      slices the same integer weight (README, "Choices worth knowing").
+      slices the same integer weight (docs/cim_layer.md, "Choices worth knowing").
     - ``COLUMN``: one step per array column, i.e. per (polarity, split, row tile, output channel),
       shape ``[P, S, T, O]``. For weights this is the paper's Sec. III-C: each split quantizes its own copy of
       the weight with its own step ``s_w1 .. s_wS``.

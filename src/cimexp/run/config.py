@@ -328,8 +328,8 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 def _warn_sign_bit_cells(layer: torch.nn.Module) -> None:
     """Warn about column-wise weight steps on a lone sign-bit top cell (1-bit cells, or 4-bit weights on 3-bit
     cells, in two's complement): each split learns its own step there, the sign cell's step drifts away from the
-    others and fine-tuning has collapsed to chance in every run we made (README, "Cells whose top cell is a sign
-    bit"). Channel-wise weight steps (the splits share one), differential encoding or layer/array weight steps
+    others and fine-tuning has collapsed to chance in every run we made (docs/cim_layer.md, "Choices worth
+    knowing"). Channel-wise weight steps (the splits share one), differential encoding or layer/array weight steps
     train."""
     mapping = getattr(layer, "mapping", None)
     if mapping is not None and mapping.sign_bit_msb and layer.weight_granularity is Granularity.COLUMN:

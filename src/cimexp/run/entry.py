@@ -307,7 +307,7 @@ _DEFAULT_RUN = {
         "ckpt=<.ckpt file or training run directory> is required. Example:\n"
         "  {prog} ckpt=logs/train/runs/<run> variation.sigma=0.1 variation.seed=0"
     ),
-    "post_training": "The default grid: 9 granularity pairs x methods at 4- and 3-bit ADCs (README: post-training).",
+    "post_training": "The default grid: 9 granularity pairs x methods at 4- and 3-bit ADCs (docs/calibration.md).",
 }
 
 
