@@ -20,7 +20,7 @@ from cimexp.cim import CIMConv2d, cim_layers
 from cimexp.models import resnet20
 from cimexp.run.build import build_net, instantiate_all
 from cimexp.run.callbacks import QATSchedule
-from cimexp.run.config import DERIVED_CIM_KEYS, config_dir
+from cimexp.run.config import LAYER_SETTINGS, config_dir, layer_factory, layer_settings
 from cimexp.run.config import validate_train as validate_config
 from cimexp.run.provenance import resolved_config, slug
 
@@ -60,7 +60,7 @@ def test_option_composes_resolves_and_instantiates(
         assert isinstance(datamodule, L.LightningDataModule)
         assert datamodule.num_classes == {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "synthetic": 10}[option]
     if group in CIM_SETTING_GROUPS or group in ("model", "experiment"):
-        layer = instantiate(cfg.cim)(16, 32, 3, padding=1)
+        layer = layer_factory(cfg)(16, 32, 3, padding=1)
         if cfg.cim._target_ == "torch.nn.Conv2d":
             assert type(layer) is nn.Conv2d
         else:
@@ -140,22 +140,32 @@ def test_quant_defaults_are_set_in_exactly_one_place() -> None:
 )
 def test_the_adc_preset_and_the_adc_key_set_one_setting(make_cfg, overrides: list[str], adc_bits: int) -> None:
     cfg = make_cfg(overrides)
-    assert instantiate(cfg.cim)(16, 16, 3).adc_bits == adc_bits
+    assert layer_factory(cfg)(16, 16, 3).adc_bits == adc_bits
     assert resolved_config(cfg)["adc"]["bits"] == adc_bits  # the record says what ran
 
 
-@pytest.mark.parametrize("key", sorted(DERIVED_CIM_KEYS))
-def test_a_hardware_key_of_the_layer_factory_is_refused_naming_the_setting(make_cfg, key: str) -> None:
-    source = DERIVED_CIM_KEYS[key]
-    value = make_cfg([]).cim[key]
-    with pytest.raises(ValueError, match=rf"cim\.{key} follows {re.escape(source)}; set {re.escape(source)}="):
-        validate_config(make_cfg([f"cim.{key}={value}"]))  # even its current value: the key is not the setting's
+def test_every_layer_setting_has_one_key_in_its_group(make_cfg) -> None:
+    """The layer factory holds none of the settings; each comes from its group, and a copy added to the factory
+    (``+cim.adc_bits=3``) that disagrees with its group is refused naming the group's key."""
+    cfg = make_cfg([])
+    assert not set(LAYER_SETTINGS) & set(cfg.cim)
+    layer = layer_factory(cfg)(16, 16, 3)
+    checked = [arg for arg, key in LAYER_SETTINGS.items() if hasattr(layer, arg) and not key.startswith("quantizer.")]
+    for arg in checked:
+        value = getattr(layer, arg)
+        value = getattr(value, "name", value)  # enums (granularities, weight splits) by name
+        assert str(value).lower() == str(OmegaConf.select(cfg, LAYER_SETTINGS[arg])).lower(), arg
+    assert {"w_bits", "a_bits", "cell_bits", "adc_bits", "weight_granularity", "psum_granularity"} <= set(checked)
+    with pytest.raises(ValueError, match=r"cim\.adc_bits=3 disagrees with adc\.bits=4.*set adc\.bits=3"):
+        validate_config(make_cfg(["+cim.adc_bits=3"]))
 
 
-def test_the_derived_keys_are_those_of_the_layer_factory() -> None:
-    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "cim" / "default.yaml"), resolve=False)
-    interpolated = {k: v[2:-1] for k, v in raw.items() if isinstance(v, str) and v.startswith("${")}
-    assert interpolated == DERIVED_CIM_KEYS
+def test_a_config_written_with_copies_in_the_layer_factory_builds_the_same_layer(make_cfg) -> None:
+    """Configs recorded before the settings had one key carry copies in ``cim``; they build the layer they ran."""
+    cfg = make_cfg(["adc.bits=3"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["cim"].update({arg: OmegaConf.select(cfg, key) for arg, key in LAYER_SETTINGS.items()})
+    assert layer_settings(old) == layer_settings(cfg)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +277,7 @@ def test_three_bit_cells_are_a_valid_setting(make_cfg) -> None:
     cfg = make_cfg(["cell.bits=3"])
     with pytest.warns(UserWarning, match="lone sign bit"):  # column-wise weight steps have not trained there
         validate_config(cfg)
-    layer = instantiate(cfg.cim)(16, 16, 3, padding=1)
+    layer = layer_factory(cfg)(16, 16, 3, padding=1)
     assert layer.mapping.n_splits == 2 and layer.split_shift.tolist() == [-8, 1]
     assert layer.adc_min.tolist() == [[0, 0]] and layer.adc_max.tolist() == [[15, 15]]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import cimexp.train
+import cimexp.run.summary
 from cimexp.cost import cost_summary, main
 from cimexp.run.config import compose
 from cimexp.run.config import validate_train as validate_config
@@ -82,5 +82,5 @@ def test_training_results_and_log_summary_carry_the_adc_costs(make_cfg, tiny_dat
     layers = results["cim_summary"]["layers"]
     for key in ("adc_conversions", "adc_energy_pj", "adc_area_um2", "n_adcs"):
         assert total[key] == pytest.approx(sum(row[key] for row in layers)) and total[key] > 0, key
-    logged = cimexp.train._log_summary([], objects["results"])
+    logged = cimexp.run.summary.log_summary([], objects["results"])
     assert logged["cim/adc_energy_pj"] == total["adc_energy_pj"] and logged["cim/cost_model"]["name"] == "walden"

@@ -199,3 +199,12 @@ def test_a_run_recorded_before_the_callbacks_moved_is_the_same_run() -> None:
     new = {"schedule._target_": "cimexp.run.callbacks.QATSchedule", "optimizer.lr": 0.1}
     assert config_differences(old, new) == []
     assert config_differences(old, {**new, "schedule._target_": "cimexp.run.callbacks.Other"}) != []
+
+
+def test_a_run_recorded_with_copies_of_its_settings_is_the_same_run() -> None:
+    from cimexp.results import config_differences
+
+    old = {"adc.bits": 4, "cim.adc_bits": 4, "cim._target_": "cimexp.cim.CIMConv2d"}
+    new = {"adc.bits": 4, "cim._target_": "cimexp.cim.CIMConv2d"}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "adc.bits": 3}) == ["adc.bits: 4 -> 3"]

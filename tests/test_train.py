@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cimexp.run.classifier
+import cimexp.run.summary
 import cimexp.train
 from cimexp.cim import Calibration, CIMConv2d, cim_layers
 from cimexp.data import BatchTransform, SyntheticDataModule
@@ -64,8 +65,8 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     shuffled and augmented data, also that epoch 1 sees the same batches after the resume.
     """
     summaries: list[dict] = []
-    set_summary = cimexp.train._log_summary
-    monkeypatch.setattr(cimexp.train, "_log_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
+    set_summary = cimexp.run.summary.log_summary
+    monkeypatch.setattr(cimexp.train, "log_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
     common = ["logger=many", f"scheduler.T_max={2 * STEPS_PER_EPOCH}"]
     if data == "in_order":
         common.append("data._target_=test_train.InOrderSynthetic")

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cimexp.cim import cim_layers, cim_summary
 from cimexp.cim.cost import CostModel
 from cimexp.run.build import build_net, example_input
-from cimexp.run.config import compose
+from cimexp.run.config import compose, layer_settings
 from cimexp.run.entry import USAGE_ERROR, one_line
 
 USAGE = __doc__.split("\n\n")[0]
@@ -31,7 +31,7 @@ USAGE = __doc__.split("\n\n")[0]
 def cost_summary(cfg: DictConfig) -> dict[str, Any] | None:
     """:func:`~cimexp.cim.cost.cim_summary` of the configured network for one input image, plus ``model``,
     ``data`` and ``input_size``; ``None`` without CIM layers (``cim=none``)."""
-    cost = CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))
+    cost = CostModel.from_config(cfg.cost, (layer_settings(cfg) or {}).get("adc_bits"))
     datamodule = instantiate(cfg.data)  # reads no files before setup()
     net_cfg = copy.deepcopy(cfg)
     with open_dict(net_cfg):

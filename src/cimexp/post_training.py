@@ -43,7 +43,7 @@ from cimexp.cim.quant import KERNEL_MODES
 from cimexp.files import atomic_write
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
-from cimexp.run.config import calibration_settings
+from cimexp.run.config import calibration_settings, is_cim_factory, layer_factory, layer_settings
 from cimexp.run.entry import hydra_entry
 
 log = logging.getLogger("cimexp.post_training")
@@ -108,14 +108,13 @@ def validate_config(cfg: DictConfig) -> None:
         torch.device(cfg.device)
     except RuntimeError as error:
         raise ValueError(f"invalid device={cfg.device!r}; valid: cpu, cuda, cuda:<index>") from error
-    if not all(key in cfg.cim for key in _GRID_CIM_KEYS):
+    if not is_cim_factory(cfg.cim):
         raise ValueError(
-            f"the post-training table needs CIM layers; cim={cfg.cim.get('_target_')!r} has no "
-            f"{'/'.join(_GRID_CIM_KEYS)} (use cim=default)"
+            f"the post-training table needs CIM layers; cim={cfg.cim.get('_target_')!r} builds none (use cim=default)"
         )
     for bits in grid.adc_bits:
         try:
-            instantiate(_cell_config(cfg, "column", "column", bits).cim)(8, 8, 3, padding=1)
+            layer_factory(_cell_config(cfg, "column", "column", bits))(8, 8, 3, padding=1)
         except (ValueError, TypeError) as error:
             raise ValueError(f"invalid CIM layer settings (the `cim` config node, adc_bits={bits}): {error}") from error
     init_from = cfg.model.get("init_from")
@@ -139,7 +138,7 @@ def setting(cfg: DictConfig) -> dict[str, Any]:
     paths, evaluation batch size and loader settings), the activation method, percentile and batches of
     ``calibration``, and the seed. Cells whose settings hash alike are the same measurement."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    cim = OmegaConf.to_container(cfg.cim, resolve=True)
+    cim = layer_settings(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     calibration = OmegaConf.to_container(cfg.calibration, resolve=True)
     return {
@@ -168,9 +167,9 @@ def _cell_config(cfg: DictConfig, weight: str, psum: str, adc_bits: int) -> Dict
     """A copy of ``cfg`` whose CIM layers have these granularities and ADC bits."""
     cell = copy.deepcopy(cfg)
     with open_dict(cell):
-        cell.cim.weight_granularity = weight
-        cell.cim.psum_granularity = psum
-        cell.cim.adc_bits = adc_bits
+        cell.granularity.weight = weight
+        cell.granularity.psum = psum
+        cell.adc.bits = adc_bits
     return cell
 
 
@@ -204,10 +203,10 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
         "ckpt": Path(cfg.model.init_from).name,
         "data": getattr(datamodule, "name", type(datamodule).__name__),
         "val_images": str(len(datamodule.val_set)),
-        "w_bits": str(cfg.cim.w_bits),
-        "a_bits": str(cfg.cim.a_bits),
-        "cell_bits": str(cfg.cim.cell_bits),
-        "array_size": str(cfg.cim.array_size),
+        "w_bits": str(cfg.quant.w_bits),
+        "a_bits": str(cfg.quant.a_bits),
+        "cell_bits": str(cfg.cell.bits),
+        "array_size": str(cfg.array.size),
         "act_method": calibration.act.value,
         "percentile": f"{calibration.percentile:g}",
         "calibration_images": str(n_images[0]),

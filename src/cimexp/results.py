@@ -207,6 +207,17 @@ MOVED_TARGETS = {"cimexp.callbacks.": "cimexp.run.callbacks."}
 moved into :mod:`cimexp.run.callbacks`. A run recorded under the old name is the same run."""
 
 
+RETIRED_COPIES = tuple(
+    f"cim.{name}"
+    for name in (
+        "w_bits", "a_bits", "cell_bits", "adc_bits", "array_size", "weight_granularity", "psum_granularity",
+        "psum_quant", "weight_grad_scale", "act_grad_scale", "psum_grad_scale", "weight_splits", "slice_gradient",
+    )
+)  # fmt: skip
+"""Keys that configs written by an earlier version held as copies of a setting's one key (``cim.adc_bits`` of
+``adc.bits``, always equal to it): a config without them is the same run."""
+
+
 def _current_target(value: Any) -> Any:
     for old, new in MOVED_TARGETS.items():
         if isinstance(value, str) and value.startswith(old):
@@ -216,11 +227,12 @@ def _current_target(value: Any) -> Any:
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["optimizer.lr: 0.1 -> 0.5", ...]`` for every key of two flat configs whose value differs (sorted;
-    ``<absent>`` where one lacks the key); keys of :data:`HASH_EXCLUDED_KEYS` are ignored, ``old``'s targets are
-    read under their current names (:data:`MOVED_TARGETS`), and the data digests are ignored when ``old`` has none
-    (written before they were recorded: it is compared by the data's settings)."""
+    ``<absent>`` where one lacks the key). Keys of :data:`HASH_EXCLUDED_KEYS` are ignored; ``old`` is read with its
+    targets under their current names (:data:`MOVED_TARGETS`) and without the copies it may hold
+    (:data:`RETIRED_COPIES`); the data digests are ignored when ``old`` has none (written before they were recorded:
+    it is compared by the data's settings)."""
     missing = object()
-    old = {key: _current_target(value) for key, value in old.items()}
+    old = {key: _current_target(value) for key, value in old.items() if key not in RETIRED_COPIES or key in new}
     if not any(key.startswith(DATA_DIGEST_PREFIX) for key in old):
         new = {key: value for key, value in new.items() if not key.startswith(DATA_DIGEST_PREFIX)}
 

@@ -22,6 +22,7 @@ from cimexp.cim import cim_layers, set_kernels
 from cimexp.files import read_checkpoint
 from cimexp.models import load_float_weights
 from cimexp.results import read_results
+from cimexp.run.config import layer_factory, layer_settings
 
 if TYPE_CHECKING:  # the network and checkpoints are built without Lightning (cimexp-cost, validation)
     import lightning as L
@@ -44,7 +45,7 @@ def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     run = {key: model_cfg.pop(key, None) for key in RUN_KEYS}
     init_from = run["init_from"]
     set_kernels(run["kernels"] or "auto")
-    net = instantiate(model_cfg, conv_layer=instantiate(cfg.cim), num_classes=num_classes)
+    net = instantiate(model_cfg, conv_layer=layer_factory(cfg), num_classes=num_classes)
     if init_from is not None:
         load_float_weights(net, init_from)
     return net
@@ -71,11 +72,11 @@ def find_callback(trainer: L.Trainer, kind: type[CallbackT]) -> CallbackT | None
 
 
 def cim_settings(config: dict[str, Any], model: torch.nn.Module) -> dict[str, Any] | None:
-    """The CIM layer settings of a run (its resolved ``cim`` node without ``_target_``/``_partial_``); ``None``
+    """The CIM layer settings of a run (:func:`cimexp.run.config.layer_settings` of its resolved config); ``None``
     for a float model."""
     if not any(True for _ in cim_layers(model)):
         return None
-    return {k: v for k, v in config["cim"].items() if not k.startswith("_")}
+    return layer_settings(config)
 
 
 def schedule_summary(schedule: QATSchedule | None) -> dict[str, Any]:

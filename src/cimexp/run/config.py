@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cimexp.cim import ADCErrors, Calibration, Granularity, VariationLevel
+from cimexp.cim import ADCErrors, Calibration, CIMConv2d, Granularity, VariationLevel
 from cimexp.cim.cost import CostModel
 from cimexp.cim.quant import KERNEL_MODES
 from cimexp.run.optim import NO_DECAY_KINDS, build_scheduler
@@ -46,7 +46,7 @@ SHIPPED_MODULE = "cimexp.checkpoints"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
 
-DERIVED_CIM_KEYS = {
+LAYER_SETTINGS = {
     "w_bits": "quant.w_bits",
     "a_bits": "quant.a_bits",
     "cell_bits": "cell.bits",
@@ -61,9 +61,51 @@ DERIVED_CIM_KEYS = {
     "weight_splits": "quantizer.weight_splits",
     "slice_gradient": "quantizer.slice_gradient",
 }
-"""Keys of the CIM layer factory (``conf/cim/default.yaml``) that follow a hardware setting: each setting has one
-key (the value), and the ``cim`` node only reads it. Setting ``cim.adc_bits=3`` directly is refused, so the
-resolved config never disagrees with what ran."""
+"""The CIM layer's arguments that are hardware or quantizer settings, each with its one config key: the ``cim``
+layer factory (``conf/cim/default.yaml``) holds only the layer's own keys (``weight_encoding``, ``dac_bits``) and
+gets these from their groups when it is built (:func:`layer_factory`)."""
+
+_ABSENT = object()
+
+
+def is_cim_factory(node: DictConfig | Mapping[str, Any]) -> bool:
+    """Whether a ``cim`` config node builds CIM layers (``cim=default``), not plain ``nn.Conv2d`` (``cim=none``)."""
+    target = node.get("_target_")
+    return isinstance(target, str) and issubclass(get_class(target), CIMConv2d)
+
+
+def layer_settings(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The CIM layer settings of a (resolved) config: :data:`LAYER_SETTINGS` read from their groups, then the ``cim``
+    node's own keys; ``None`` for a float ``cim`` factory. A config written before the settings had one key carries
+    copies in its ``cim`` node; settings it predates are left to the layer's defaults.
+
+    Raises:
+        ValueError: the ``cim`` node sets a setting to another value than its group (``+cim.adc_bits=3``).
+    """
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    if not is_cim_factory(cfg.cim):
+        return None
+    settings = {}
+    for arg, key in LAYER_SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if arg in cfg.cim and value is not _ABSENT and cfg.cim[arg] != value:
+            raise ValueError(
+                f"cim.{arg}={cfg.cim[arg]} disagrees with {key}={value}: the setting's one key is {key} "
+                f"(set {key}={cfg.cim[arg]})"
+            )
+        if value is not _ABSENT or arg in cfg.cim:
+            settings[arg] = cfg.cim[arg] if value is _ABSENT else value
+    own = OmegaConf.to_container(cfg.cim, resolve=True)
+    return {**settings, **{k: v for k, v in own.items() if not k.startswith("_") and k not in settings}}
+
+
+def layer_factory(cfg: DictConfig) -> Callable[..., torch.nn.Module]:
+    """The conv layer factory of a config: the ``cim`` node, with :func:`layer_settings` for CIM layers; models
+    call it like ``nn.Conv2d(in, out, k, stride, padding, ...)``."""
+    settings = layer_settings(cfg)
+    if settings is None:
+        return instantiate(cfg.cim)
+    return instantiate(OmegaConf.create({k: v for k, v in cfg.cim.items() if k.startswith("_")}), **settings)
 
 
 def config_dir() -> Path:
@@ -160,9 +202,9 @@ def group_options(group: str, config_dir: str | None = None) -> list[str]:
 def validate_train(cfg: DictConfig) -> None:
     """Check the training settings that Hydra cannot, before any data is loaded or model built.
 
-    Hydra already rejects unknown group options (``model=resnet21``) and unknown keys. This checks values:
-    the granularities, that the ``cim`` node follows the hardware settings (:data:`DERIVED_CIM_KEYS`), every CIM
-    layer setting (by building one small layer with the configured factory, so the layer's own checks apply), the
+    Hydra already rejects unknown group options (``model=resnet21``) and unknown keys. This checks values: the
+    granularities, every CIM layer setting (by building one small layer with the configured factory, so the layer's
+    own checks apply), the
     data module's arguments (by building it: it reads no file before ``setup``), the optimizer and scheduler, the
     two-stage schedule length, and that referenced files exist.
 
@@ -172,7 +214,6 @@ def validate_train(cfg: DictConfig) -> None:
     """
     for key in ("weight", "psum"):
         Granularity.parse(cfg.granularity[key], f"granularity.{key}")
-    check_derived_cim_keys(cfg.cim)
     VariationLevel.parse(cfg.variation.level, "variation.level")
     calibration_settings(cfg.calibration)
     check_choice("model.kernels", cfg.model.get("kernels", "auto"), KERNEL_MODES)
@@ -182,10 +223,10 @@ def validate_train(cfg: DictConfig) -> None:
     if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
         raise ValueError(f"invalid loss.label_smoothing={smoothing!r}; valid: a number in [0, 1)")
     check_choice("model.compile_mode", cfg.model.get("compile_mode", "default"), COMPILE_MODES)
-    CostModel.from_config(cfg.cost, cfg.cim.get("adc_bits"))  # a bad cost.adc_model lists the valid ones
+    CostModel.from_config(cfg.cost, cfg.adc.bits)  # a bad cost.adc_model lists the valid ones
     adc_errors(cfg.adc)
     try:
-        layer = instantiate(cfg.cim)(8, 8, 3, padding=1)
+        layer = layer_factory(cfg)(8, 8, 3, padding=1)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid CIM layer settings (the `cim` config node): {error}") from error
     _warn_sign_bit_cells(layer)
@@ -287,17 +328,6 @@ def validate_evaluate(cfg: DictConfig) -> None:
             f"trainer.num_nodes={trainer.get('num_nodes', 1)}, trainer.strategy={trainer.get('strategy')}. "
             "Use trainer=cpu or trainer=gpu (and a Hydra launcher to run sweep jobs in parallel)."
         )
-
-
-def check_derived_cim_keys(cim: DictConfig) -> None:
-    """Refuse a ``cim`` node whose hardware keys no longer follow their one setting (:data:`DERIVED_CIM_KEYS`),
-    e.g. after ``cim.adc_bits=3``: the run would record ``adc.bits: 4`` and run 3 bits."""
-    for key, source in DERIVED_CIM_KEYS.items():
-        if key in cim and OmegaConf.to_container(cim, resolve=False)[key] != f"${{{source}}}":
-            raise ValueError(
-                f"cim.{key} follows {source}; set {source}={cim[key]} instead (one key per setting, so that the "
-                "resolved config records what ran)"
-            )
 
 
 def adc_errors(adc: DictConfig) -> ADCErrors:

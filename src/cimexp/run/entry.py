@@ -39,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cimexp.data.base import DataError
 from cimexp.files import CorruptFileError, RunLockedError
 from cimexp.results import StaleRunError
-from cimexp.run.config import CONFIG_PATH, compose, group_options, register_resolvers
+from cimexp.run.config import CONFIG_PATH, LAYER_SETTINGS, compose, group_options, register_resolvers
 
 USAGE_ERROR = 2
 """Exit code of a command line that names a bad group option, key or value (as argparse uses)."""
@@ -255,6 +255,10 @@ def _unknown_key(config_name: str, error: BaseException, config_dir: str | None)
     if match is None or "not in struct" not in str(error.__cause__ or error):
         return None
     key = match.group(1)
+    setting = LAYER_SETTINGS.get(key.removeprefix("cim.")) if key.startswith("cim.") else None
+    if setting is not None:  # Hydra's hint repeats the override: "To append to your config use +cim.adc_bits=3"
+        value = re.search(rf"\+{re.escape(key)}=(\S+)", str(error))
+        return f"{key}: the setting's one key is {setting}; use {setting}={value.group(1) if value else '<value>'}"
     parts = key.split(".")
     cfg = compose(config_name, [], config_dir=config_dir)
     for depth in range(len(parts) - 1, -1, -1):  # the deepest node of the key that exists
