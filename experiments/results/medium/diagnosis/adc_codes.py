@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import batches  # noqa: E402  (sets CIMEXP_DATA and one thread)
 
 from cimexp.build import build_trained_net, load_checkpoint  # noqa: E402
-from cimexp.cim.layer import cim_layers, start_telemetry, stop_telemetry  # noqa: E402
+from cimexp.cim import cim_layers, start_telemetry, stop_telemetry  # noqa: E402
 from cimexp.config import compose  # noqa: E402
 
 LR = 0.01
