@@ -5,7 +5,8 @@ Where things are: ``layer`` (``CIMConv2d``: one layer's forward pass), ``linear`
 (whole-model operations: ``calibrate``, ``set_psum_quant``, telemetry, ...), ``options`` (validated settings),
 ``mapping`` (the layout on arrays, bit slicing), ``quant`` (quantizer primitives, fused ADC kernels), ``step_init``
 (a layer's initial step sizes), ``adc`` (ADC non-idealities, telemetry), ``program`` (``CIMProgram``: export, file
-format, literal simulator), ``variation``, ``cost`` and ``convert`` (any network onto the crossbars).
+format, literal simulator), ``variation``, ``cost``, ``convert`` (any network onto the crossbars) and ``rebuild``
+(a layer built from a float conv).
 
 >>> from cimexp.cim import CIMConv2d
 >>> layer = CIMConv2d(64, 64, 3, padding=1, w_bits=4, a_bits=4, cell_bits=2, adc_bits=3, array_size=128,

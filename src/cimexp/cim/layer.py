@@ -57,6 +57,7 @@ from cimexp.cim.quant import (
     round_ste,
     sync_mean,
 )
+from cimexp.cim.rebuild import rebuild_conv
 from cimexp.cim.step_init import initial_act_step, initial_psum_step, initial_weight_step
 
 DEFAULTS = {
@@ -231,25 +232,12 @@ class CIMConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **cim_options: Any) -> CIMConv2d:
-        """A CIM layer with ``conv``'s geometry and a copy of its float weights (and bias), e.g. to fine-tune
-        from a float checkpoint. ``cim_options`` are the CIM keyword arguments of the constructor."""
-        if conv.groups != 1:
-            raise ValueError(f"cannot map a grouped convolution (groups={conv.groups}) onto CIM arrays")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **cim_options,
-        )
-        copy_conv_weights(conv, layer)
-        return layer
+        """A CIM layer with ``conv``'s geometry, device and dtype and a copy of its float weights (and bias), e.g. to
+        fine-tune from a float checkpoint (:func:`~cimexp.cim.rebuild.rebuild_conv`). ``cim_options`` are the CIM
+        keyword arguments of the constructor."""
+        # Built on the conv's device and in its dtype, so that rebuild_conv's move has nothing left to do.
+        factory = functools.partial(cls, device=conv.weight.device, dtype=conv.weight.dtype, **cim_options)
+        return rebuild_conv(conv, factory)
 
     # --- initialisation state (saved in state_dict via extra state) -------------------------------------------
     def get_extra_state(self) -> dict[str, bool]:
@@ -563,19 +551,6 @@ def _tf32_off() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = previous
-
-
-@torch.no_grad()
-def copy_conv_weights(conv: nn.Conv2d, layer: nn.Module) -> None:
-    """Copy ``conv``'s float ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]`` (if it has one) into ``layer``, in
-    place and outside autograd, converting to ``layer``'s device and dtype.
-
-    The one weight-copy path of :meth:`CIMConv2d.from_conv` and :func:`cimexp.models.swap.swap_convs` (which builds
-    any conv-like layer from a factory), so that both start a layer from a float conv in the same way. It lives
-    here because ``cimexp.models`` may import ``cimexp.cim``, not the other way round."""
-    layer.weight.copy_(conv.weight)
-    if conv.bias is not None:
-        layer.bias.copy_(conv.bias)
 
 
 def dequant_granularity(layer: CIMConv2d) -> Granularity:
