@@ -85,8 +85,8 @@ def _per_copy_lsq_correction(
     gradient is ``shift_s * code_s - u_s / S`` (``u_s = w / s_s``, ``S`` splits): the split's bits minus its share
     of ``u``, a term as large as the weight itself, with opposite signs for the high and the low split (their sum
     is LSQ's ``q - u`` only when the steps are shared). Trained with it, the steps of the splits of one weight
-    drift apart within tens of SGD steps, after which the splits take their bits from different integers (a
-    ResNet-20 fine-tune: 43% of the weights inconsistent and 24% weight error after 30 steps).
+    drift apart, after which the splits take their bits from different integers and the stored weight is no
+    quantization of the float one (the measurement: ``experiments/results/medium/README.md``).
 
     This term's gradient replaces ``shift_s * code_s`` by the split's share ``q_s / S`` of its copy: each split's step
     then gets ``(q_s - u_s) / S``, LSQ's rounding error of its own copy (through the straight-through ``1/S`` share
@@ -446,7 +446,8 @@ class CIMConv2d(nn.Conv2d):
     def _tiles_adc(self, a_int: torch.Tensor, cond: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;
         ``[B, O, H_out, W_out]``. On :data:`CHANNELS_LAST_DEVICES` the convolutions run channels-last (oneDNN's
-        fast layout, 1.2-2x here) and the ADC reads their output in place as ``[B*H*W, G, O, 1]``."""
+        faster layout; timings in ``experiments/results/bench``) and the ADC reads their output in place as
+        ``[B*H*W, G, O, 1]``."""
         columns_per_tile = self.mapping.n_polarities * self.mapping.n_splits
         int16_psums = self._int16_psums
         channels_last = a_int.device.type in CHANNELS_LAST_DEVICES
