@@ -1,4 +1,4 @@
-"""The fast CIMConv2d forward against the literal simulator of its exported program (the issue's contract).
+"""The fast CIMConv2d forward against the literal simulator of its exported program (``CIMProgram``'s contract).
 
 Everything runs in float64 so that the only differences are summation order (~1e-15), never an ADC code.
 """

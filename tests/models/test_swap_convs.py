@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 from torch import nn
 
+from cimexp.cim import CIMConv2d, convert
 from cimexp.models import load_float_weights, resnet20, swap_convs
 
 
@@ -114,3 +118,20 @@ def test_load_float_weights_rejects_missing_float_tensors(tmp_path):
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match=r"1 float tensors of the model missing from it \[layer2.1.bn2.running_var\]"):
         load_float_weights(resnet20(conv_layer=StepConv), tmp_path / "partial.pt")
+
+
+def test_swap_convs_from_conv_and_convert_rebuild_a_conv_alike():
+    """One rebuild path (``cimexp.cim.rebuild.rebuild_conv``): the three ways onto the crossbars build equal layers."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1, bias=True).double().eval()
+    options = {"array_size": 36, "adc_bits": 3, "weight_granularity": "layer"}
+    direct = CIMConv2d.from_conv(conv, **options)
+    swapped = swap_convs(copy.deepcopy(conv), functools.partial(CIMConv2d, **options))
+    converted = nn.Sequential(copy.deepcopy(conv))
+    convert(converted, keep="none", **options)
+    for layer in (swapped, converted[0]):
+        assert type(layer) is CIMConv2d and repr(layer) == repr(direct) and not layer.training
+        state, reference = layer.state_dict(), direct.state_dict()
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[k], v) for k, v in reference.items() if isinstance(v, torch.Tensor))
+        assert layer.weight.dtype == torch.float64 and torch.equal(layer.weight, conv.weight)

@@ -1,6 +1,13 @@
 """The CIM layers as a library: ``CIMConv2d`` and ``CIMLinear``, its chip programming (``CIMProgram``), variation, ADC
 non-idealities, partial-sum telemetry and cost.
 
+Where things are: ``layer`` (``CIMConv2d``: one layer's forward pass), ``linear`` (``CIMLinear``), ``network``
+(whole-model operations: ``calibrate``, ``set_psum_quant``, telemetry, ...), ``options`` (validated settings),
+``mapping`` (the layout on arrays, bit slicing), ``quant`` (quantizer primitives, fused ADC kernels), ``step_init``
+(a layer's initial step sizes), ``adc`` (ADC non-idealities, telemetry), ``program`` (``CIMProgram``: export, file
+format, literal simulator), ``variation``, ``cost``, ``convert`` (any network onto the crossbars) and ``rebuild``
+(a layer built from a float conv).
+
 >>> from cimexp.cim import CIMConv2d
 >>> layer = CIMConv2d(64, 64, 3, padding=1, w_bits=4, a_bits=4, cell_bits=2, adc_bits=3, array_size=128,
 ...                   weight_granularity="column", psum_granularity="column")
@@ -9,12 +16,12 @@ non-idealities, partial-sum telemetry and cost.
 from cimexp.cim.adc import ADCErrors, PsumStats
 from cimexp.cim.convert import Conversion, convert
 from cimexp.cim.cost import CostModel, cim_summary, layer_cost
-from cimexp.cim.layer import (
-    CIMConv2d,
-    CIMLinear,
+from cimexp.cim.layer import CIMConv2d, dequant_ops
+from cimexp.cim.linear import CIMLinear
+from cimexp.cim.mapping import ArrayMapping
+from cimexp.cim.network import (
     calibrate,
     cim_layers,
-    dequant_ops,
     reestimate_batchnorm,
     set_adc_errors,
     set_calibration,
@@ -23,7 +30,6 @@ from cimexp.cim.layer import (
     stop_telemetry,
     telemetry_active,
 )
-from cimexp.cim.mapping import ArrayMapping
 from cimexp.cim.options import Calibration, Granularity, StepInit, VariationLevel, WeightEncoding
 from cimexp.cim.program import CIMProgram, simulate
 from cimexp.cim.quant import set_kernels

@@ -22,7 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, CIMLinear
+from cimexp.cim.layer import CIMConv2d
+from cimexp.cim.linear import CIMLinear
 
 KEEP_POLICIES = ("first_and_last", "none")
 """``first_and_last``: the first conv or linear layer in module order and the last linear layer stay digital (the

@@ -43,7 +43,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, CIMLinear, cim_layers, dequant_ops
+from cimexp.cim.layer import CIMConv2d, dequant_ops
+from cimexp.cim.linear import CIMLinear
+from cimexp.cim.network import cim_layers
 
 
 # --- ADC cost models -------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Forward pass, per output position (paper Sec. II-A, III-A..C; shapes in :mod:`ci
 3. Array MAC: every column's partial sum ``P = sum_r code * gain * a_int`` over the rows of its row tile.
 4. ADC: ``clamp(round(P / s_p), adc_min, adc_max)``. ``s_p`` is learned (LSQ) in the integer MAC domain of the
    paper's eq. 2, so one psum step is one ADC reference setting; ``psum_quant=False`` skips the ADC. Optional
-   non-idealities (noise, offset, gain, DNL; :mod:`cimexp.cim.adc`) via :func:`set_adc_errors`.
+   non-idealities (noise, offset, gain, DNL; :mod:`cimexp.cim.adc`) via :func:`~cimexp.cim.network.set_adc_errors`.
 5. Shift-and-add + dequantization: ``y = sum_{k,p,t,s} input_shift_k * polarity * shift_s * code * s_p * s_a * s_w``.
 
 Fast path: every row tile's columns come out of one convolution over that tile's input channels (channels-last on
@@ -26,42 +26,39 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cimexp.cim.adc import ADCErrors, ADCState, PsumStats, draw_adc_state, nonideal_adc_shift_add
+from cimexp.cim.adc import ADCState, PsumStats, nonideal_adc_shift_add
 from cimexp.cim.mapping import ArrayMapping, input_shift, slice_bits, slice_inputs
 from cimexp.cim.options import (
     Calibration,
     Granularity,
     SliceGradient,
-    StepInit,
     VariationLevel,
     WeightEncoding,
     WeightSplits,
+    check_act_signed,
     check_bits,
+    check_dac_bits,
     parse_choice,
     parse_grad_scale,
 )
-from cimexp.cim.program import CIMProgram
+from cimexp.cim.program import CIMProgram, export_program
 from cimexp.cim.quant import (
     adc_shift_add,
     effective_step,
-    fill_dead,
-    lsq_init,
-    mse_init,
     output_unit_gradient,
-    positive,
     quantize_int,
-    range_init,
     round_ste,
     sync_mean,
 )
+from cimexp.cim.rebuild import rebuild_conv
+from cimexp.cim.step_init import initial_act_step, initial_psum_step, initial_weight_step
 
 DEFAULTS = {
     "weight_grad_scale": "lsq",
@@ -88,8 +85,8 @@ def _per_copy_lsq_correction(
     gradient is ``shift_s * code_s - u_s / S`` (``u_s = w / s_s``, ``S`` splits): the split's bits minus its share
     of ``u``, a term as large as the weight itself, with opposite signs for the high and the low split (their sum
     is LSQ's ``q - u`` only when the steps are shared). Trained with it, the steps of the splits of one weight
-    drift apart within tens of SGD steps, after which the splits take their bits from different integers (a
-    ResNet-20 fine-tune: 43% of the weights inconsistent and 24% weight error after 30 steps).
+    drift apart, after which the splits take their bits from different integers and the stored weight is no
+    quantization of the float one (the measurement: ``experiments/results/medium/README.md``).
 
     This term's gradient replaces ``shift_s * code_s`` by the split's share ``q_s / S`` of its copy: each split's step
     then gets ``(q_s - u_s) / S``, LSQ's rounding error of its own copy (through the straight-through ``1/S`` share
@@ -122,7 +119,7 @@ class CIMConv2d(nn.Conv2d):
         weight_granularity, psum_granularity: ``"layer"``, ``"array"``, ``"channel"`` or ``"column"`` (see
             :class:`~cimexp.cim.options.Granularity`).
         psum_quant: quantize partial sums with the ADC; ``False`` keeps them in full precision (also switchable at
-            run time with :func:`set_psum_quant`, as in two-stage QAT).
+            run time with :func:`~cimexp.cim.network.set_psum_quant`, as in two-stage QAT).
         weight_encoding: ``"twos_complement"`` or ``"differential"`` (see
             :class:`~cimexp.cim.options.WeightEncoding`).
         weight_grad_scale, act_grad_scale, psum_grad_scale: the factor each step's gradient is multiplied by:
@@ -136,9 +133,10 @@ class CIMConv2d(nn.Conv2d):
     Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights, activation
     and ADC steps from that batch's inputs and partial sums, each as ``calibration`` says (a
     :class:`~cimexp.cim.options.Calibration`; default: LSQ's ``2 E|v| / sqrt(qmax)`` per step group refined by an
-    MSE search); or explicitly with :func:`calibrate`, which also chooses the methods. After that they are
-    parameters only: in eval mode an output never depends on the rest of the batch. Initialisation state is saved
-    in the ``state_dict``; the methods are not (they matter only when steps are initialised).
+    MSE search; :mod:`cimexp.cim.step_init`); or explicitly with :func:`~cimexp.cim.network.calibrate`, which also
+    chooses the methods. After that they are parameters only: in eval mode an output never depends on the rest of
+    the batch. Initialisation state is saved in the ``state_dict``; the methods are not (they matter only when
+    steps are initialised).
     """
 
     def __init__(
@@ -181,8 +179,8 @@ class CIMConv2d(nn.Conv2d):
         )
         self.w_bits = check_bits("w_bits", w_bits)
         self.a_bits = check_bits("a_bits", a_bits, allow_none=True)
-        self.dac_bits = _check_dac_bits(dac_bits, self.a_bits)
-        self.act_signed = _check_act_signed(act_signed, self.a_bits, self.dac_bits)
+        self.dac_bits = check_dac_bits(dac_bits, self.a_bits)
+        self.act_signed = check_act_signed(act_signed, self.a_bits, self.dac_bits)
         self.cell_bits = check_bits("cell_bits", cell_bits)
         self.adc_bits = check_bits("adc_bits", adc_bits)
         self.weight_granularity = Granularity.parse(weight_granularity, "weight_granularity")
@@ -234,25 +232,12 @@ class CIMConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **cim_options: Any) -> CIMConv2d:
-        """A CIM layer with ``conv``'s geometry and a copy of its float weights (and bias), e.g. to fine-tune
-        from a float checkpoint. ``cim_options`` are the CIM keyword arguments of the constructor."""
-        if conv.groups != 1:
-            raise ValueError(f"cannot map a grouped convolution (groups={conv.groups}) onto CIM arrays")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **cim_options,
-        )
-        copy_conv_weights(conv, layer)
-        return layer
+        """A CIM layer with ``conv``'s geometry, device and dtype and a copy of its float weights (and bias), e.g. to
+        fine-tune from a float checkpoint (:func:`~cimexp.cim.rebuild.rebuild_conv`). ``cim_options`` are the CIM
+        keyword arguments of the constructor."""
+        # Built on the conv's device and in its dtype, so that rebuild_conv's move has nothing left to do.
+        factory = functools.partial(cls, device=conv.weight.device, dtype=conv.weight.dtype, **cim_options)
+        return rebuild_conv(conv, factory)
 
     # --- initialisation state (saved in state_dict via extra state) -------------------------------------------
     def get_extra_state(self) -> dict[str, bool]:
@@ -461,7 +446,8 @@ class CIMConv2d(nn.Conv2d):
     def _tiles_adc(self, a_int: torch.Tensor, cond: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;
         ``[B, O, H_out, W_out]``. On :data:`CHANNELS_LAST_DEVICES` the convolutions run channels-last (oneDNN's
-        fast layout, 1.2-2x here) and the ADC reads their output in place as ``[B*H*W, G, O, 1]``."""
+        faster layout; timings in ``experiments/results/bench``) and the ADC reads their output in place as
+        ``[B*H*W, G, O, 1]``."""
         columns_per_tile = self.mapping.n_polarities * self.mapping.n_splits
         int16_psums = self._int16_psums
         channels_last = a_int.device.type in CHANNELS_LAST_DEVICES
@@ -516,203 +502,45 @@ class CIMConv2d(nn.Conv2d):
         return g_order(state.offset), g_order(state.gain), g_order(state.dnl)
 
     # --- export -----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def cim_program(self) -> CIMProgram:
         """The chip's programming of this layer (see :class:`~cimexp.cim.program.CIMProgram` for the contract
-        that ties it to this layer's eval-mode output). Needs initialised steps: run a forward pass or
-        :func:`calibrate` first."""
-        if not (self.act_step_ready and (self.psum_step_ready or not self.psum_quant)):
-            raise RuntimeError(
-                "CIMConv2d.cim_program(): step sizes are not initialised yet; run a forward pass or "
-                "cimexp.cim.calibrate(model, batch) first"
-            )
-        m = self.mapping
-        s_w = self._weight_step_full()
-        codes = self.cell_codes(s_w).permute(0, 1, 3, 4, 2)  # [P, S, T, R, O]
-        gain = torch.ones_like(codes) if self.cell_gain is None else self.cell_gain.expand_as(codes)
-        level = None
-        if self.cell_gain is not None:  # gains set by hand carry no level: per-cell shape or per-weight shape
-            per_cell = self.cell_gain.shape[:2] == codes.shape[:2]
-            level = self.variation_level or (VariationLevel.CELL if per_cell else VariationLevel.WEIGHT)
-            level = VariationLevel.parse(level).value
-        s_a = 1.0 if self.a_bits is None else float(positive(self.act_step))
-        cpu = {"device": "cpu"}
-        return CIMProgram(
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            kernel_size=tuple(self.kernel_size),
-            stride=tuple(self.stride),
-            padding=tuple(self.padding),
-            dilation=tuple(self.dilation),
-            array_size=m.array_size,
-            channels_per_tile=m.channels_per_tile,
-            act_bits=self.a_bits,
-            act_scale=s_a,
-            act_signed=self.act_signed,
-            dac_bits=self.dac_bits,
-            input_shift=self.input_shift.to(**cpu),
-            cell_codes=codes.to(**cpu),
-            cell_gain=gain.to(**cpu).contiguous(),
-            variation_level=level,
-            polarity=self.polarity.to(**cpu),
-            split_shift=self.split_shift.to(**cpu),
-            weight_scale=s_w.to(**cpu).clone(),
-            psum_quant=self.psum_quant,
-            psum_scale=(self._psum_step_full() * s_a * s_w).to(**cpu),
-            adc_min=self.adc_min.to(**cpu),
-            adc_max=self.adc_max.to(**cpu),
-            bias=None if self.bias is None else self.bias.detach().to(**cpu).clone(),
-        )
+        that ties it to this layer's eval-mode output; built by :func:`~cimexp.cim.program.export_program`). Needs
+        initialised steps: run a forward pass or :func:`~cimexp.cim.network.calibrate` first."""
+        return export_program(self)
 
-    # --- lazy initialisation ----------------------------------------------------------------------------------
-    # Each step group is set as self.calibration says (StepInit): LSQ's 2 E|v| / sqrt(qmax) refined by a search for
-    # the lowest quantization MSE on the observed values (mse, the default), LSQ's rule alone (lsq), or the group's
-    # max or p-th percentile magnitude over qmax (max, percentile). Groups follow the granularity, so layer-wise
-    # steps see the whole layer.
-    def _init_steps(
-        self, samples, lsq_mean_abs, qmin, qmax, granularity, method: StepInit, per_split: bool = False
-    ) -> torch.Tensor:
-        """Initial steps from ``samples`` ``[N, P, S, T, O]`` in the shape of ``granularity``'s step (``per_split``:
-        with the splits' axis); with ``granularity=None`` one step (shape ``[]``) for all of ``samples`` ``[N]``
-        (activations). ``lsq_mean_abs`` is ``E|v|`` per step."""
-        m = self.mapping
-        if method is StepInit.MEAN_ABS:
-            return fill_dead(lsq_mean_abs)
-        if granularity is None:
-            shape, reduce, expand = (), _same, _same
-        else:
-            shape = m.step_shape(granularity, per_split)
-            reduce = functools.partial(m.reduce_to_step, granularity=granularity, per_split=per_split)
-            expand = functools.partial(m.expand_step, granularity=granularity)
-        if method in (StepInit.MAX, StepInit.PERCENTILE):
-            percentile = 100.0 if method is StepInit.MAX else self.calibration.percentile
-            n_groups = math.prod(shape)
-            groups = expand(torch.arange(n_groups, device=samples.device).reshape(shape))
-            return range_init(samples, qmin, qmax, percentile, groups, n_groups).reshape(shape)
-        step = lsq_init(lsq_mean_abs, qmax if granularity in (None, Granularity.COLUMN) else _amax(qmax))
-        if method is StepInit.LSQ:
-            return step
-        return mse_init(samples, step, qmin, qmax, reduce=reduce, expand=expand)
-
+    # --- lazy initialisation (cimexp.cim.step_init) -----------------------------------------------------------
     @torch.no_grad()
     def _init_weight_step(self) -> None:
-        m = self.mapping
-        w = m.tile_rows(self.weight.detach()).permute(2, 1, 0)  # [R, T, O]
-        samples = w.unsqueeze(1).unsqueeze(1) * self.polarity.reshape(1, -1, 1, 1, 1)  # [R, P, 1, T, O]
-        samples = samples.expand(-1, -1, m.n_splits, -1, -1)  # one copy of the weights per column
-        qmin, qmax = m.weight_range()
-        if self.weight_encoding is WeightEncoding.DIFFERENTIAL:
-            qmin = 0
-        mean_abs = m.reduce_to_step(
-            w.abs().sum(0).div(self._real_rows_per_tile(w).unsqueeze(-1)).expand(m.n_polarities, m.n_splits, -1, -1),
-            self.weight_granularity,
-            self.weight_per_split,
+        self.weight_step.copy_(
+            initial_weight_step(
+                self.weight.detach(),
+                self.polarity,
+                self.mapping,
+                self.weight_granularity,
+                self.weight_per_split,
+                self.calibration,
+            )
         )
-        method, per_split = self.calibration.weight, self.weight_per_split
-        step = self._init_steps(samples, mean_abs, float(qmin), float(qmax), self.weight_granularity, method, per_split)
-        self.weight_step.copy_(step)
         self.weight_step_ready = True
-
-    def _real_rows_per_tile(self, tiled: torch.Tensor) -> torch.Tensor:
-        """``[T]``: rows that hold weights in each tile (the last tile may be partly empty)."""
-        m = self.mapping
-        channels = torch.full((m.n_row_tiles,), m.channels_per_tile, dtype=tiled.dtype, device=tiled.device)
-        channels[-1] = self.in_channels - (m.n_row_tiles - 1) * m.channels_per_tile
-        return channels * m.kernel_area
 
     @torch.no_grad()
     def _init_act_step(self, x: torch.Tensor) -> None:
-        method = self.calibration.act
-        samples = _subsample(x.detach().flatten(), INIT_SAMPLES[method])
-        qmin, qmax = float(self.act_qmin), float(self.act_qmax)
-        step = self._init_steps(samples, samples.abs().mean(), qmin, qmax, None, method)
+        step = initial_act_step(x, float(self.act_qmin), float(self.act_qmax), self.calibration)
         self.act_step.copy_(sync_mean(step))
         self.act_step_ready = True
 
     @torch.no_grad()
     def _init_psum_step(self, psum: torch.Tensor) -> None:
         """From partial sums ``[B, G, O, L]`` (``G`` = tile-major (t, p, s))."""
-        m = self.mapping
-        method = self.calibration.psum
-        cols = (m.n_row_tiles, m.n_polarities, m.n_splits, self.out_channels)
-        samples = psum.detach().permute(0, 3, 1, 2).reshape(-1, *cols).permute(0, 2, 3, 1, 4)  # [N, P, S, T, O]
-        samples = _subsample(samples, INIT_SAMPLES[method])
-        qmin = self.adc_min.reshape(m.n_polarities, m.n_splits, 1, 1)
-        qmax = self.adc_max.reshape(m.n_polarities, m.n_splits, 1, 1)
-        mean_abs = m.reduce_to_step(samples.abs().mean(0), self.psum_granularity)
-        step = self._init_steps(samples, mean_abs, qmin, qmax, self.psum_granularity, method)
+        step = initial_psum_step(
+            psum, self.adc_min, self.adc_max, self.mapping, self.psum_granularity, self.calibration
+        )
         self.psum_step.copy_(sync_mean(step))
         self.psum_step_ready = True
 
     def reset_psum_steps(self) -> None:
         """Re-initialise the ADC steps from the partial sums of the next forward pass (two-stage QAT's stage 2)."""
         self.psum_step_ready = False
-
-
-class CIMLinear(CIMConv2d):
-    """A linear layer computed as on the crossbars: ``nn.Linear``'s ``y = x W^T + b`` over the last dimension of
-    ``x`` ``[..., in_features]``, mapped, quantized, converted and exported exactly as :class:`CIMConv2d` does a
-    1x1 convolution over one position (it is one: the same mapping, quantizers, ADCs, variation, telemetry,
-    ``cim_program`` and cost accounting, no second copy of them). Each of the ``out_features`` columns holds
-    ``in_features`` rows, tiled over ``ceil(in_features / array_size)`` arrays; ``act_signed=True`` for inputs that
-    can be negative (after a LayerNorm, say).
-
-    ``weight`` has ``nn.Conv2d``'s shape ``[out_features, in_features, 1, 1]``; a ``state_dict`` of an
-    ``nn.Linear`` (``[out, in]``) loads into it, and :meth:`from_linear` copies one.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **cim_options: Any,
-    ) -> None:
-        super().__init__(in_features, out_features, 1, bias=bias, device=device, dtype=dtype, **cim_options)
-
-    @property
-    def in_features(self) -> int:
-        return self.in_channels
-
-    @property
-    def out_features(self) -> int:
-        return self.out_channels
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **cim_options: Any) -> CIMLinear:
-        """A CIM layer with ``linear``'s shape and a copy of its float weights (and bias)."""
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-            **cim_options,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight.reshape(layer.weight.shape))
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        y = super().forward(x.reshape(-1, self.in_channels, 1, 1))
-        return y.reshape(*lead, self.out_channels)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        weight = state_dict.get(f"{prefix}weight")
-        if weight is not None and weight.dim() == 2:  # an nn.Linear's [out, in]
-            state_dict[f"{prefix}weight"] = weight.reshape(*weight.shape, 1, 1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        conv = super().extra_repr()
-        cim = conv[conv.index("w_bits=") :]
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {cim}"
 
 
 @contextlib.contextmanager
@@ -724,73 +552,6 @@ def _tf32_off() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = previous
-
-
-def _check_act_signed(act_signed: bool, a_bits: int | None, dac_bits: int | None) -> bool:
-    """``act_signed`` validated: a bool, with quantized inputs applied in one cycle."""
-    if not isinstance(act_signed, bool):
-        raise ValueError(f"invalid act_signed={act_signed!r}; valid values: true, false")
-    if act_signed and a_bits is None:
-        raise ValueError("invalid act_signed=True with a_bits=None: unquantized inputs are signed already")
-    if act_signed and dac_bits != a_bits:
-        raise ValueError(
-            f"invalid act_signed=True with dac_bits={dac_bits} < a_bits={a_bits}: bit-serial inputs are unsigned; "
-            f"valid: dac_bits=null (one cycle of {a_bits} bits)"
-        )
-    return act_signed
-
-
-def _check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:
-    """``dac_bits`` validated against ``a_bits`` (``None`` means one cycle of ``a_bits``)."""
-    if a_bits is None:
-        if dac_bits is not None:
-            raise ValueError(f"invalid dac_bits={dac_bits}: bit-serial inputs need quantized activations (a_bits=None)")
-        return None
-    if dac_bits is None:
-        return a_bits
-    check_bits("dac_bits", dac_bits)
-    if dac_bits > a_bits:
-        raise ValueError(f"invalid dac_bits={dac_bits}: must be <= a_bits={a_bits} (valid: 1..{a_bits} or None)")
-    return dac_bits
-
-
-INIT_SAMPLES: dict[StepInit, int | None] = {
-    StepInit.MAX: None,
-    StepInit.PERCENTILE: 2**16,
-    StepInit.LSQ: 4096,
-    StepInit.MSE: 4096,
-}
-"""Observed values per column (activations: in all) that each method initialises a step from, evenly strided
-(``None``: all of them). Max must see every value; a 99.99th percentile needs well over 10^4."""
-
-
-def _subsample(samples: torch.Tensor, max_samples: int | None = 4096) -> torch.Tensor:
-    """At most ``max_samples`` evenly strided rows of ``samples`` (all for ``None``)."""
-    if max_samples is None:
-        return samples
-    stride = max(1, samples.shape[0] // max_samples)
-    return samples[::stride]
-
-
-def _amax(qmax: torch.Tensor | float) -> torch.Tensor | float:
-    return qmax.max() if isinstance(qmax, torch.Tensor) else qmax
-
-
-def _same(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
-@torch.no_grad()
-def copy_conv_weights(conv: nn.Conv2d, layer: nn.Module) -> None:
-    """Copy ``conv``'s float ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]`` (if it has one) into ``layer``, in
-    place and outside autograd, converting to ``layer``'s device and dtype.
-
-    The one weight-copy path of :meth:`CIMConv2d.from_conv` and :func:`cimexp.models.swap.swap_convs` (which builds
-    any conv-like layer from a factory), so that both start a layer from a float conv in the same way. It lives
-    here because ``cimexp.models`` may import ``cimexp.cim``, not the other way round."""
-    layer.weight.copy_(conv.weight)
-    if conv.bias is not None:
-        layer.bias.copy_(conv.bias)
 
 
 def dequant_granularity(layer: CIMConv2d) -> Granularity:
@@ -814,140 +575,3 @@ def dequant_ops(layer: CIMConv2d) -> int:
     if level is Granularity.LAYER:
         return splits
     return m.n_row_tiles * m.n_polarities * m.out_channels * splits  # ARRAY, CHANNEL: per output channel of an array
-
-
-def cim_layers(model: nn.Module) -> Iterator[tuple[str, CIMConv2d]]:
-    """``(name, layer)`` for every :class:`CIMConv2d` in ``model``, in module order."""
-    for name, module in model.named_modules():
-        if isinstance(module, CIMConv2d):
-            yield name, module
-
-
-def set_psum_quant(model: nn.Module, enabled: bool, recalibrate: bool = True) -> int:
-    """Switch partial-sum (ADC) quantization on or off in every CIM layer of ``model``.
-
-    With ``enabled`` and ``recalibrate``, the ADC steps are re-initialised from the partial sums of the next
-    forward pass (stage 2 of two-stage QAT: calibrate from observed partial sums, then keep training).
-    Returns the number of CIM layers changed.
-    """
-    layers = [layer for _, layer in cim_layers(model)]
-    for layer in layers:
-        layer.psum_quant = bool(enabled)
-        if enabled and recalibrate:
-            layer.reset_psum_steps()
-    return len(layers)
-
-
-@torch.no_grad()
-def calibrate(
-    model: nn.Module,
-    *inputs: torch.Tensor,
-    weights: bool = True,
-    method: Calibration | Mapping[str, object] | str | None = None,
-) -> int:
-    """Initialise the step sizes of every CIM layer from data: forgets the current steps (weight steps too, unless
-    ``weights=False``) and runs ``model(*inputs)`` once in eval mode (BatchNorm on its running statistics), which
-    sets activation and ADC steps from this batch's statistics. To calibrate on several batches, concatenate them.
-
-    ``method`` says how each step is set (:class:`~cimexp.cim.options.Calibration`, see
-    :class:`~cimexp.cim.options.StepInit`): ``None`` for the defaults (``mse`` everywhere), a mapping such as
-    ``{"weight": "max", "psum": "percentile", "percentile": 99.99}``, or one method name for all quantizers. The
-    layers keep it (:func:`set_calibration`): steps initialised later, such as two-stage QAT's ADC steps, use it
-    too. The model's train/eval mode is restored. Returns the number of CIM layers calibrated.
-
-    Raises:
-        ValueError: a bad method; the message names it and the valid choices. Nothing has changed then.
-    """
-    set_calibration(model, method)
-    layers = [layer for _, layer in cim_layers(model)]
-    for layer in layers:
-        layer.weight_step_ready = layer.weight_step_ready and not weights
-        layer.act_step_ready = layer.a_bits is None
-        layer.psum_step_ready = False
-    was_training = model.training
-    model.eval()
-    try:
-        model(*inputs)
-    finally:
-        model.train(was_training)
-    return len(layers)
-
-
-def set_calibration(model: nn.Module, method: Calibration | Mapping[str, object] | str | None = None) -> int:
-    """Choose how the CIM layers of ``model`` initialise their step sizes from now on (``method`` as in
-    :func:`calibrate`), without initialising anything: for steps that a later forward pass sets (the first one,
-    or stage 2 of two-stage QAT). Returns the number of CIM layers set."""
-    calibration = Calibration.parse(method)
-    layers = [layer for _, layer in cim_layers(model)]
-    for layer in layers:
-        layer.calibration = calibration
-    return len(layers)
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Recompute the running statistics of every BatchNorm layer of ``model`` as plain averages over ``batches``
-    (inputs of one forward pass each), everything else in eval mode. After :func:`calibrate`, BatchNorm then
-    normalises what the quantized layers output instead of what the float network did. The momenta and the
-    train/eval mode are restored. Returns the number of BatchNorm layers.
-
-    Raises:
-        ValueError: ``batches`` is empty; the statistics are left as they were.
-    """
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        for inputs in batches:
-            if seen == 0:
-                for norm in norms:
-                    norm.reset_running_stats()
-                    norm.momentum = None  # cumulative average over the batches
-                    norm.train()
-            model(inputs)
-            seen += 1
-    finally:
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
-        model.train(was_training)
-    if seen == 0:
-        raise ValueError("reestimate_batchnorm: no batches given; pass at least one input batch")
-    return len(norms)
-
-
-def set_adc_errors(model: nn.Module, errors: ADCErrors | None) -> int:
-    """Give every CIM layer of ``model`` non-ideal ADCs (:mod:`cimexp.cim.adc`); ``None`` or all-zero errors
-    restore ideal ADCs. Static errors are drawn per ADC, layer by layer in module order, from one generator seeded
-    with ``errors.seed``, and stay fixed until the next call. Returns the number of CIM layers set."""
-    layers = [layer for _, layer in cim_layers(model)]
-    ideal = errors is None or errors.ideal
-    generator = None if ideal else torch.Generator().manual_seed(int(errors.seed))
-    for layer in layers:
-        layer.adc_state = None if ideal else draw_adc_state(layer, errors, generator)
-    return len(layers)
-
-
-def start_telemetry(model: nn.Module, per_column: bool = False) -> int:
-    """Start recording ADC-input statistics (:class:`~cimexp.cim.adc.PsumStats`) in every CIM layer of ``model``
-    with fresh counters; per column too with ``per_column``. Returns the number of layers."""
-    layers = [layer for _, layer in cim_layers(model)]
-    for layer in layers:
-        layer.psum_stats = PsumStats(layer.adc_bits, per_column)
-    return len(layers)
-
-
-def telemetry_active(model: nn.Module) -> bool:
-    """Whether any CIM layer of ``model`` is recording telemetry (between start and stop)."""
-    return any(layer.psum_stats is not None for _, layer in cim_layers(model))
-
-
-def stop_telemetry(model: nn.Module) -> dict[str, PsumStats]:
-    """Stop recording; returns ``{layer name: PsumStats}`` of the layers that converted anything."""
-    stats = {}
-    for name, layer in cim_layers(model):
-        if layer.psum_stats is not None and layer.psum_stats.conversions:
-            stats[name] = layer.psum_stats
-        layer.psum_stats = None
-    return stats

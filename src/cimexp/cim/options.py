@@ -247,3 +247,31 @@ def check_bits(name: str, value: int | None, *, allow_none: bool = False, maximu
         allowed = f"an integer in [1, {maximum}]" + (" or None" if allow_none else "")
         raise ValueError(f"invalid {name}={value!r}; valid values: {allowed}")
     return value
+
+
+def check_act_signed(act_signed: bool, a_bits: int | None, dac_bits: int | None) -> bool:
+    """``act_signed`` validated: a bool, with quantized inputs applied in one cycle."""
+    if not isinstance(act_signed, bool):
+        raise ValueError(f"invalid act_signed={act_signed!r}; valid values: true, false")
+    if act_signed and a_bits is None:
+        raise ValueError("invalid act_signed=True with a_bits=None: unquantized inputs are signed already")
+    if act_signed and dac_bits != a_bits:
+        raise ValueError(
+            f"invalid act_signed=True with dac_bits={dac_bits} < a_bits={a_bits}: bit-serial inputs are unsigned; "
+            f"valid: dac_bits=null (one cycle of {a_bits} bits)"
+        )
+    return act_signed
+
+
+def check_dac_bits(dac_bits: int | None, a_bits: int | None) -> int | None:
+    """``dac_bits`` validated against ``a_bits`` (``None`` means one cycle of ``a_bits``)."""
+    if a_bits is None:
+        if dac_bits is not None:
+            raise ValueError(f"invalid dac_bits={dac_bits}: bit-serial inputs need quantized activations (a_bits=None)")
+        return None
+    if dac_bits is None:
+        return a_bits
+    check_bits("dac_bits", dac_bits)
+    if dac_bits > a_bits:
+        raise ValueError(f"invalid dac_bits={dac_bits}: must be <= a_bits={a_bits} (valid: 1..{a_bits} or None)")
+    return dac_bits

@@ -1,4 +1,5 @@
-"""The chip's programming of one CIM layer, its file format, and the literal reference simulator.
+"""The chip's programming of one CIM layer, its export from a layer, its file format, and the literal reference
+simulator.
 
 A :class:`CIMProgram` is everything a hardware designer needs to run the layer on a macro: cell codes, per-cell
 conductance gains, scales, ADC ranges. Its contract, for any input ``x`` in eval mode::
@@ -28,7 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from cimexp.cim.options import VariationLevel
+from cimexp.cim.quant import positive
 from cimexp.files import atomic_write, atomic_write_json
 
 FORMAT_VERSION = 3
@@ -144,6 +148,60 @@ class CIMProgram:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@torch.no_grad()
+def export_program(layer: nn.Module) -> CIMProgram:
+    """The chip's programming of ``layer``, a :class:`~cimexp.cim.layer.CIMConv2d` (what its ``cim_program()``
+    returns): its cell codes and conductance gains, effective steps and ADC ranges as :class:`CIMProgram` holds them,
+    detached, on CPU, so that :func:`simulate` of it reproduces the layer's eval-mode output. Needs initialised
+    steps: run a forward pass or :func:`cimexp.cim.calibrate` first.
+
+    Raises:
+        RuntimeError: the activation or (with ``psum_quant``) the ADC steps are not initialised yet.
+    """
+    if not (layer.act_step_ready and (layer.psum_step_ready or not layer.psum_quant)):
+        raise RuntimeError(
+            "CIMConv2d.cim_program(): step sizes are not initialised yet; run a forward pass or "
+            "cimexp.cim.calibrate(model, batch) first"
+        )
+    m = layer.mapping
+    s_w = layer._weight_step_full()
+    codes = layer.cell_codes(s_w).permute(0, 1, 3, 4, 2)  # [P, S, T, R, O]
+    gain = torch.ones_like(codes) if layer.cell_gain is None else layer.cell_gain.expand_as(codes)
+    level = None
+    if layer.cell_gain is not None:  # gains set by hand carry no level: per-cell shape or per-weight shape
+        per_cell = layer.cell_gain.shape[:2] == codes.shape[:2]
+        level = layer.variation_level or (VariationLevel.CELL if per_cell else VariationLevel.WEIGHT)
+        level = VariationLevel.parse(level).value
+    s_a = 1.0 if layer.a_bits is None else float(positive(layer.act_step))
+    cpu = {"device": "cpu"}
+    return CIMProgram(
+        in_channels=layer.in_channels,
+        out_channels=layer.out_channels,
+        kernel_size=tuple(layer.kernel_size),
+        stride=tuple(layer.stride),
+        padding=tuple(layer.padding),
+        dilation=tuple(layer.dilation),
+        array_size=m.array_size,
+        channels_per_tile=m.channels_per_tile,
+        act_bits=layer.a_bits,
+        act_scale=s_a,
+        act_signed=layer.act_signed,
+        dac_bits=layer.dac_bits,
+        input_shift=layer.input_shift.to(**cpu),
+        cell_codes=codes.to(**cpu),
+        cell_gain=gain.to(**cpu).contiguous(),
+        variation_level=level,
+        polarity=layer.polarity.to(**cpu),
+        split_shift=layer.split_shift.to(**cpu),
+        weight_scale=s_w.to(**cpu).clone(),
+        psum_quant=layer.psum_quant,
+        psum_scale=(layer._psum_step_full() * s_a * s_w).to(**cpu),
+        adc_min=layer.adc_min.to(**cpu),
+        adc_max=layer.adc_max.to(**cpu),
+        bias=None if layer.bias is None else layer.bias.detach().to(**cpu).clone(),
+    )
 
 
 @torch.no_grad()

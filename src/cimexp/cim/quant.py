@@ -263,7 +263,7 @@ class _AdcShiftAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         psum, *rest = ctx.saved_tensors
-        # int16 -> float outside the compiled kernel: inductor's CPU code for the mixed-dtype loop is 6x slower.
+        # int16 -> float outside the compiled kernel: inductor's CPU code for the mixed-dtype loop is much slower.
         psum = psum.to(rest[0].dtype)
         grad_psum, grad_step, grad_factor = _kernel(adc_backward)(psum, *rest, grad_y)
         need_psum, need_step, need_factor = ctx.needs_input_grad[:3]
@@ -280,8 +280,9 @@ class _AdcShiftAdd(torch.autograd.Function):
 # --- compiled kernels ---------------------------------------------------------------------------------------
 # Eager PyTorch runs the ADC as a chain of elementwise ops, each a full pass over the [B, G, O, L] partial sums
 # (S*T times the layer's output); the backward needs about ten. Compiled (inductor: C++/OpenMP on CPU, Triton on
-# GPU) each becomes one or two fused loops, about 10x faster on the 2-core CPU. Shapes are dynamic, so every layer
-# shape and batch size shares one compiled kernel per dtype and device.
+# GPU) each becomes one or two fused loops, one pass over the partial sums instead of many (timings:
+# experiments/results/bench). Shapes are dynamic, so every layer shape and batch size shares one compiled kernel
+# per dtype and device.
 
 KERNEL_MODES = ("auto", "compiled", "eager")
 _kernel_mode = "auto"

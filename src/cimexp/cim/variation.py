@@ -30,7 +30,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, cim_layers
+from cimexp.cim.layer import CIMConv2d
+from cimexp.cim.network import cim_layers
 from cimexp.cim.options import VariationLevel
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cimexp.cim.layer import copy_conv_weights
+from cimexp.cim.rebuild import rebuild_conv
 from cimexp.files import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def swap_convs(
       of ``skip`` under ``re.fullmatch`` (so ``"conv1"`` keeps only the stem, not ``"layer1.0.conv1"``);
     - ``filter_fn(module, name)`` is true, if ``filter_fn`` is given.
 
-    The replacement is built as ``factory(in_channels, out_channels, kernel_size, stride=, padding=, dilation=,
-    bias=)`` with the conv's own settings, gets the conv's device, dtype and train/eval mode, and receives a copy
-    of its ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]``.
+    The replacement is built by :func:`cimexp.cim.rebuild.rebuild_conv`, as ``factory(in_channels, out_channels,
+    kernel_size, stride=, padding=, dilation=, bias=)`` with the conv's own settings; it gets the conv's device,
+    dtype and train/eval mode, and receives a copy of its ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]``.
 
     Args:
         model: the model to modify.
@@ -59,7 +59,7 @@ def swap_convs(
 
     Raises:
         ValueError: a selected conv is grouped (``groups != 1``) or uses non-zero padding mode, which the factory
-            signature cannot express.
+            signature cannot express (the message names it; keep it in float with ``skip`` or ``filter_fn``).
     """
     skip_patterns = [re.compile(pattern) for pattern in skip]
     selected = [
@@ -70,39 +70,13 @@ def swap_convs(
         and (filter_fn is None or filter_fn(module, name))
     ]
     for name, conv in selected:
-        replacement = _rebuild_conv(conv, factory, name)
+        replacement = rebuild_conv(conv, factory, name)
+        replacement.train(conv.training)
         if not name:
             return replacement
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, replacement)
     return model
-
-
-def _rebuild_conv(conv: nn.Conv2d, factory: ConvFactory, name: str) -> nn.Module:
-    label = repr(name) if name else "the root module"
-    if conv.groups != 1:
-        raise ValueError(
-            f"cannot swap conv {label}: groups={conv.groups}, but only groups=1 convs can be mapped to CIM arrays; "
-            "exclude it with skip=[...] or filter_fn"
-        )
-    if conv.padding_mode != "zeros":
-        raise ValueError(
-            f"cannot swap conv {label}: padding_mode={conv.padding_mode!r}; valid choices: 'zeros'; "
-            "exclude it with skip=[...] or filter_fn"
-        )
-    replacement = factory(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        bias=conv.bias is not None,
-    )
-    replacement.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    replacement.train(conv.training)
-    copy_conv_weights(conv, replacement)
-    return replacement
 
 
 def load_float_weights(model: nn.Module, path: str | Path) -> int:

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import batches  # noqa: E402  (sets CIMEXP_DATA and one thread)
 
-from cimexp.cim.layer import cim_layers, start_telemetry, stop_telemetry  # noqa: E402
+from cimexp.cim import cim_layers, start_telemetry, stop_telemetry  # noqa: E402
 from cimexp.run.build import build_trained_net, load_checkpoint  # noqa: E402
 from cimexp.run.config import compose  # noqa: E402
 

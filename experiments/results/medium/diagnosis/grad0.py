@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import batches, build  # noqa: E402
 
-from cimexp.cim.layer import cim_layers  # noqa: E402
+from cimexp.cim import cim_layers  # noqa: E402
 
 LR = 0.01
 

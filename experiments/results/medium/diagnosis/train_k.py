@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import batches, build, optimizer  # noqa: E402
 
-from cimexp.cim.layer import CIMConv2d, cim_layers  # noqa: E402
+from cimexp.cim import CIMConv2d, cim_layers  # noqa: E402
 from cimexp.cim.quant import effective_step  # noqa: E402
 
 variant = sys.argv[1]
