@@ -35,24 +35,23 @@ from cimexp.report import (
 )
 from cimexp.report.cli import gather, main
 from cimexp.report.collect import COLUMNS, GRANULARITIES, granularity_rank, parse_results, runs_table
+from cimexp.report.curves import in_stage1
 from cimexp.report.figures import REFERENCE_LABEL, qat_figure
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
+from cimexp.report.markdown import paired_lines, to_markdown
 from cimexp.report.publish import FIGURES
+from cimexp.report.reference import PAPER_FILE, REFERENCE_COLUMNS, paper_reference
+from cimexp.report.stats import estimate_columns
 from cimexp.report.tables import (
     NO_PSQ_COLUMN,
-    PAPER_REFERENCE,
     adc_energy_table,
     adc_noise_table,
     clip_rate_table,
     comparison_table,
-    estimate_columns,
-    in_stage1,
-    paired_lines,
     paired_table,
     paired_tables,
     pareto_front,
     summary_table,
-    to_markdown,
     varying,
 )
 
@@ -517,9 +516,25 @@ def test_a_float_network_does_not_make_cim_settings_vary() -> None:
     assert varying(frame, ["w_bits", "adc_bits", "missing"]) == ["adc_bits"]
 
 
+def test_the_papers_numbers_ship_with_the_package() -> None:
+    """``--reference paper`` reads report/published/kim2025.csv through the package, which the wheel carries."""
+    paper = paper_reference()
+    assert list(paper.columns) == [*REFERENCE_COLUMNS, "w_bits", "a_bits", "cell_bits", "adc_bits"]
+    quantized = paper.loc[paper["weight_granularity"] != "float", ["w_bits", "a_bits", "cell_bits", "adc_bits"]]
+    assert len(quantized) == 10 and (quantized == [4, 4, 2, 4]).all(axis=None)  # the paper's Table II
+    assert paper.loc[paper["weight_granularity"] == "float", "adc_bits"].isna().all()  # a float network: any runs
+    proposal = paper[(paper["dataset"] == "cifar10") & (paper["weight_granularity"] == "column")]
+    assert proposal["acc"].tolist() == [90.21] and proposal["source"].tolist() == ["Kim et al. 2025, Sec. IV-B"]
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cimexp.report"]
+    package = REPO / "src" / "cimexp" / "report"
+    shipped = [path.relative_to(package) for path in (package / "published").iterdir()]
+    assert Path(PAPER_FILE) in shipped and all(any(f.match(glob) for glob in globs) for f in shipped)
+
+
 def test_reference_numbers_and_comparison(collected, tmp_path: Path) -> None:
     reference = reference_table(["paper"])
-    assert len(reference) == len(PAPER_REFERENCE)
+    assert reference.equals(paper_reference())
     comparison = comparison_table(collected[0], reference)
     ours = comparison[(comparison["dataset"] == "cifar10") & (comparison["weight_granularity"] == "float")].iloc[0]
     assert ours["acc"] == pytest.approx(91.0) and ours["reference_acc"] == pytest.approx(90.70)

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cimexp.report.collect import RESULTS_FILE, collect, with_column_types
+from cimexp.report.collect import collect, with_column_types
+from cimexp.report.curves import history_table
+from cimexp.report.markdown import paired_lines, to_markdown
 from cimexp.report.publish import FIGURES, Report, log_to_wandb, make_report, read_saved, write_report
-from cimexp.report.tables import (
-    PAIRED_REFERENCE,
-    REFERENCE_COLUMNS,
-    history_table,
-    paired_lines,
-    reference_table,
-    to_markdown,
-)
+from cimexp.report.reference import REFERENCE_COLUMNS, reference_table
+from cimexp.report.tables import PAIRED_REFERENCE
+from cimexp.results import RESULTS_FILE
 
 RUNS_FILE = "runs.csv"
 """A report's runs table: given instead of a directory, the report is made again from it (and the skipped files and

@@ -11,21 +11,21 @@ Two kinds of runs write ``results.json``:
 The file format is :mod:`cimexp.results`; files are read through its :func:`~cimexp.results.read_results`, which
 upgrades files of earlier versions (metric names). Accuracies are fractions in the files and percentages (top-1 %)
 in the table. Paths in the table (``run_dir``, ``ckpt``, skipped files) are relative to the sweep root
-(:func:`sweep_root`), so committed tables hold no machine's absolute paths.
+(:func:`~cimexp.report.paths.sweep_root`), so committed tables hold no machine's absolute paths.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cimexp.results import DONE_STATUSES, KINDS, RESULTS_FILE, read_results, upgrade
+from cimexp.report.paths import find_results, relative_path, sweep_root, table_path
+from cimexp.results import DONE_STATUSES, KINDS, read_results, upgrade
 
 GRANULARITIES = ("layer", "array", "channel", "column")
 """Quantization granularities from coarse to fine, :class:`cimexp.cim.Granularity`'s order (spelled out here: the
@@ -74,22 +74,18 @@ TRAINING_COLUMNS = (*CONDITION_COLUMNS, "epochs")
 """How a training run was trained besides its settings: the :data:`CONDITION_COLUMNS` and its length in epochs
 (runs fine-tuned for 1 and for 2 epochs are different configurations: tables and figures never pool them)."""
 
-SCHEME_COLUMNS = (
-    "model",
-    "dataset",
-    "scheme",
-    "weight_granularity",
-    "psum_granularity",
-    "psum_quant",
-    "schedule",
-    "stage1_epochs",
-)
-"""What a run trained: network, data, quantization scheme and QAT schedule (the first columns of a runs table)."""
+QUANT_SCHEME_COLUMNS = ("scheme", "weight_granularity", "psum_granularity", "psum_quant")
+"""The columns that name a quantization scheme: its label (:func:`scheme_name`), its weight and partial-sum
+granularity, and whether partial sums are quantized. Paired differences compare schemes with all else equal."""
+
+TRAINED_NETWORK_COLUMNS = ("model", "dataset", *QUANT_SCHEME_COLUMNS, "schedule", "stage1_epochs")
+"""What network a run trained (or evaluated): model, data set, quantization scheme and QAT schedule (the first
+columns of a runs table)."""
 
 COLUMNS = (
     "kind",
     "status",
-    *SCHEME_COLUMNS,
+    *TRAINED_NETWORK_COLUMNS,
     *SETTING_COLUMNS,
     "acc",
     "acc_best",
@@ -158,28 +154,6 @@ class UnfinishedRun(Exception):
     """A results file of a run that has not finished (``status`` other than ``"finished"``)."""
 
 
-def find_results(paths: Iterable[str | Path]) -> list[Path]:
-    """Every ``results.json`` below the given run / multirun directories (or the files themselves), each once.
-
-    Raises:
-        FileNotFoundError: a path is neither a directory nor a ``results.json`` file.
-    """
-    found: dict[Path, None] = {}
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            files = sorted(path.rglob(RESULTS_FILE))
-        elif path.is_file() and path.name == RESULTS_FILE:
-            files = [path]
-        else:
-            raise FileNotFoundError(
-                f"{str(given)!r} is neither a directory nor a {RESULTS_FILE} file. Pass run or multirun "
-                "directories (e.g. logs/train/multiruns/<date>) or results.json files."
-            )
-        found.update((file.resolve(), None) for file in files)
-    return list(found)
-
-
 def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read every ``results.json`` below ``paths`` into a table of finished runs, and list the files skipped.
 
@@ -192,17 +166,18 @@ def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[p
         ``(runs, skipped)``: ``runs`` has one row per finished run with the :data:`COLUMNS` (then any extra
         ``cim_summary.total`` keys, then :data:`HISTORY_KEY`), sorted by kind, model, dataset, granularity,
         schedule, sigma and seed; ``skipped`` has the columns ``path`` and ``reason``. Paths are relative to
-        :func:`sweep_root` of ``paths``.
+        :func:`~cimexp.report.paths.sweep_root` of ``paths``.
 
     Raises:
-        FileNotFoundError: a path is neither a directory nor a ``results.json`` file (see :func:`find_results`).
+        FileNotFoundError: a path is neither a directory nor a ``results.json`` file
+            (:func:`~cimexp.report.paths.find_results`).
     """
     paths = list(paths)
     root = sweep_root(paths)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for path in find_results(paths):
-        shown = _relative(path, root)
+        shown = relative_path(path, root)
         try:
             record = read_results(path)
             debug = (record.get("choices") or {}).get("debug")
@@ -219,16 +194,6 @@ def collect(paths: Iterable[str | Path], include_debug: bool = False) -> tuple[p
             message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
             skipped.append({"path": shown, "reason": f"malformed ({type(error).__name__}): {message}"})
     return runs_table(rows), pd.DataFrame(skipped, columns=["path", "reason"])
-
-
-def sweep_root(paths: Iterable[str | Path]) -> Path:
-    """The directory the table's paths are relative to: the deepest directory holding every given path (a
-    ``results.json`` file counts as its directory), resolved."""
-    dirs = [Path(p).resolve() for p in paths]
-    dirs = [d.parent if d.is_file() else d for d in dirs]
-    if not dirs:
-        return Path.cwd().resolve()
-    return Path(os.path.commonpath(dirs))
 
 
 def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = None) -> dict[str, Any]:
@@ -248,7 +213,7 @@ def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = No
     if status not in DONE_STATUSES:
         raise UnfinishedRun(f"status={status!r}")
     kind = record["kind"]
-    shown_dir = _relative(run_dir, root) if root is not None else str(Path(run_dir).resolve())
+    shown_dir = relative_path(run_dir, root) if root is not None else str(Path(run_dir).resolve())
 
     row: dict[str, Any] = {
         "kind": kind,
@@ -273,7 +238,7 @@ def parse_results(record: Any, run_dir: str | Path, root: str | Path | None = No
         row.update(_train_fields(record))
     else:
         row.update(_evaluate_fields(record))
-        row["ckpt"] = _table_path(record.get("ckpt"), record.get("run_dir"), shown_dir, root)
+        row["ckpt"] = table_path(record.get("ckpt"), record.get("run_dir"), shown_dir, root)
     row["noise_lsb"] = float((record.get("adc_errors") or {}).get("noise_lsb", 0.0))
     trained = record if kind == "train" else (record.get("train_results") or {})
     row["train_noise_lsb"] = float((trained.get("adc_errors") or {}).get("noise_lsb", 0.0))
@@ -449,25 +414,6 @@ def _evaluate_fields(record: dict[str, Any]) -> dict[str, Any]:
         "train_seed": record.get("seed"),
         HISTORY_KEY: [],
     }
-
-
-def _relative(path: str | Path, root: str | Path) -> str:
-    """``path`` relative to ``root`` (both resolved), with ``/`` separators; ``.`` for the root itself."""
-    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
-
-
-def _table_path(path: Any, recorded_run_dir: Any, shown_dir: str, root: str | Path | None) -> str | None:
-    """A path a record names (e.g. ``ckpt``) as the table shows it: relative to the sweep root. An absolute path is
-    taken relative to the run directory the record names (``run_dir``, on the machine that wrote it) and joined to
-    the run's directory in the table; without a recorded run directory, relative to ``root``."""
-    if path is None:
-        return None
-    path = str(path)
-    if not os.path.isabs(path):
-        return Path(path).as_posix()
-    if isinstance(recorded_run_dir, str) and os.path.isabs(recorded_run_dir):
-        return Path(os.path.normpath(os.path.join(shown_dir, os.path.relpath(path, recorded_run_dir)))).as_posix()
-    return _relative(path, root) if root is not None else Path(path).as_posix()
 
 
 def _history(records: Any) -> list[dict[str, float]]:

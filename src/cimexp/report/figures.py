@@ -35,17 +35,10 @@ from cimexp.report.collect import (
     TRAINING_COLUMNS,
     granularity_rank,
 )
-from cimexp.report.tables import (
-    PANEL_KEYS,
-    adc_energy_table,
-    clip_rate_table,
-    mean_curves,
-    reference_applies,
-    scheme_stats,
-    train_runs,
-    variation_table,
-    varying,
-)
+from cimexp.report.curves import mean_curves
+from cimexp.report.reference import reference_applies
+from cimexp.report.stats import scheme_stats
+from cimexp.report.tables import PANEL_KEYS, adc_energy_table, clip_rate_table, train_runs, variation_table, varying
 
 ACC_LABEL = "Top-1 accuracy (%)"
 SPREAD = "±1 std"
@@ -262,7 +255,7 @@ def qat_figure(history: pd.DataFrame) -> Figure | None:
 
 def variation_figure(runs: pd.DataFrame) -> Figure | None:
     """Accuracy under log-normal cell variation (the paper's Fig. 10): mean over the replicates (training seeds, or
-    the chip instances of one, :func:`~cimexp.report.tables.replicate_units`) versus sigma, a band of ±1 std, one
+    the chip instances of one, :func:`~cimexp.report.stats.replicate_units`) versus sigma, a band of ±1 std, one
     line per scheme. One panel per model and data set. ``None`` unless evaluation runs cover more than one sigma."""
     table = variation_table(runs)
     if table.empty:

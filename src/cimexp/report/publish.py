@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cimexp.report.collect import HISTORY_KEY, QUANTIZER_READINGS, with_column_types
+from cimexp.report.curves import curve_labels, history_table, time_to_accuracy_table
 from cimexp.report.figures import (
     adc_energy_figure,
     clip_rate_figure,
@@ -24,22 +25,18 @@ from cimexp.report.figures import (
     save_figure,
     variation_figure,
 )
+from cimexp.report.markdown import paired_lines, to_markdown
+from cimexp.report.reference import REFERENCE_COLUMNS
 from cimexp.report.stats import CONFIDENCE
 from cimexp.report.tables import (
     PAIRED_REFERENCE,
-    REFERENCE_COLUMNS,
     adc_energy_table,
     adc_noise_table,
     clip_rate_table,
     comparison_table,
-    curve_labels,
     grid_table,
-    history_table,
-    paired_lines,
     paired_tables,
     summary_table,
-    time_to_accuracy_table,
-    to_markdown,
     variation_table,
 )
 
