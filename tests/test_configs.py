@@ -319,3 +319,20 @@ def test_the_quantizer_readings_are_spelled_alike_everywhere() -> None:
         assert reading["decay_steps"] == ("steps" not in exempt), name
     lsq = OmegaConf.to_container(OmegaConf.load(config_dir() / "quantizer" / "lsq.yaml"))["quantizer"]
     assert lsq == DEFAULTS
+
+
+def test_the_vocabulary_is_what_the_configs_and_the_layer_speak(make_cfg) -> None:
+    """The paper's settings are the default config's and the layer's; the granularities, schedules and quantizer
+    readings are the names of the enum and of the config groups."""
+    import inspect
+
+    from cimexp.cim import CIMConv2d, Granularity
+    from cimexp.cim.vocabulary import GRANULARITIES, PAPER_SETTINGS, QUANTIZER_READINGS, SCHEDULES
+
+    settings = layer_settings(make_cfg([]))
+    assert {key: settings[key] for key in PAPER_SETTINGS} == PAPER_SETTINGS
+    defaults = {k: p.default for k, p in inspect.signature(CIMConv2d).parameters.items() if k in PAPER_SETTINGS}
+    assert defaults == PAPER_SETTINGS
+    assert tuple(g.name.lower() for g in Granularity) == GRANULARITIES
+    assert SCHEDULES == tuple(sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml")))
+    assert set(QUANTIZER_READINGS) == {p.stem for p in (CONF_DIR / "quantizer").glob("*.yaml")}

@@ -178,3 +178,13 @@ def test_the_config_machinery_loads_no_lightning() -> None:
 def test_only_hydras_public_api_is_used() -> None:
     users = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "hydra._internal" in p.read_text()]
     assert users == []
+
+
+def test_the_report_and_the_vocabulary_load_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import cimexp.cim.vocabulary, cimexp.report, cimexp.report.cli, cimexp.results\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -39,12 +39,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimexp.cim import CIMConv2d, calibrate, simulate
+from cimexp.cim.vocabulary import PAPER_SETTINGS
 from cimexp.models import resnet20
 
 RESNET20_SHAPES = ((16, 32), (32, 16), (64, 8))
 """(channels, spatial size) of ResNet-20's 3x3 convolutions in its three stages."""
 
-CIM_SETTINGS: dict[str, int] = {"w_bits": 4, "a_bits": 4, "cell_bits": 2, "adc_bits": 4, "array_size": 128}
+CIM_SETTINGS: dict[str, int] = {
+    key: PAPER_SETTINGS[key] for key in ("w_bits", "a_bits", "cell_bits", "adc_bits", "array_size")
+}
 """CIM layer settings of every benchmark (the paper's: W4A4, 2-bit cells, 4-bit ADC, 128x128 arrays)."""
 
 NET_MODELS: dict[str, tuple[str, str] | None] = {

@@ -40,6 +40,7 @@ from torch import nn
 from cimexp.cim import Calibration, Granularity, StepInit
 from cimexp.cim.options import WEIGHT_STEP_INITS, check_bits
 from cimexp.cim.quant import KERNEL_MODES
+from cimexp.cim.vocabulary import GRANULARITIES
 from cimexp.files import atomic_write
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
@@ -341,7 +342,6 @@ def _write_table(path: Path, rows: list[dict[str, str]]) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-_GRANULARITIES = [g.name.lower() for g in Granularity]
 _METHODS = [m.value for m in StepInit]
 
 
@@ -381,7 +381,7 @@ def _section(rows: list[dict[str, str]]) -> list[str]:
     best: dict[tuple[str, str], dict[str, str]] = {}
     schemes = sorted(
         {(r["weight_granularity"], r["psum_granularity"]) for r in cells},
-        key=lambda s: (_GRANULARITIES.index(s[0]), _GRANULARITIES.index(s[1])),
+        key=lambda s: (GRANULARITIES.index(s[0]), GRANULARITIES.index(s[1])),
     )
     for adc_bits in sorted({r["adc_bits"] for r in cells}, key=int, reverse=True):
         at_bits = [r for r in cells if r["adc_bits"] == adc_bits]

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from cimexp.cim import CIMLinear, cim_layers, cim_summary, simulate
-
-GRANULARITIES = ("layer", "array", "channel", "column")
+from cimexp.cim.vocabulary import GRANULARITIES
 
 
 def _trained(in_features: int, out_features: int, *, signed: bool = False, seed: int = 0, **options) -> CIMLinear:

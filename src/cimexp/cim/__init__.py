@@ -6,63 +6,63 @@ Where things are: ``layer`` (``CIMConv2d``: one layer's forward pass), ``linear`
 ``mapping`` (the layout on arrays, bit slicing), ``quant`` (quantizer primitives, fused ADC kernels), ``step_init``
 (a layer's initial step sizes), ``adc`` (ADC non-idealities, telemetry), ``program`` (``CIMProgram``: export, file
 format, literal simulator), ``variation``, ``cost``, ``convert`` (any network onto the crossbars) and ``rebuild``
-(a layer built from a float conv).
+(a layer built from a float conv); ``vocabulary``
+(the names of granularities, schedules and the paper's settings, importable without torch).
 
 >>> from cimexp.cim import CIMConv2d
 >>> layer = CIMConv2d(64, 64, 3, padding=1, w_bits=4, a_bits=4, cell_bits=2, adc_bits=3, array_size=128,
 ...                   weight_granularity="column", psum_granularity="column")
 """
 
-from cimexp.cim.adc import ADCErrors, PsumStats
-from cimexp.cim.convert import Conversion, convert
-from cimexp.cim.cost import CostModel, cim_summary, layer_cost
-from cimexp.cim.layer import CIMConv2d, dequant_ops
-from cimexp.cim.linear import CIMLinear
-from cimexp.cim.mapping import ArrayMapping
-from cimexp.cim.network import (
-    calibrate,
-    cim_layers,
-    reestimate_batchnorm,
-    set_adc_errors,
-    set_calibration,
-    set_psum_quant,
-    start_telemetry,
-    stop_telemetry,
-    telemetry_active,
-)
-from cimexp.cim.options import Calibration, Granularity, StepInit, VariationLevel, WeightEncoding
-from cimexp.cim.program import CIMProgram, simulate
-from cimexp.cim.quant import set_kernels
-from cimexp.cim.variation import cell_variation
+from __future__ import annotations
 
-__all__ = [
-    "ADCErrors",
-    "ArrayMapping",
-    "Calibration",
-    "CIMConv2d",
-    "CIMLinear",
-    "CIMProgram",
-    "CostModel",
-    "Granularity",
-    "StepInit",
-    "VariationLevel",
-    "WeightEncoding",
-    "calibrate",
-    "Conversion",
-    "convert",
-    "cell_variation",
-    "cim_layers",
-    "cim_summary",
-    "dequant_ops",
-    "layer_cost",
-    "PsumStats",
-    "reestimate_batchnorm",
-    "set_adc_errors",
-    "set_calibration",
-    "set_kernels",
-    "set_psum_quant",
-    "simulate",
-    "start_telemetry",
-    "stop_telemetry",
-    "telemetry_active",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ADCErrors": "cimexp.cim.adc",
+    "PsumStats": "cimexp.cim.adc",
+    "Conversion": "cimexp.cim.convert",
+    "convert": "cimexp.cim.convert",
+    "CostModel": "cimexp.cim.cost",
+    "cim_summary": "cimexp.cim.cost",
+    "layer_cost": "cimexp.cim.cost",
+    "CIMConv2d": "cimexp.cim.layer",
+    "dequant_ops": "cimexp.cim.layer",
+    "CIMLinear": "cimexp.cim.linear",
+    "ArrayMapping": "cimexp.cim.mapping",
+    "calibrate": "cimexp.cim.network",
+    "cim_layers": "cimexp.cim.network",
+    "reestimate_batchnorm": "cimexp.cim.network",
+    "set_adc_errors": "cimexp.cim.network",
+    "set_calibration": "cimexp.cim.network",
+    "set_psum_quant": "cimexp.cim.network",
+    "start_telemetry": "cimexp.cim.network",
+    "stop_telemetry": "cimexp.cim.network",
+    "telemetry_active": "cimexp.cim.network",
+    "Calibration": "cimexp.cim.options",
+    "Granularity": "cimexp.cim.options",
+    "StepInit": "cimexp.cim.options",
+    "VariationLevel": "cimexp.cim.options",
+    "WeightEncoding": "cimexp.cim.options",
+    "CIMProgram": "cimexp.cim.program",
+    "simulate": "cimexp.cim.program",
+    "set_kernels": "cimexp.cim.quant",
+    "cell_variation": "cimexp.cim.variation",
+}
+"""Where each name of the package lives. Imported on first use, so that ``cimexp.cim.vocabulary`` (and the report,
+which reads it) loads without torch."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cimexp.cim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -59,14 +59,9 @@ from cimexp.cim.quant import (
 )
 from cimexp.cim.rebuild import rebuild_conv
 from cimexp.cim.step_init import initial_act_step, initial_psum_step, initial_weight_step
+from cimexp.cim.vocabulary import PAPER_SETTINGS, QUANTIZER_READINGS
 
-DEFAULTS = {
-    "weight_grad_scale": "lsq",
-    "act_grad_scale": "lsq",
-    "psum_grad_scale": "lsq",
-    "weight_splits": "shared",
-    "slice_gradient": "per_copy",
-}
+DEFAULTS = {key: value for key, value in QUANTIZER_READINGS["lsq"].items() if key != "decay_steps"}
 """The quantizer options' defaults (cimexp's reading; ``conf/quantizer/lsq.yaml``)."""
 
 CHANNELS_LAST_DEVICES = ("cpu",)
@@ -149,13 +144,13 @@ class CIMConv2d(nn.Conv2d):
         dilation: int | tuple[int, int] = 1,
         bias: bool = False,
         *,
-        w_bits: int = 4,
-        a_bits: int | None = 4,
-        cell_bits: int = 2,
-        adc_bits: int = 4,
-        array_size: int = 128,
-        weight_granularity: str | Granularity = "column",
-        psum_granularity: str | Granularity = "column",
+        w_bits: int = PAPER_SETTINGS["w_bits"],
+        a_bits: int | None = PAPER_SETTINGS["a_bits"],
+        cell_bits: int = PAPER_SETTINGS["cell_bits"],
+        adc_bits: int = PAPER_SETTINGS["adc_bits"],
+        array_size: int = PAPER_SETTINGS["array_size"],
+        weight_granularity: str | Granularity = PAPER_SETTINGS["weight_granularity"],
+        psum_granularity: str | Granularity = PAPER_SETTINGS["psum_granularity"],
         psum_quant: bool = True,
         weight_encoding: str | WeightEncoding = "twos_complement",
         dac_bits: int | None = None,

@@ -24,16 +24,9 @@ from typing import Any
 
 import pandas as pd
 
+from cimexp.cim.vocabulary import FLOAT, GRANULARITIES, NO_PSQ, QUANTIZER_READINGS
 from cimexp.report.paths import find_results, relative_path, sweep_root, table_path
 from cimexp.results import DONE_STATUSES, KINDS, read_results, upgrade
-
-GRANULARITIES = ("layer", "array", "channel", "column")
-"""Quantization granularities from coarse to fine, :class:`cimexp.cim.Granularity`'s order (spelled out here: the
-report does not import torch)."""
-FLOAT = "float"
-"""``weight_granularity`` / ``psum_granularity`` / ``scheme`` of a float network (``cim`` is ``null``)."""
-NO_PSQ = "none"
-"""``psum_granularity`` of a run without partial-sum quantization (``psum_quant`` false, the paper's "w/o PSQ")."""
 
 SETTING_COLUMNS = ("w_bits", "a_bits", "dac_bits", "cell_bits", "adc_bits", "array_size", "weight_encoding")
 """The CIM hardware and bit-width settings; a figure panel or a curve label names those that vary."""
@@ -45,30 +38,6 @@ noise during training (noise-aware training), variation-aware training sigma, an
 calibrated before its first step (``calibration``: the weight / activation / partial-sum methods, e.g.
 ``mse/mse/percentile``; empty for a float network or a record without them), and the reading of the quantizers
 it trained with (``quantizer``: :func:`quantizer_label`)."""
-
-QUANTIZER_READINGS: dict[str, dict[str, Any]] = {
-    "lsq": {
-        "weight_grad_scale": "lsq",
-        "act_grad_scale": "lsq",
-        "psum_grad_scale": "lsq",
-        "weight_splits": "shared",
-        "slice_gradient": "per_copy",
-        "decay_steps": False,
-    },
-    "authors": {
-        "weight_grad_scale": 1e-4,
-        "act_grad_scale": 0.0,
-        "psum_grad_scale": 1e-2,
-        "weight_splits": "per_split",
-        "slice_gradient": "lowest_split",
-        "decay_steps": True,
-        "decay_norms_biases": True,
-    },
-}
-"""The named readings of the quantizers (``conf/quantizer/<name>.yaml``, with ``decay_steps``: whether step sizes
-are decayed, ``decay_norms_biases``: whether normalisation weights and biases are; both from ``no_weight_decay``).
-Spelled out here because the report does not read configs; a test holds them equal to the config files. The
-first reading is what a record without these keys ran."""
 
 TRAINING_COLUMNS = (*CONDITION_COLUMNS, "epochs")
 """How a training run was trained besides its settings: the :data:`CONDITION_COLUMNS` and its length in epochs
