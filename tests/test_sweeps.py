@@ -163,7 +163,7 @@ def test_adc_noise_sweep_reads_plain_and_noise_aware_checkpoints(composed) -> No
     assert {Path(c["ckpt"]) for c, _ in composed["adc_noise/quick"]} == plain | noise_aware
     assert {c["adc"]["noise_lsb"] for c, _ in composed["noise_aware/quick"]} == {0.5}
     assert {tuple(c["variation"].values()) for c, _ in composed["variation_aware/quick"]} == {(0.2, "weight")}
-    adc_bits = {(c["granularity"]["weight"], c["cim"]["adc_bits"]) for c, _ in composed["adc_energy/quick"]}
+    adc_bits = {(c["granularity"]["weight"], c["adc"]["bits"]) for c, _ in composed["adc_energy/quick"]}
     assert adc_bits == {(w, b) for w in ("layer", "column") for b in (2, 3, 4, 5)}
 
 

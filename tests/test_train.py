@@ -110,7 +110,7 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
         run_dir = tmp_path / run
         assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
         config = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
-        assert config["cim"]["adc_bits"] == 4 and config["paths"]["output_dir"] == str(run_dir)
+        assert config["adc"]["bits"] == 4 and config["paths"]["output_dir"] == str(run_dir)
         assert json.loads((run_dir / "git.json").read_text()).keys() == {"commit", "dirty"}
         assert "val/acc" in (run_dir / "csv" / "metrics.csv").read_text()
         wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
@@ -120,7 +120,7 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     # W&B (offline) got the resolved config, the run name from the overrides and the summary
     run = next(lg for lg in resumed["loggers"] if isinstance(lg, WandbLogger)).experiment
     assert run.config["granularity"] == {"weight": "column", "psum": "column", "psum_quant": True}
-    assert run.config["cim"]["adc_bits"] == 4 and "ckpt_path" in run.config
+    assert run.config["adc"]["bits"] == 4 and "ckpt_path" in run.config
     assert "trainer.max_epochs=2" in run.name and not run.group  # a single run has no sweep group
     assert summaries[-1]["best/val/acc"] == results["best"]["val/acc"]
     assert summaries[-1]["cim/cim_layers"] == 18 and summaries[-1]["epochs"] == 2
