@@ -334,5 +334,5 @@ def test_the_vocabulary_is_what_the_configs_and_the_layer_speak(make_cfg) -> Non
     defaults = {k: p.default for k, p in inspect.signature(CIMConv2d).parameters.items() if k in PAPER_SETTINGS}
     assert defaults == PAPER_SETTINGS
     assert tuple(g.name.lower() for g in Granularity) == GRANULARITIES
-    assert SCHEDULES == tuple(sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml")))
+    assert tuple(sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))) == SCHEDULES
     assert set(QUANTIZER_READINGS) == {p.stem for p in (CONF_DIR / "quantizer").glob("*.yaml")}

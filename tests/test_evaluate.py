@@ -80,8 +80,8 @@ def run_eval(make_cfg, tmp_path: Path):
 def validations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the validation passes of ``evaluate`` (one entry per pass)."""
     calls: list[int] = []
-    validate = cimexp.evaluate._validate
-    monkeypatch.setattr(cimexp.evaluate, "_validate", lambda *args: calls.append(1) or validate(*args))
+    validate = cimexp.evaluate.validate_metrics
+    monkeypatch.setattr(cimexp.evaluate, "validate_metrics", lambda *args: calls.append(1) or validate(*args))
     return calls
 
 

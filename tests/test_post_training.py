@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from cimexp.cim import Calibration
 from cimexp.models import resnet20
-from cimexp.post_training import COLUMNS, _cell_config, post_training, top1_accuracy
+from cimexp.post_training import _cell_config, post_training, top1_accuracy
+from cimexp.report.post_training import COLUMNS
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
 

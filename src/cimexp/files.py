@@ -5,6 +5,7 @@ directory."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -216,3 +217,17 @@ def _describe(holder: dict[str, Any] | None) -> str:
     if holder is None:
         return "an unreadable lock"
     return f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing), waiting for other holders: for files that
+    several processes update in turn (the post-training table's cells). Unlike :func:`run_lock`, which refuses a
+    second run, this makes the second one wait."""
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with Path(lock_file).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -18,12 +18,8 @@ number (:func:`setting`). A grown grid computes only its new cells; a changed se
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import fcntl
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -40,46 +36,27 @@ from torch import nn
 from cimexp.cim import Calibration, Granularity, StepInit
 from cimexp.cim.options import WEIGHT_STEP_INITS, check_bits
 from cimexp.cim.quant import KERNEL_MODES
-from cimexp.cim.vocabulary import GRANULARITIES
-from cimexp.files import atomic_write
+from cimexp.cim.vocabulary import FLOAT
+from cimexp.files import exclusive
+from cimexp.report.post_training import (
+    CELL_KEY,
+    LOCK_FILE,
+    append_cell,
+    cell_keys,
+    read_cells,
+    write_table,
+)
+from cimexp.results import file_sha256
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
 from cimexp.run.config import calibration_settings, is_cim_factory, layer_factory, layer_settings
 from cimexp.run.entry import hydra_entry
 
 log = logging.getLogger("cimexp.post_training")
-
-COLUMNS = (
-    "setting",
-    "ckpt",
-    "data",
-    "val_images",
-    "w_bits",
-    "a_bits",
-    "cell_bits",
-    "array_size",
-    "act_method",
-    "percentile",
-    "calibration_images",
-    "bn_images",
-    "adc_bits",
-    "weight_granularity",
-    "psum_granularity",
-    "weight_method",
-    "psum_method",
-    "top1",
-    "seconds",
-)
-"""Columns of cells.csv. A cell is identified by ``setting`` (:func:`setting`) and the grid coordinates ``adc_bits``,
-the granularities and the methods; ``top1`` is a percentage, ``seconds`` the cell's wall time. The row of the float
-network has ``weight_granularity = psum_granularity = "float"`` and no ADC bits or methods."""
-
-_KEY = ("setting", "adc_bits", "weight_granularity", "psum_granularity", "weight_method", "psum_method")
-_GRID_CIM_KEYS = ("weight_granularity", "psum_granularity", "adc_bits")
+_GRID_CIMCELL_KEYS = ("weight_granularity", "psum_granularity", "adc_bits")
 """Keys of the ``cim`` node that every cell sets from the grid."""
-_SETTING_IGNORED_DATA_KEYS = ("data_dir", "eval_batch_size", "num_workers", "download")
+_SETTING_IGNORED_DATACELL_KEYS = ("data_dir", "eval_batch_size", "num_workers", "download")
 """Data settings that cannot change a number (CIM layers in eval mode are batch-independent)."""
-_FLOAT = "float"
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -122,7 +99,7 @@ def validate_config(cfg: DictConfig) -> None:
     if init_from is None or not Path(init_from).is_file():
         raise FileNotFoundError(
             f"model.init_from={init_from!r} does not exist. Point it at a float checkpoint (a Lightning .ckpt of "
-            "`python -m cimexp.train cim=none ...` or a state_dict), or set $CIMEXP_FLOAT_CKPT."
+            "`python -m cimexp.train cim=none ...` or a state_dict), or set $CIMEXPFLOAT_CKPT."
         )
 
 
@@ -143,21 +120,13 @@ def setting(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     calibration = OmegaConf.to_container(cfg.calibration, resolve=True)
     return {
-        "ckpt_sha256": _file_sha256(Path(model.pop("init_from"))),
+        "ckpt_sha256": file_sha256(model.pop("init_from")),
         "model": {k: v for k, v in model.items() if k not in ("compile", "compile_mode", "kernels")},
-        "cim": {k: v for k, v in cim.items() if k not in _GRID_CIM_KEYS},
-        "data": {k: v for k, v in data.items() if k not in _SETTING_IGNORED_DATA_KEYS},
+        "cim": {k: v for k, v in cim.items() if k not in _GRID_CIMCELL_KEYS},
+        "data": {k: v for k, v in data.items() if k not in _SETTING_IGNORED_DATACELL_KEYS},
         "calibration": {k: v for k, v in calibration.items() if k not in ("weight", "psum")},
         "seed": cfg.seed,
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _setting_hash(settings: dict[str, Any]) -> str:
@@ -218,10 +187,10 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
     cells = list(_cells(cfg))
     for i, (adc_bits, weight, psum, weight_method, psum_method) in enumerate(cells):
         key = (settings_hash, adc_bits, weight, psum, weight_method, psum_method)
-        if key in _keys(read_cells(csv_path)):  # computed before, or meanwhile by a concurrent run
+        if key in cell_keys(read_cells(csv_path)):  # computed before, or meanwhile by a concurrent run
             continue
         start = time.perf_counter()
-        if weight == _FLOAT:
+        if weight == FLOAT:
             net = _float_net(cfg, datamodule.num_classes).to(device)
         else:
             net = build_net(_cell_config(cfg, weight, psum, int(adc_bits)), datamodule.num_classes).to(device)
@@ -230,54 +199,28 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
         top1 = top1_accuracy(net, datamodule.val_dataloader(), device)
         row = {
             **common,
-            **dict(zip(_KEY[1:], key[1:], strict=True)),
+            **dict(zip(CELL_KEY[1:], key[1:], strict=True)),
             "top1": f"{100 * top1:.2f}",
             "seconds": f"{time.perf_counter() - start:.1f}",
         }
-        _append_cell(out_dir, row)
+        append_cell(out_dir, row)
         computed += 1
-        scheme = "float" if weight == _FLOAT else f"adc {adc_bits} w:{weight}/p:{psum} {weight_method}/{psum_method}"
+        scheme = "float" if weight == FLOAT else f"adc {adc_bits} w:{weight}/p:{psum} {weight_method}/{psum_method}"
         log.info("post-training %s: top-1 %s%% (%s s) [%d/%d]", scheme, row["top1"], row["seconds"], i + 1, len(cells))
-    with _locked(out_dir):
+    with exclusive(out_dir / LOCK_FILE):
         rows = read_cells(csv_path)
-        _write_table(table_path, rows)
+        write_table(table_path, rows)
     log.info("post-training: %d cells computed, %d found; %s", computed, len(cells) - computed, table_path)
-    done = _keys(rows)
+    done = cell_keys(rows)
     info = {"computed": computed, "csv": csv_path, "table": table_path}
     return [done[(settings_hash, *cell)] for cell in cells], info
-
-
-def _keys(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
-    return {tuple(row[k] for k in _KEY): row for row in rows}
-
-
-def _append_cell(out_dir: Path, row: dict[str, str]) -> None:
-    """Add ``row`` to cells.csv unless a concurrent run added its cell meanwhile, and rewrite table.md."""
-    with _locked(out_dir):
-        rows = read_cells(out_dir / "cells.csv")
-        if tuple(row[k] for k in _KEY) not in _keys(rows):
-            rows.append(row)
-            write_cells(out_dir / "cells.csv", rows)
-        _write_table(out_dir / "table.md", rows)
-
-
-@contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``out_dir`` (``.cells.lock``), so that runs sharing it never lose each other's cells."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / ".cells.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _cells(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str]]:
     """Grid coordinates ``(adc_bits, weight, psum, weight_method, psum_method)`` as strings (as in cells.csv),
     float first, then ADC bits by ADC bits in the order of ``grid``."""
     grid = cfg.grid
-    yield "", _FLOAT, _FLOAT, "", ""
+    yield "", FLOAT, FLOAT, "", ""
     for adc_bits, weight, psum, weight_method, psum_method in itertools.product(
         grid.adc_bits, grid.weight, grid.psum, grid.weight_methods, grid.psum_methods
     ):
@@ -308,128 +251,6 @@ def top1_accuracy(net: nn.Module, loader: torch.utils.data.DataLoader, device: t
         correct += int((logits.argmax(1) == labels.to(device)).sum())
         total += len(labels)
     return correct / total
-
-
-def read_cells(path: Path) -> list[dict[str, str]]:
-    """The rows of a cells.csv (none when the file does not exist).
-
-    Raises:
-        ValueError: the file's header is not :data:`COLUMNS` (written by another version: move it away).
-    """
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise ValueError(
-                f"{str(path)!r} has columns {reader.fieldnames}, expected {list(COLUMNS)}: it was written by another "
-                "version of cimexp.post_training; move it away (or set out_dir=...) to start a new table"
-            )
-        return list(reader)
-
-
-def write_cells(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write cells.csv atomically (readers see the old file or the new one)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-
-
-def _write_table(path: Path, rows: list[dict[str, str]]) -> None:
-    text = render_table(rows)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-_METHODS = [m.value for m in StepInit]
-
-
-def render_table(rows: list[dict[str, str]]) -> str:
-    """table.md: one section per setting in cells.csv (in order of first appearance), each with the float
-    network's top-1, one table per ADC resolution (methods x granularity pairs, the best method per pair in bold)
-    and the best method per pair and ADC resolution."""
-    lines = [
-        "# Post-training calibration: top-1 (%) without any training",
-        "",
-        "Written by `python -m cimexp.post_training` from `cells.csv` (methods and command: docs/calibration.md). A "
-        "float checkpoint converted to CIM layers; steps calibrated on training batches with the weight / partial-sum "
-        "methods of each row; accuracy on the evaluation (test) split. Columns: weight / partial-sum granularity.",
-    ]
-    for settings_hash in dict.fromkeys(row["setting"] for row in rows):
-        lines += _section([row for row in rows if row["setting"] == settings_hash])
-    return "\n".join(lines) + "\n"
-
-
-def _section(rows: list[dict[str, str]]) -> list[str]:
-    first = rows[0]
-    float_rows = [row for row in rows if row["weight_granularity"] == _FLOAT]
-    cells = [row for row in rows if row["weight_granularity"] != _FLOAT]
-    bn = (
-        f"BatchNorm re-estimated on {first['bn_images']} images" if first["bn_images"] != "0" else "no BN re-estimation"
-    )
-    lines = [
-        "",
-        f"## Setting {first['setting']}",
-        "",
-        f"`{first['ckpt']}` on {first['data']}, {first['val_images']} evaluation images; W{first['w_bits']}A"
-        f"{first['a_bits']}, {first['cell_bits']}-bit cells, {first['array_size']}x{first['array_size']} arrays; "
-        f"steps calibrated on {first['calibration_images']} training images, activations `{first['act_method']}`, "
-        f"percentile {first['percentile']}; {bn}. Float network: "
-        f"{float_rows[0]['top1'] + '%' if float_rows else 'not measured'}.",
-    ]
-    best: dict[tuple[str, str], dict[str, str]] = {}
-    schemes = sorted(
-        {(r["weight_granularity"], r["psum_granularity"]) for r in cells},
-        key=lambda s: (GRANULARITIES.index(s[0]), GRANULARITIES.index(s[1])),
-    )
-    for adc_bits in sorted({r["adc_bits"] for r in cells}, key=int, reverse=True):
-        at_bits = [r for r in cells if r["adc_bits"] == adc_bits]
-        methods = sorted(
-            {(r["weight_method"], r["psum_method"]) for r in at_bits},
-            key=lambda m: (_METHODS.index(m[0]), _METHODS.index(m[1])),
-        )
-        table = {
-            (r["weight_granularity"], r["psum_granularity"], r["weight_method"], r["psum_method"]): r for r in at_bits
-        }
-        top = {
-            s: max((table[(*s, *m)] for m in methods if (*s, *m) in table), key=_top1, default=None) for s in schemes
-        }
-        best.update({(adc_bits, f"{s[0]}/{s[1]}"): row for s, row in top.items() if row is not None})
-        lines += [
-            "",
-            f"### {adc_bits}-bit ADC",
-            "",
-            "| weight / psum method | " + " | ".join(f"{w}/{p}" for w, p in schemes) + " |",
-            "|---|" + "---|" * len(schemes),
-        ]
-        for m in methods:
-            cells_text = []
-            for s in schemes:
-                row = table.get((*s, *m))
-                text = "" if row is None else row["top1"]
-                cells_text.append(f"**{text}**" if row is not None and row is top[s] else text)
-            lines.append(f"| {m[0]} / {m[1]} | " + " | ".join(cells_text) + " |")
-    if best:
-        bits = sorted({b for b, _ in best}, key=int, reverse=True)
-        lines += [
-            "",
-            "### Best method per scheme",
-            "",
-            "| weight/psum | " + " | ".join(f"{b}-bit ADC" for b in bits) + " |",
-            "|---|" + "---|" * len(bits),
-        ]
-        for w, p in schemes:
-            entries = []
-            for b in bits:
-                row = best.get((b, f"{w}/{p}"))
-                entries.append("" if row is None else f"{row['top1']} ({row['weight_method']} / {row['psum_method']})")
-            lines.append(f"| {w}/{p} | " + " | ".join(entries) + " |")
-    return lines
-
-
-def _top1(row: dict[str, str]) -> float:
-    return float(row["top1"])
 
 
 def job(cfg: DictConfig) -> None:

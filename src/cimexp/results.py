@@ -412,19 +412,24 @@ def _renamed(metrics: dict[str, Any]) -> dict[str, Any]:
     return {RENAMED_METRICS.get(key, key): value for key, value in metrics.items()}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content (hex), read in 1 MiB blocks: the one hash of files that cimexp records."""
+    stat = Path(path).stat()
+    return _file_sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
 @lru_cache(maxsize=64)
-def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _file_digest(path: str) -> str:
     """16 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
-    stat = Path(path).stat()
-    return _file_digest_cached(path, stat.st_size, stat.st_mtime_ns)
+    return file_sha256(path)[:16]
 
 
 def run_status(interrupted: bool, metrics: dict[str, float]) -> str:
