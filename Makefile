@@ -64,7 +64,7 @@ sweeps: granularity_grid qat_schedules variation ## All CIFAR sweeps of PRESET, 
 
 MEDIUM_ARGS ?= hydra/launcher=parallel logger=csv trainer.enable_progress_bar=false
 MEDIUM_SWEEPS = granularity_grid/medium granularity_grid/medium_3bit qat_schedules/medium granularity_grid/medium_3bit_mse
-medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs CIMEXP_DATA): Figs. 7, 9, 10, report
+medium: ## The medium study on 2 cores, in order (relaunch resumes; needs CIMEXP_DATA): Figs. 7, 9, 10, report
 	for sweep in $(MEDIUM_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
 	$(PYTHON) -m cimexp.evaluate -m sweep=variation/medium $(MEDIUM_ARGS)
 	$(PYTHON) -m cimexp.report $(addprefix logs/sweeps/,$(MEDIUM_SWEEPS) variation/medium) --reference paper \
@@ -72,7 +72,7 @@ medium: ## Issue 16's medium study on 2 cores, in order (relaunch resumes; needs
 
 READINGS_SWEEPS = granularity_grid/medium_weight_grad_scale granularity_grid/medium_untied_lsq granularity_grid/medium_tied_authors granularity_grid/medium_authors
 READINGS_REPORT = experiments/results/medium/report/runs.csv $(addprefix logs/sweeps/,$(READINGS_SWEEPS) granularity_grid/medium_3epochs)
-medium-readings: ## Issue 26: the medium grid under quantizer=authors, the isolating runs, then 3 epochs by the declared rule
+medium-readings: ## The quantizer-readings study: the medium grid under quantizer=authors, the isolating runs, then 3 epochs by the declared rule
 	$(PYTHON) -m cimexp.train -m sweep=granularity_grid/medium_authors granularity=layer_column,column_column $(MEDIUM_ARGS)
 	for sweep in $(READINGS_SWEEPS); do $(PYTHON) -m cimexp.train -m sweep=$$sweep $(MEDIUM_ARGS) || exit 1; done
 	reading=$$($(PYTHON) experiments/results/medium/choose_reading.py experiments/results/medium/report/runs.csv \

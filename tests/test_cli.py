@@ -123,7 +123,7 @@ def test_help_lists_the_groups_the_sweeps_and_the_default_run(run_cli, tmp_path:
     assert result.returncode == 0, _output(result)
     out = result.stdout
     assert out.startswith("usage: cimexp-train ")
-    assert "200 epochs" in out and "50 hours" in out and "experiment=quick" in out
+    assert "200 epochs" in out and "GPU recipe" in out and "experiment=quick" in out
     for group in ("experiment", "model", "data", "quant", "cell", "adc", "array", "granularity", "schedule"):
         assert f"\n  {group} " in out, group
     assert "column_column" in out and "layer_nopsq" in out and "float" in out

@@ -15,7 +15,7 @@ pass plus weights, gradients and momentum) and the warm-up (first steps: kernel 
 ``--compile``). ``--all`` prints both tables.
 
 Ratios come from the same run, interleaved (round by round, every model or layer in turn), so machine load affects
-both sides alike. Targets (issue 2): CIM layer fwd+bwd <= 8x ``nn.Conv2d`` per shape; CIM forward >= 20x faster
+both sides alike. Targets: CIM layer fwd+bwd <= 8x ``nn.Conv2d`` per shape; CIM forward >= 20x faster
 than the literal simulator. Network targets: every CIM scheme's ResNet-20 step <= 3x float on a 2-core CPU, and
 column/column <= 2x float on one H100; peak training memory <= 3x float.
 """

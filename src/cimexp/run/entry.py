@@ -302,8 +302,8 @@ _ABOUT = {
 _DEFAULT_RUN = {
     "train": (
         "The default run (no experiment=) is the paper's recipe: ResNet-20 on CIFAR-10, W4A4, 2-bit cells, 4-bit\n"
-        "ADCs, 128x128 arrays, column/column, 200 epochs from scratch. It is a GPU recipe: about 2 hours on one\n"
-        "H100 (81 ms a step, experiments/results/bench/), about 50 hours on a 2-core CPU. On a laptop, start with\n"
+        "ADCs, 128x128 arrays, column/column, 200 epochs from scratch. It is a GPU recipe (hours on one GPU, days\n"
+        "on a CPU; measured steps per device: experiments/results/bench/). On a laptop, start with\n"
         "  {prog} experiment=quick            fine-tunes the shipped float network for 100 steps (~8 min)\n"
         "  {prog} debug=fdr data=synthetic    one batch on generated data: checks an install in seconds"
     ),
