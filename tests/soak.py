@@ -100,16 +100,33 @@ def compare(reference: Path, soaked: Path) -> list[str]:
     for name in names:
         a, b = (json.loads((d / name / "results.json").read_text()) for d in (reference, soaked))
         for key in ("status", "epochs", "global_step", "final", "config_hash"):
-            if a.get(key) != b.get(key):
+            if _untimed(a.get(key)) != _untimed(b.get(key)):
                 differences.append(f"{name}: {key} {a.get(key)} vs {b.get(key)}")
         sa, sb = (
             torch.load(d / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
             for d in (reference, soaked)
         )
-        for key in sa:
-            if not torch.equal(sa[key], sb[key]):
-                differences.append(f"{name}: weights {key}")
+        keys = sorted(sa.keys() | sb.keys())
+        differences += [f"{name}: weights {key}" for key in keys if not _same(sa.get(key), sb.get(key))]
     return differences
+
+
+def _untimed(value: object) -> object:
+    """A metrics dict without the wall-clock times (``time/*``), which no two runs share."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if not str(k).startswith("time/")}
+    return value
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal tensors (bit for bit), or equal containers of them (a layer's extra state is a dict)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def main(argv: list[str] | None = None) -> int:
