@@ -6,7 +6,9 @@ must end with every job's weights and metrics equal to those of the same sweep r
 The kill moments are drawn with ``--seed`` (uniform between ``--min-wait`` and ``--max-wait`` seconds after each
 launch, so that kills land during start-up, training, checkpoint writes and validation alike). Every launch is the
 same command; finished jobs are skipped and unfinished ones resume from ``last.ckpt`` (a stale ``run.lock`` of the
-killed process is replaced). Prints a JSON summary (kills, launches, jobs, seconds) and exits 1 on any difference.
+killed process is replaced). A copy of the sweep that finishes before all kills have landed is compared, and the
+next kills go to a new copy. Prints a JSON summary (kills, launches, copies, jobs, seconds) and exits 1 on any
+difference.
 """
 
 from __future__ import annotations
@@ -56,31 +58,41 @@ def run_to_end(sweep_dir: Path, timeout: float = 1800) -> None:
 
 
 def soak(out: Path, kills: int, seed: int, min_wait: float, max_wait: float) -> dict:
-    """Run the reference sweep, then the killed one; compare them. Returns the summary."""
+    """Run the reference sweep, then killed copies of it until ``kills`` kills have landed; compare each copy with
+    the reference. Returns the summary.
+
+    A copy is one sweep folder, relaunched after each kill until a launch finishes it (then once more, which must
+    find nothing left to do); when a copy finishes before all kills have landed, the next copy starts in a new
+    folder, so that a fast machine meets as many kills as a slow one.
+    """
     rng = random.Random(seed)
     started = time.monotonic()
     run_to_end(out / "reference")
     reference_s = time.monotonic() - started
-    killed, launches, soak_started = 0, 0, time.monotonic()
+    killed, launches, copies, differences, soak_started = 0, 0, 0, [], time.monotonic()
     while killed < kills:
-        process = launch(out / "soak")
+        copy = out / f"soak-{copies}"
+        copies += 1
+        while True:
+            process = launch(copy)
+            launches += 1
+            try:
+                process.wait(timeout=rng.uniform(min_wait, max_wait))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                killed += 1
+                continue
+            if process.returncode != 0:
+                raise RuntimeError(f"a relaunch into {copy} exited with {process.returncode}")
+            break
+        run_to_end(copy)
         launches += 1
-        try:
-            process.wait(timeout=rng.uniform(min_wait, max_wait))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            killed += 1
-            continue
-        if process.returncode != 0:
-            raise RuntimeError(f"a relaunch exited with {process.returncode}")
-        break  # the sweep finished before the next kill: relaunch to be sure nothing is left, then compare
-    run_to_end(out / "soak")
-    launches += 1
-    differences = compare(out / "reference", out / "soak")
+        differences += [f"{copy.name}: {difference}" for difference in compare(out / "reference", copy)]
     return {
         "kills": killed,
         "launches": launches,
+        "copies": copies,
         "jobs": len(job_dirs(out / "reference")),
         "reference_s": round(reference_s, 1),
         "soak_s": round(time.monotonic() - soak_started, 1),
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-wait", type=float, default=2.0)
-    parser.add_argument("--max-wait", type=float, default=30.0)
+    parser.add_argument("--max-wait", type=float, default=15.0)
     parser.add_argument("--out", type=Path, required=True, help="an empty or new folder")
     args = parser.parse_args(argv)
     summary = soak(args.out.resolve(), args.kills, args.seed, args.min_wait, args.max_wait)
