@@ -19,6 +19,12 @@ from cimexp.results import HASHED_CONFIG_KEY
 from cimexp.run.config import COMPILE_MODES, calibration_settings
 from cimexp.run.optim import NO_DECAY_KINDS, SchedulerFactory, build_scheduler, weight_decay_split
 
+TRAIN_SUMS = ("loss", "correct", "images", "lr")
+"""What the epoch's training means are made of: sums over its batches of loss x images, correct top-1, images,
+learning rate x images."""
+TRAIN_SUMS_KEY = "train_epoch_sums"
+"""Checkpoint entry holding the sums of the epoch in progress."""
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
@@ -87,7 +93,7 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.no_weight_decay = tuple(no_weight_decay)
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self._train_sums = torch.zeros(len(TRAIN_SUMS), dtype=torch.float64)  # this epoch's, kept in checkpoints
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_acc_best = 0.0
@@ -144,11 +150,25 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        n = labels.numel()
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        correct = (logits.detach().argmax(1) == labels).sum().to(loss.dtype)
+        step_sums = torch.stack([loss.detach() * n, correct, loss.new_tensor(n), loss.new_tensor(lr * n)])
+        self._train_sums = self._train_sums.to(step_sums.device) + step_sums.double()  # on the device: no sync
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros_like(self._train_sums)  # not called when a run resumes inside an epoch
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's means over all its batches (``train/loss``, ``train/acc``, ``lr``), from sums that checkpoints
+        keep, so that a run resumed inside an epoch reports the uninterrupted run's values."""
+        sums = self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="sum")
+        loss, correct, seen, lr = (float(value) for value in sums)
+        if seen > 0:
+            means = {"train/loss": loss / seen, "train/loss_epoch": loss / seen, "train/acc": correct / seen}
+            self.log_dict({**means, "lr": lr / seen}, on_step=False, on_epoch=True, prog_bar=False)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -167,11 +187,14 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best
+        checkpoint[TRAIN_SUMS_KEY] = self._train_sums.cpu().tolist()
         if self.hashed_config is not None:
             checkpoint[HASHED_CONFIG_KEY] = self.hashed_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_acc_best = float(checkpoint.get("val_acc_best", 0.0))
+        if TRAIN_SUMS_KEY in checkpoint:  # checkpoints from before it was kept: the epoch's means start over
+            self._train_sums = torch.tensor(checkpoint[TRAIN_SUMS_KEY], dtype=torch.float64)
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = weight_decay_split(self.model, self.no_weight_decay)
