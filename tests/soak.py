@@ -76,8 +76,8 @@ def soak(out: Path, kills: int, seed: int, min_wait: float, max_wait: float) -> 
         while True:
             process = launch(copy)
             launches += 1
-            try:
-                process.wait(timeout=rng.uniform(min_wait, max_wait))
+            try:  # once every kill has landed, this copy runs to its end
+                process.wait(timeout=rng.uniform(min_wait, max_wait) if killed < kills else None)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -253,3 +253,31 @@ def test_a_progress_bar_resumed_inside_an_epoch_shows_its_epoch_and_total(tmp_pa
         ("Epoch 1/2", 8, 4),  # not "Training: 4/?"
         ("Epoch 2/2", 8, 1),
     ]
+
+
+def test_a_run_resumed_inside_its_last_epoch_reports_the_uninterrupted_training_means(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch's ``train/loss``, ``train/acc`` and ``lr`` are means over all its batches, those before the resume
+    included (checkpoints keep their sums); the soak found them taken over the batches after the resume only."""
+    import signal
+
+    from cimexp.run.classifier import ImageClassifier
+
+    overrides = ["trainer.max_epochs=1", "data.train_size=32", "checkpoint.every_n_steps=1"]
+    _, whole = run(overrides, "whole")
+    step = ImageClassifier.training_step
+
+    def stop_after_batch_1(module, batch, idx):  # noqa: ANN001, ANN202
+        if module.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # RecoveryCheckpoint's handler: stop once this batch is saved
+        return step(module, batch, idx)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(ImageClassifier, "training_step", stop_after_batch_1)
+        run(overrides, "parts")
+    assert json.loads((tmp_path / "parts" / "results.json").read_text())["global_step"] == 2  # inside the epoch
+    _, parts = run(overrides, "parts")
+    assert parts["results"]["global_step"] == whole["results"]["global_step"] == 4
+    for key in ("train/loss", "train/acc", "lr", "val/acc", "val/loss"):
+        assert parts["results"]["final"][key] == whole["results"]["final"][key], key
