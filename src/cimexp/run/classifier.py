@@ -93,7 +93,10 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.no_weight_decay = tuple(no_weight_decay)
-        self._train_sums = torch.zeros(len(TRAIN_SUMS), dtype=torch.float64)  # this epoch's, kept in checkpoints
+        # This epoch's sums (TRAIN_SUMS), kept in checkpoints: loss and correct on the device (no sync per step),
+        # images and learning rate on the host (no copy per step).
+        self._train_sums = torch.zeros(2, dtype=torch.float64)
+        self._train_host = [0.0, 0.0]
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_acc_best = 0.0
@@ -154,17 +157,18 @@ class ImageClassifier(L.LightningModule):
         n = labels.numel()
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         correct = (logits.detach().argmax(1) == labels).sum().to(loss.dtype)
-        step_sums = torch.stack([loss.detach() * n, correct, loss.new_tensor(n), loss.new_tensor(lr * n)])
-        self._train_sums = self._train_sums.to(step_sums.device) + step_sums.double()  # on the device: no sync
+        self._train_sums = self._train_sums.to(loss.device) + torch.stack([loss.detach() * n, correct]).double()
+        self._train_host = [self._train_host[0] + n, self._train_host[1] + lr * n]
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._train_sums = torch.zeros_like(self._train_sums)  # not called when a run resumes inside an epoch
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes inside an epoch: the sums go on
+        self._train_sums, self._train_host = torch.zeros_like(self._train_sums), [0.0, 0.0]
 
     def on_train_epoch_end(self) -> None:
         """The epoch's means over all its batches (``train/loss``, ``train/acc``, ``lr``), from sums that checkpoints
         keep, so that a run resumed inside an epoch reports the uninterrupted run's values."""
-        sums = self.trainer.strategy.reduce(self._train_sums.clone(), reduce_op="sum")
+        sums = torch.cat([self._train_sums, self._train_sums.new_tensor(self._train_host)])
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         loss, correct, seen, lr = (float(value) for value in sums)
         if seen > 0:
             means = {"train/loss": loss / seen, "train/loss_epoch": loss / seen, "train/acc": correct / seen}
@@ -187,14 +191,15 @@ class ImageClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_acc_best"] = self.val_acc_best
-        checkpoint[TRAIN_SUMS_KEY] = self._train_sums.cpu().tolist()
+        checkpoint[TRAIN_SUMS_KEY] = [*self._train_sums.cpu().tolist(), *self._train_host]
         if self.hashed_config is not None:
             checkpoint[HASHED_CONFIG_KEY] = self.hashed_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_acc_best = float(checkpoint.get("val_acc_best", 0.0))
         if TRAIN_SUMS_KEY in checkpoint:  # checkpoints from before it was kept: the epoch's means start over
-            self._train_sums = torch.tensor(checkpoint[TRAIN_SUMS_KEY], dtype=torch.float64)
+            sums = [float(value) for value in checkpoint[TRAIN_SUMS_KEY]]
+            self._train_sums, self._train_host = torch.tensor(sums[:2], dtype=torch.float64), sums[2:]
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = weight_decay_split(self.model, self.no_weight_decay)
