@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cimexp.bench import NET_MODELS, bench_net, format_net_table, main
+from cimexp.bench import main
 from cimexp.models import resnet20
+from cimexp.run.speed import NET_MODELS, bench_net, format_net_table
 
 
 @pytest.fixture(autouse=True)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
-import cimexp.post_training
 import cimexp.run.config
 from cimexp.run.config import validate_evaluate, validate_train
-from cimexp.run.entry import UsageError, help_text, preflight
+from cimexp.run.entry import UsageError, help_text, preflight, renamed_overrides
+from cimexp.run.post_training import validate_post_training
 
 
 def _output(result) -> str:
@@ -110,7 +112,7 @@ def test_every_hydra_entry_point_reports_typos_the_same_way(
     tmp_path: Path, monkeypatch, config_name, args, words
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    validate = {"evaluate": validate_evaluate, "post_training": cimexp.post_training.validate_config}[config_name]
+    validate = {"evaluate": validate_evaluate, "post_training": validate_post_training}[config_name]
     message = _usage_error(config_name, args, validate)
     assert len(message.splitlines()) == 1
     for word in words:
@@ -222,7 +224,7 @@ STOPPABLE_RUN = [
     "data.val_size=16",
     "data.batch_size=8",
     "trainer.max_epochs=3",
-    "scheduler.T_max=36",
+    "lr_schedule.T_max=36",
     "logger=csv",
 ]
 """Three epochs of 12 steps, shuffled and augmented: long enough to be stopped inside epoch 0 or in a later epoch."""
@@ -366,3 +368,39 @@ def test_help_points_to_sections_the_readme_has() -> None:
     headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
     assert set(README_SECTIONS) <= headings, set(README_SECTIONS) - headings
     assert ", ".join(README_SECTIONS) in help_text("train", "cimexp-train")
+
+
+def test_a_run_validates_its_config_once(tiny_data, quiet, tmp_path: Path) -> None:
+    """The command line's check before Hydra starts is the run's only one: the job does not validate again."""
+    code = (
+        "import sys\n"
+        "import cimexp.run.config as config\n"
+        "import cimexp.train\n"
+        "calls = []\n"
+        "warn = config._warn_sign_bit_cells\n"
+        "config._warn_sign_bit_cells = lambda layer: (calls.append(1), warn(layer))\n"
+        f"sys.argv = ['cimexp-train', 'debug=fdr', *{[*tiny_data, *quiet]!r}]\n"
+        "cimexp.train.main()\n"
+        "print('validations', len(calls))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "validations 1" in result.stdout, result.stdout[-2000:]
+
+
+def test_a_renamed_group_still_works_for_one_release_with_a_warning(tmp_path: Path) -> None:
+    """``scheduler`` (0.1) is ``lr_schedule`` since 0.2: the old name is read, with a one-line warning."""
+    assert renamed_overrides(["scheduler=one_cycle", "+scheduler.x=1", "schedule=two_stage", "schedulers=1"]) == (
+        ["lr_schedule=one_cycle", "+lr_schedule.x=1", "schedule=two_stage", "schedulers=1"],
+        ["`scheduler` is now `lr_schedule` (renamed in 0.2; the old name is read until 0.3)"],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "cimexp.train", "scheduler=one_cycle", "scheduler.pct_start=0.1", "--cfg", "job"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    schedule = yaml.safe_load(result.stdout)["lr_schedule"]
+    assert schedule["_target_"].endswith("OneCycleLR") and schedule["pct_start"] == 0.1
+    assert result.stderr.count("warning: `scheduler` is now `lr_schedule`") == 1, result.stderr

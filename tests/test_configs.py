@@ -20,7 +20,7 @@ from cimexp.cim import CIMConv2d, cim_layers
 from cimexp.models import resnet20
 from cimexp.run.build import build_net, instantiate_all
 from cimexp.run.callbacks import QATSchedule
-from cimexp.run.config import LAYER_SETTINGS, config_dir, layer_factory, layer_settings
+from cimexp.run.config import LAYER_SETTINGS, check_launch, config_dir, layer_factory, layer_settings
 from cimexp.run.config import validate_train as validate_config
 from cimexp.run.provenance import resolved_config, slug
 
@@ -119,7 +119,7 @@ def test_paper_settings_are_the_defaults(make_cfg) -> None:
     assert (cfg.quant.w_bits, cfg.quant.a_bits, cfg.cell.bits, cfg.adc.bits, cfg.array.size) == (4, 4, 2, 4, 128)
     assert cfg.schedule.stage1_epochs == 0
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
-    assert cfg.scheduler._target_.endswith("CosineAnnealingLR")
+    assert cfg.lr_schedule._target_.endswith("CosineAnnealingLR")
     assert cfg.seed == 0
 
 
@@ -204,10 +204,10 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
     assert quick.model.init_from.endswith("resnet20_cifar10_float.pt")
     float_ = make_cfg(["experiment=float_resnet20_cifar10"])
     assert float_.cim._target_ == "torch.nn.Conv2d" and float_.loss.label_smoothing == 0.1
-    assert float_.scheduler._target_.endswith("OneCycleLR") and float_.scheduler.max_lr == float_.optimizer.lr
+    assert float_.lr_schedule._target_.endswith("OneCycleLR") and float_.lr_schedule.max_lr == float_.optimizer.lr
     authors = make_cfg(["experiment=authors_resnet20_cifar10"])
     assert (authors.optimizer.lr, authors.optimizer.weight_decay, authors.data.batch_size) == (0.01, 3e-3, 256)
-    assert list(authors.no_weight_decay) == [] and authors.scheduler.T_max == 70 * math.ceil(50_000 / 256)
+    assert list(authors.no_weight_decay) == [] and authors.lr_schedule.T_max == 70 * math.ceil(50_000 / 256)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +230,7 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["calibration.bn_batches=-1"], ValueError, ["calibration.bn_batches=-1", "an integer >= 0"]),
         (["optimizer.lr=abc"], ValueError, ["optimizer.lr='abc'", "a number"]),
         (["optimizer.momentum=-1"], ValueError, ["'momentum': -1", "Invalid momentum value: -1"]),
-        (["scheduler.eta_min=x"], ValueError, ["scheduler", "'eta_min': 'x'"]),
+        (["lr_schedule.eta_min=x"], ValueError, ["lr_schedule", "'eta_min': 'x'"]),
         (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),
         (["checkpoint.every_minutes=0"], ValueError, ["checkpoint.every_minutes=0", "a number > 0, or null"]),
         (["checkpoint.every_n_steps=2.5"], ValueError, ["checkpoint.every_n_steps=2.5", "an integer >= 1, or null"]),
@@ -257,13 +257,14 @@ def test_validate_config_names_the_bad_value(make_cfg, overrides, error, words) 
 
 def test_ddp_inside_a_multirun_is_refused(make_cfg) -> None:
     cfg = make_cfg(["trainer=ddp_sim"])
-    validate_config(cfg)  # a single run is fine
+    validate_config(cfg)
+    check_launch(cfg.trainer)  # a single run is fine
     with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig().set_config(cfg)
     with pytest.raises(ValueError, match="multirun"):
-        validate_config(cfg)
-    validate_config(make_cfg(["trainer=ddp_sim", "trainer.devices=1"]))
+        check_launch(cfg.trainer)
+    check_launch(make_cfg(["trainer=ddp_sim", "trainer.devices=1"]).trainer)
 
 
 def test_two_stage_is_fine_with_enough_epochs_or_without_psum_quant(make_cfg) -> None:

@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 
 from cimexp.cim import Calibration
 from cimexp.models import resnet20
-from cimexp.post_training import _cell_config, post_training, top1_accuracy
+from cimexp.post_training import post_training
 from cimexp.report.post_training import COLUMNS
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
+from cimexp.run.post_training import cell_config, top1_accuracy
 
 TINY = [
     "data=synthetic",
@@ -84,7 +85,7 @@ def test_table_end_to_end_then_resumed_grown_and_extended(table, make_cfg, float
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     batches = [images for images, _ in list(datamodule.train_dataloader())[:2]]
-    net = build_net(_cell_config(cfg, "column", "column", 3), 10)
+    net = build_net(cell_config(cfg, "column", "column", 3), 10)
     calibrate_network(net, batches, Calibration(weight="max", psum="percentile"), 1, 2)
     accuracy = top1_accuracy(net, datamodule.val_dataloader(), torch.device("cpu"))
     assert rows[3]["top1"] == f"{100 * accuracy:.2f}"

@@ -201,6 +201,15 @@ def test_a_run_recorded_before_the_callbacks_moved_is_the_same_run() -> None:
     assert config_differences(old, {**new, "schedule._target_": "cimexp.run.callbacks.Other"}) != []
 
 
+def test_a_run_recorded_under_a_renamed_group_is_the_same_run() -> None:
+    from cimexp.results import config_differences
+
+    old = {"scheduler._target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "scheduler.T_max": None}
+    new = {"lr_schedule._target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "lr_schedule.T_max": None}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "lr_schedule.T_max": 36}) == ["lr_schedule.T_max: null -> 36"]
+
+
 def test_a_run_recorded_with_copies_of_its_settings_is_the_same_run() -> None:
     from cimexp.results import config_differences
 

@@ -23,6 +23,7 @@ import cimexp.run.classifier
 import cimexp.train
 from cimexp.data import SyntheticDataModule
 from cimexp.models import resnet20
+from cimexp.run.config import check_launch
 from cimexp.run.config import validate_train as validate_config
 from cimexp.run.provenance import resolved_config
 from cimexp.train import train
@@ -359,10 +360,10 @@ def test_ddp_in_a_multirun_is_fine_under_slurm(make_cfg, monkeypatch: pytest.Mon
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig().set_config(cfg)
     with pytest.raises(ValueError, match="multirun"):
-        validate_config(cfg)
+        check_launch(cfg.trainer)
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "cimexp")
-    validate_config(cfg)
+    check_launch(cfg.trainer)
 
 
 TINY = ["data=synthetic", "data.image_size=8", "data.train_size=16", "data.val_size=16", "data.batch_size=8"]

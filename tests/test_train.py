@@ -59,7 +59,7 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
 ) -> None:
     """Two epochs straight vs one epoch, then a resumed run from its last.ckpt: identical weights and metrics.
 
-    The learning-rate schedule is pinned (``scheduler.T_max``) so that the shortened first run follows the same
+    The learning-rate schedule is pinned (``lr_schedule.T_max``) so that the shortened first run follows the same
     schedule as the full one, as a killed run would. With data in a fixed order without augmentation this checks
     the platform's part (model, CIM step sizes, optimizer, scheduler, loops and callback state); with the default
     shuffled and augmented data, also that epoch 1 sees the same batches after the resume.
@@ -67,7 +67,7 @@ def test_train_logs_checkpoints_and_resumes_to_the_same_result(
     summaries: list[dict] = []
     set_summary = cimexp.run.summary.log_summary
     monkeypatch.setattr(cimexp.train, "log_summary", lambda lg, res: summaries.append(set_summary(lg, res)))
-    common = ["logger=many", f"scheduler.T_max={2 * STEPS_PER_EPOCH}"]
+    common = ["logger=many", f"lr_schedule.T_max={2 * STEPS_PER_EPOCH}"]
     if data == "in_order":
         common.append("data._target_=test_train.InOrderSynthetic")
     full_metrics, full = run([*common, "trainer.max_epochs=2"], "full")

@@ -1,3 +1,3 @@
 """cimexp: compute-in-memory quantization experiments (column-wise weight and partial-sum quantization)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -34,7 +34,7 @@ from cimexp.run.build import (
     load_checkpoint,
 )
 from cimexp.run.classifier import ImageClassifier
-from cimexp.run.config import adc_errors, validate_evaluate
+from cimexp.run.config import adc_errors, validate_evaluate, validate_once
 from cimexp.run.entry import hydra_entry
 from cimexp.run.evaluation import (
     checkpoint_file,
@@ -76,7 +76,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.info("finished before, not evaluated again: %s/results.json", output_dir)
         return flat_metrics(done), {"cfg": cfg, "results": done}
 
-    validate_evaluate(cfg)
+    validate_once(validate_evaluate, cfg)
     start = time.perf_counter()
     checkpoint = load_checkpoint(cfg.ckpt)
     train_status = (checkpoint.train_results or {}).get("status", "finished")

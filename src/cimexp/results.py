@@ -218,6 +218,18 @@ RETIRED_COPIES = tuple(
 ``adc.bits``, always equal to it): a config without them is the same run."""
 
 
+RENAMED_KEYS = {"scheduler": "lr_schedule"}
+"""Config keys renamed since an earlier version (old first component -> new): the learning-rate schedule's group
+was ``scheduler`` in 0.1. A run recorded under the old name is the same run; the command line still reads the old
+name in 0.2, with a warning (:func:`cimexp.run.entry.renamed_overrides`)."""
+
+
+def current_key(key: str) -> str:
+    """A flat config key under its current name (:data:`RENAMED_KEYS`): ``scheduler.T_max`` -> ``lr_schedule.T_max``."""
+    head, dot, rest = key.partition(".")
+    return RENAMED_KEYS.get(head, head) + dot + rest
+
+
 def _current_target(value: Any) -> Any:
     for old, new in MOVED_TARGETS.items():
         if isinstance(value, str) and value.startswith(old):
@@ -228,11 +240,15 @@ def _current_target(value: Any) -> Any:
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``["optimizer.lr: 0.1 -> 0.5", ...]`` for every key of two flat configs whose value differs (sorted;
     ``<absent>`` where one lacks the key). Keys of :data:`HASH_EXCLUDED_KEYS` are ignored; ``old`` is read with its
-    targets under their current names (:data:`MOVED_TARGETS`) and without the copies it may hold
-    (:data:`RETIRED_COPIES`); the data digests are ignored when ``old`` has none (written before they were recorded:
-    it is compared by the data's settings)."""
+    keys and targets under their current names (:data:`RENAMED_KEYS`, :data:`MOVED_TARGETS`) and without the
+    copies it may hold (:data:`RETIRED_COPIES`); the data digests are ignored when ``old`` has none (written before
+    they were recorded: it is compared by the data's settings)."""
     missing = object()
-    old = {key: _current_target(value) for key, value in old.items() if key not in RETIRED_COPIES or key in new}
+    old = {
+        current_key(key): _current_target(value)
+        for key, value in old.items()
+        if key not in RETIRED_COPIES or key in new
+    }
     if not any(key.startswith(DATA_DIGEST_PREFIX) for key in old):
         new = {key: value for key, value in new.items() if not key.startswith(DATA_DIGEST_PREFIX)}
 

@@ -26,7 +26,7 @@ from cimexp.run.callbacks import (
     ResultsWriter,
 )
 from cimexp.run.classifier import ImageClassifier
-from cimexp.run.config import adc_errors, check_accelerator, validate_train
+from cimexp.run.config import adc_errors, check_accelerator, check_launch, validate_once, validate_train
 from cimexp.run.entry import hydra_entry
 from cimexp.run.loggers import finish_wandb
 from cimexp.run.provenance import git_state, resolved_config
@@ -75,8 +75,9 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
             return done["final"], {"cfg": cfg, "results": done}
         ckpt_path = unfinished_checkpoint(output_dir)
 
-    validate_train(cfg)
+    validate_once(validate_train, cfg)
     check_accelerator(cfg.trainer)
+    check_launch(cfg.trainer)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "cim_summary": "cimexp.cim.cost",
     "layer_cost": "cimexp.cim.cost",
     "CIMConv2d": "cimexp.cim.layer",
-    "dequant_ops": "cimexp.cim.layer",
+    "dequant_ops": "cimexp.cim.cost",
     "CIMLinear": "cimexp.cim.linear",
     "ArrayMapping": "cimexp.cim.mapping",
     "calibrate": "cimexp.cim.network",

@@ -201,3 +201,19 @@ class PsumStats:
         if self.column_clips is not None:
             out["column_clip_rate"] = self.column_clips / max(self.column_conversions, 1)
         return out
+
+
+def adc_errors_tile_major(
+    state: ADCState, n_cycles: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The static errors ``(offset, gain, dnl)`` of ``state``, each ``[P, S, T, O(, thresholds)]`` per column, in the
+    ``[K*G, O(, thresholds)]`` order of a layer's forward pass (``G`` tile-major ``(t, p, s)``; the same ADC converts
+    every one of the ``K`` input cycles of a column)."""
+
+    def tile_major(per_column: torch.Tensor | None) -> torch.Tensor | None:
+        if per_column is None:
+            return None
+        moved = per_column.permute(2, 0, 1, 3, *range(4, per_column.dim()))
+        return moved.flatten(0, 2).repeat(n_cycles, *([1] * (per_column.dim() - 3)))
+
+    return tile_major(state.offset), tile_major(state.gain), tile_major(state.dnl)

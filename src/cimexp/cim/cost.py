@@ -9,7 +9,7 @@ granularities (only the weight granularity without partial-sum quantization):
 - finest level array or channel: ``n_array x n_oc`` = one per (row tile, polarity, output channel) = ``T * P * O``;
 - any column: ``n_split x n_array x n_oc`` = one per mapped column = ``P * S * T * O`` (x2 for differential).
 
-The count is :func:`cimexp.cim.layer.dequant_ops` (beside the layer, which needs it without importing this module).
+The count is :func:`dequant_ops`.
 
 ADCs. Every mapped column is converted once per output position and input cycle, so one image costs
 ``H_out * W_out * T * O * S * P * K`` conversions (``K = ceil(a_bits / dac_bits)`` input cycles of bit-serial
@@ -43,9 +43,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from cimexp.cim.layer import CIMConv2d, dequant_ops
+from cimexp.cim.layer import CIMConv2d
 from cimexp.cim.linear import CIMLinear
 from cimexp.cim.network import cim_layers
+
+
+# --- dequantization -------------------------------------------------------------------------------------------
+def dequant_ops(layer: CIMConv2d) -> int:
+    """Dequantization multiplies per output position of ``layer`` (paper Fig. 4; the count in this module's
+    docstring, :func:`cimexp.cim.mapping.dequant_ops`)."""
+    return layer.dequant_ops()
 
 
 # --- ADC cost models -------------------------------------------------------------------------------------------

@@ -24,17 +24,15 @@ is :func:`cimexp.cim.program.simulate`, tested against both paths.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cimexp.cim.adc import ADCState, PsumStats, nonideal_adc_shift_add
-from cimexp.cim.mapping import ArrayMapping, input_shift, slice_bits, slice_inputs
+from cimexp.cim.adc import ADCState, PsumStats, adc_errors_tile_major, nonideal_adc_shift_add
+from cimexp.cim.mapping import ArrayMapping, dequant_ops, input_shift, slice_bits, slice_inputs
 from cimexp.cim.options import (
     Calibration,
     Granularity,
@@ -53,9 +51,11 @@ from cimexp.cim.quant import (
     adc_shift_add,
     effective_step,
     output_unit_gradient,
+    per_copy_lsq_correction,
     quantize_int,
     round_ste,
     sync_mean,
+    tf32_off,
 )
 from cimexp.cim.rebuild import rebuild_conv
 from cimexp.cim.step_init import initial_act_step, initial_psum_step, initial_weight_step
@@ -68,32 +68,8 @@ CHANNELS_LAST_DEVICES = ("cpu",)
 """Device types whose fast path computes partial sums channels-last (``[B, H, W, C]`` in memory)."""
 ONE_CONV_DEVICES = ("cuda",)
 """Device types whose partial sums come from one grouped convolution per layer instead of one per row tile."""
-
-
-def _per_copy_lsq_correction(
-    codes: torch.Tensor, w_int: torch.Tensor, s_w: torch.Tensor, split_shift: torch.Tensor
-) -> torch.Tensor:
-    """Zero in the forward pass; makes the gradient of split ``s``'s own weight step LSQ's for its copy of the weight.
-
-    With column-wise weight steps every split quantizes its own copy of the weight (paper Sec. III-C),
-    ``q_s = round(w / s_s)``, and keeps its bits: ``s_s * shift_s * code_s(q_s)``. Taken literally, the step's
-    gradient is ``shift_s * code_s - u_s / S`` (``u_s = w / s_s``, ``S`` splits): the split's bits minus its share
-    of ``u``, a term as large as the weight itself, with opposite signs for the high and the low split (their sum
-    is LSQ's ``q - u`` only when the steps are shared). Trained with it, the steps of the splits of one weight
-    drift apart, after which the splits take their bits from different integers and the stored weight is no
-    quantization of the float one (the measurement: ``experiments/results/medium/README.md``).
-
-    This term's gradient replaces ``shift_s * code_s`` by the split's share ``q_s / S`` of its copy: each split's step
-    then gets ``(q_s - u_s) / S``, LSQ's rounding error of its own copy (through the straight-through ``1/S`` share
-    of :func:`~cimexp.cim.mapping.slice_bits`), and with equal steps the sum over the splits is plain LSQ's.
-
-    Shapes: ``codes``, ``w_int`` ``[P, S, O, T, R]``; ``s_w`` ``[P, S, T, O]``; ``split_shift`` ``[S]`` (signed).
-    """
-    step = s_w.permute(0, 1, 3, 2).unsqueeze(-1)  # [P, S, O, T, 1]
-    shift = split_shift.reshape(1, -1, 1, 1, 1)
-    ratio = (w_int / codes.shape[1] - shift * codes.detach()) / (shift * step.detach())
-    correction = step * ratio
-    return correction - correction.detach()
+READY_FLAGS = ("weight_step_ready", "act_step_ready", "psum_step_ready")
+"""Whether each step is initialised: the layer's extra state in its ``state_dict``."""
 
 
 class CIMConv2d(nn.Conv2d):
@@ -236,16 +212,11 @@ class CIMConv2d(nn.Conv2d):
 
     # --- initialisation state (saved in state_dict via extra state) -------------------------------------------
     def get_extra_state(self) -> dict[str, bool]:
-        return {
-            "weight_step_ready": self.weight_step_ready,
-            "act_step_ready": self.act_step_ready,
-            "psum_step_ready": self.psum_step_ready,
-        }
+        return {flag: getattr(self, flag) for flag in READY_FLAGS}
 
     def set_extra_state(self, state: dict[str, bool]) -> None:
-        self.weight_step_ready = bool(state["weight_step_ready"])
-        self.act_step_ready = bool(state["act_step_ready"])
-        self.psum_step_ready = bool(state["psum_step_ready"])
+        for flag in READY_FLAGS:
+            setattr(self, flag, bool(state[flag]))
 
     def extra_repr(self) -> str:
         a = "None" if self.a_bits is None else self.a_bits
@@ -271,8 +242,9 @@ class CIMConv2d(nn.Conv2d):
         }
 
     def dequant_ops(self) -> int:
-        """Dequantization multiplies per output position (paper Fig. 4; :func:`dequant_ops`)."""
-        return dequant_ops(self)
+        """Dequantization multiplies per output position (paper Fig. 4; :func:`cimexp.cim.mapping.dequant_ops`)."""
+        psum = self.psum_granularity if self.psum_quant else None
+        return dequant_ops(self.mapping, self.weight_granularity, psum, self.weight_per_split)
 
     @property
     def weight_per_split(self) -> bool:
@@ -331,7 +303,7 @@ class CIMConv2d(nn.Conv2d):
         codes = slice_bits(w_int, m, self.slice_gradient)
         per_copy = self.slice_gradient is SliceGradient.PER_COPY
         if per_copy and self.weight_per_split and m.n_splits > 1 and s_w.requires_grad:
-            codes = codes + _per_copy_lsq_correction(codes, w_int.detach(), s_w, self.split_shift)
+            codes = codes + per_copy_lsq_correction(codes, w_int.detach(), s_w, self.split_shift)
         return codes
 
     def _conductances(self, s_w: torch.Tensor) -> torch.Tensor:
@@ -364,7 +336,7 @@ class CIMConv2d(nn.Conv2d):
             x = x.to(self.weight.dtype)
             if torch.compiler.is_compiling() or not (x.is_cuda and self._non_integer_operands):
                 return self._forward(x)
-            with _tf32_off():
+            with tf32_off():
                 return self._forward(x)
 
     @property
@@ -480,21 +452,10 @@ class CIMConv2d(nn.Conv2d):
         if self.adc_state is None:
             y = adc_shift_add(psum, s_p, factor, qmin, qmax, self._int16_psums)
         else:
-            y = nonideal_adc_shift_add(psum, s_p, factor, qmin, qmax, self.adc_state, *self._adc_errors(n_cycles))
+            y = nonideal_adc_shift_add(
+                psum, s_p, factor, qmin, qmax, self.adc_state, *adc_errors_tile_major(self.adc_state, n_cycles)
+            )
         return y.reshape(y.shape[0], self.out_channels, *out_hw)
-
-    def _adc_errors(self, n_cycles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The static ADC errors ``(offset, gain, dnl)`` in the ``[K*G, O(, thresholds)]`` order of the forward pass
-        (the same ADC converts every input cycle of a column)."""
-
-        def g_order(per_column: torch.Tensor | None) -> torch.Tensor | None:
-            if per_column is None:
-                return None
-            tile_major = per_column.permute(2, 0, 1, 3, *range(4, per_column.dim()))
-            return tile_major.flatten(0, 2).repeat(n_cycles, *([1] * (per_column.dim() - 3)))
-
-        state = self.adc_state
-        return g_order(state.offset), g_order(state.gain), g_order(state.dnl)
 
     # --- export -----------------------------------------------------------------------------------------------
     def cim_program(self) -> CIMProgram:
@@ -536,37 +497,3 @@ class CIMConv2d(nn.Conv2d):
     def reset_psum_steps(self) -> None:
         """Re-initialise the ADC steps from the partial sums of the next forward pass (two-stage QAT's stage 2)."""
         self.psum_step_ready = False
-
-
-@contextlib.contextmanager
-def _tf32_off() -> Iterator[None]:
-    """cuDNN's TF32 convolutions switched off (eager mode only: a compiled graph reads the flag once)."""
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
-
-
-def dequant_granularity(layer: CIMConv2d) -> Granularity:
-    """The level at which scales must be applied: the finer of weight and (if quantized) partial-sum steps."""
-    if not layer.psum_quant:
-        return layer.weight_granularity
-    return max(layer.weight_granularity, layer.psum_granularity)
-
-
-def dequant_ops(layer: CIMConv2d) -> int:
-    """Dequantization multiplies per output position (paper Fig. 4 accounting, see :mod:`cimexp.cim.cost`).
-
-    Defined here rather than in the cost module, which builds on this one, so that :meth:`CIMConv2d.dequant_ops`
-    needs no import back from it."""
-    m = layer.mapping
-    level = dequant_granularity(layer)
-    if level is Granularity.COLUMN:
-        return m.n_columns
-    # Splits with weight steps of their own are scaled apart before they are added: one multiply per split.
-    splits = m.n_splits if layer.weight_per_split else 1
-    if level is Granularity.LAYER:
-        return splits
-    return m.n_row_tiles * m.n_polarities * m.out_channels * splits  # ARRAY, CHANNEL: per output channel of an array

@@ -329,3 +329,17 @@ def _split_shift_view(n_splits: int, cell_bits: int, like: torch.Tensor) -> torc
     shifts = [2.0 ** (cell_bits * (n_splits - 1 - s)) for s in range(n_splits)]
     view = [1, n_splits] + [1] * (like.dim() - 2)
     return torch.tensor(shifts, dtype=like.dtype, device=like.device).reshape(view)
+
+
+def dequant_ops(mapping: ArrayMapping, weight: Granularity, psum: Granularity | None, weight_per_split: bool) -> int:
+    """Dequantization multiplies per output position (paper Fig. 4; :mod:`cimexp.cim.cost`) of a layer mapped as
+    ``mapping`` with ``weight`` and ``psum`` step granularities (``psum=None``: partial sums not quantized) and
+    weight steps of its own for every bit-split or not. Scales are applied at the finer of the two levels."""
+    level = weight if psum is None else max(weight, psum)
+    if level is Granularity.COLUMN:
+        return mapping.n_columns
+    # Splits with weight steps of their own are scaled apart before they are added: one multiply per split.
+    splits = mapping.n_splits if weight_per_split else 1
+    if level is Granularity.LAYER:
+        return splits
+    return mapping.n_row_tiles * mapping.n_polarities * mapping.out_channels * splits  # ARRAY, CHANNEL

@@ -188,7 +188,7 @@ class SliceGradient(enum.Enum):
 
     - ``PER_COPY``: every split gets ``1/S`` of the straight-through gradient, and with one step per split each
       split's step gets LSQ's gradient of its own copy, ``(q_s - u_s) / S``
-      (:func:`cimexp.cim.layer._per_copy_lsq_correction`). cimexp's reading.
+      (:func:`cimexp.cim.quant.per_copy_lsq_correction`). cimexp's reading.
     - ``LOWEST_SPLIT``: the gradients that bit arithmetic by remainder and floor division gives: the least
       significant split passes the whole straight-through gradient (``d code / d q = 1``), the others none; a
       split's step then gets ``shift_s * code_s``, the least significant one ``code - u`` (inside the range). The

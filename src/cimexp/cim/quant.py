@@ -9,10 +9,11 @@ outside). :func:`grad_scale` applies LSQ's step-gradient scale ``g = 1 / sqrt(N 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -339,3 +340,40 @@ def _call_compiled(fn: Callable, *args: torch.Tensor):
             stacklevel=3,
         )
         return fn(*args)
+
+
+def per_copy_lsq_correction(
+    codes: torch.Tensor, w_int: torch.Tensor, s_w: torch.Tensor, split_shift: torch.Tensor
+) -> torch.Tensor:
+    """Zero in the forward pass; makes the gradient of split ``s``'s own weight step LSQ's for its copy of the weight.
+
+    With column-wise weight steps every split quantizes its own copy of the weight (paper Sec. III-C),
+    ``q_s = round(w / s_s)``, and keeps its bits: ``s_s * shift_s * code_s(q_s)``. Taken literally, the step's
+    gradient is ``shift_s * code_s - u_s / S`` (``u_s = w / s_s``, ``S`` splits): the split's bits minus its share
+    of ``u``, a term as large as the weight itself, with opposite signs for the high and the low split (their sum
+    is LSQ's ``q - u`` only when the steps are shared). Trained with it, the steps of the splits of one weight
+    drift apart, after which the splits take their bits from different integers and the stored weight is no
+    quantization of the float one (the measurement: ``experiments/results/medium/README.md``).
+
+    This term's gradient replaces ``shift_s * code_s`` by the split's share ``q_s / S`` of its copy: each split's step
+    then gets ``(q_s - u_s) / S``, LSQ's rounding error of its own copy (through the straight-through ``1/S`` share
+    of :func:`~cimexp.cim.mapping.slice_bits`), and with equal steps the sum over the splits is plain LSQ's.
+
+    Shapes: ``codes``, ``w_int`` ``[P, S, O, T, R]``; ``s_w`` ``[P, S, T, O]``; ``split_shift`` ``[S]`` (signed).
+    """
+    step = s_w.permute(0, 1, 3, 2).unsqueeze(-1)  # [P, S, O, T, 1]
+    shift = split_shift.reshape(1, -1, 1, 1, 1)
+    ratio = (w_int / codes.shape[1] - shift * codes.detach()) / (shift * step.detach())
+    correction = step * ratio
+    return correction - correction.detach()
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """cuDNN's TF32 convolutions switched off (eager mode only: a compiled graph reads the flag once)."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous

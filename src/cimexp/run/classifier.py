@@ -110,13 +110,13 @@ class ImageClassifier(L.LightningModule):
     def from_config(
         cls, cfg: DictConfig, net: nn.Module, num_classes: int, *, config: dict[str, Any], hashed_config: dict[str, Any]
     ) -> ImageClassifier:
-        """The module of a composed training config (``optimizer``, ``scheduler``, ``loss``, ``no_weight_decay``,
+        """The module of a composed training config (``optimizer``, ``lr_schedule``, ``loss``, ``no_weight_decay``,
         ``calibration``, ``model.compile``); ``config``: the resolved config, ``hashed_config``: its hashed form,
         saved in checkpoints."""
         return cls(
             net,
             optimizer=instantiate(cfg.optimizer),
-            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            scheduler=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
             num_classes=num_classes,
             label_smoothing=cfg.loss.label_smoothing,
             no_weight_decay=cfg.no_weight_decay,

@@ -199,6 +199,20 @@ def group_options(group: str, config_dir: str | None = None) -> list[str]:
     return options
 
 
+_VALIDATED: set[tuple[str, str]] = set()
+"""``(check, config)`` pairs already validated in this process (:func:`validate_once`)."""
+
+
+def validate_once(validate: Callable[[DictConfig], None], cfg: DictConfig) -> None:
+    """``validate(cfg)``, unless this process has validated an equal config with it already: the command line's
+    check before Hydra starts (:func:`cimexp.run.entry.preflight`) is then the run's only one. Configs are compared
+    by their unresolved YAML, so a job's config (Hydra's node removed) equals the one the check composed."""
+    key = (f"{validate.__module__}.{validate.__qualname__}", OmegaConf.to_yaml(cfg))
+    if key not in _VALIDATED:
+        validate(cfg)
+        _VALIDATED.add(key)
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Check the training settings that Hydra cannot, before any data is loaded or model built.
 
@@ -240,13 +254,13 @@ def validate_train(cfg: DictConfig) -> None:
     _check_trainer(cfg.trainer)
     try:  # the optimizer and scheduler check their own arguments: build them on one parameter
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
-        if cfg.get("scheduler"):
-            scheduler = build_scheduler(instantiate(cfg.scheduler), optimizer, total_steps=2)
+        if cfg.get("lr_schedule"):
+            scheduler = build_scheduler(instantiate(cfg.lr_schedule), optimizer, total_steps=2)
             optimizer.step()  # no gradient: changes nothing; some schedulers check their values only when stepped
             scheduler.step()
     except (ValueError, TypeError) as error:
-        values = {k: v for k, v in {**cfg.optimizer, **(cfg.get("scheduler") or {})}.items() if k[0] != "_"}
-        raise ValueError(f"invalid optimizer or scheduler settings {values}: {error}") from error
+        values = {k: v for k, v in {**cfg.optimizer, **(cfg.get("lr_schedule") or {})}.items() if k[0] != "_"}
+        raise ValueError(f"invalid optimizer or lr_schedule settings {values}: {error}") from error
 
     trainer = cfg.trainer
     stage1 = cfg.schedule.stage1_epochs
@@ -274,6 +288,15 @@ def validate_train(cfg: DictConfig) -> None:
             "or set model.init_from=null to train from scratch."
         )
 
+
+def check_launch(trainer: DictConfig) -> None:
+    """What only the running job can check, as Hydra launched it: a trainer strategy that re-runs the command line
+    for its other ranks cannot run inside a multirun (not in :func:`validate_train`: the command line check runs
+    before Hydra, which decides the mode).
+
+    Raises:
+        ValueError: such a strategy inside ``-m``.
+    """
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and _relaunches_script(trainer):
         raise ValueError(
             f"trainer strategy {trainer.strategy!r} with devices={trainer.devices} cannot run inside a Hydra "

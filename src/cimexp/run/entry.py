@@ -38,8 +38,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cimexp.data.base import DataError
 from cimexp.files import CorruptFileError, RunLockedError
-from cimexp.results import StaleRunError
-from cimexp.run.config import CONFIG_PATH, LAYER_SETTINGS, compose, group_options, register_resolvers
+from cimexp.results import RENAMED_KEYS, StaleRunError
+from cimexp.run.config import CONFIG_PATH, LAYER_SETTINGS, compose, group_options, register_resolvers, validate_once
 
 USAGE_ERROR = 2
 """Exit code of a command line that names a bad group option, key or value (as argparse uses)."""
@@ -71,6 +71,23 @@ def _remove_if_unused(run_dir: Path, job_name: str) -> None:
     before_training = {".hydra", f"{job_name}.log", "config_resolved.yaml", "git.json", "csv", "wandb"}
     if {entry.name for entry in run_dir.iterdir()} <= before_training:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def renamed_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``(overrides, notes)``: the command line's overrides with renamed config keys and groups under their current
+    names (:data:`cimexp.results.RENAMED_KEYS`; ``scheduler=one_cycle`` -> ``lr_schedule=one_cycle``, also with
+    ``+``/``~`` and dotted keys), and one deprecation note per old name used."""
+    renamed, notes = [], []
+    for override in overrides:
+        match = re.match(r"([+~]{0,2})([\w]+)(.*)", override, re.DOTALL)
+        new = RENAMED_KEYS.get(match.group(2)) if match and match.group(3)[:1] in ("", ".", "=", "@") else None
+        if new is None:
+            renamed.append(override)
+            continue
+        note = f"`{match.group(2)}` is now `{new}` (renamed in 0.2; the old name is read until 0.3)"
+        notes += [] if note in notes else [note]
+        renamed.append(match.group(1) + new + match.group(3))
+    return renamed, notes
 
 
 def command_line(argv: list[str]) -> argparse.Namespace:
@@ -131,6 +148,13 @@ def hydra_entry(
 
     def main() -> Any:
         args = command_line(sys.argv[1:])
+        overrides, notes = renamed_overrides(args.overrides)
+        for note in notes:
+            print(f"{prog}: warning: {note}", file=sys.stderr)
+        if notes:  # @hydra.main reads sys.argv itself
+            current = dict(zip(args.overrides, overrides, strict=True))
+            sys.argv[1:] = [current.get(arg, arg) for arg in sys.argv[1:]]
+            args.overrides = overrides
         register_resolvers()
         quiet_dependencies()
         if args.help:
@@ -165,10 +189,7 @@ def preflight(
     job_overrides = overrides
     try:
         for job_overrides in sweep_jobs(config_name, overrides, config_dir) if multirun else [overrides]:
-            cfg = compose(config_name, job_overrides, config_dir=config_dir)
-            with warnings.catch_warnings():  # the job warns again when it runs
-                warnings.simplefilter("ignore")
-                validate(cfg)
+            validate_once(validate, compose(config_name, job_overrides, config_dir=config_dir))
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
