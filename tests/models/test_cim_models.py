@@ -56,3 +56,18 @@ def test_cim_resnet20_compiles_to_one_graph_and_matches_eager(train):
         results.append([out.detach(), *(p.grad for p in model.parameters() if train)])
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_building_on_the_crossbars_draws_no_random_numbers() -> None:
+    """A CIM network starts from the float network's weights, and leaves the random stream where the float one does
+    (one way to build: float, then :func:`cimexp.models.swap.on_crossbars`)."""
+    torch.manual_seed(3)
+    float_model = resnet20()
+    after_float = torch.rand(4)
+    torch.manual_seed(3)
+    cim_model = resnet20(conv_layer=functools.partial(CIMConv2d, adc_bits=3))
+    assert torch.equal(torch.rand(4), after_float)
+    floats = float_model.state_dict()
+    for key, value in cim_model.state_dict().items():
+        if key in floats:
+            assert torch.equal(value, floats[key]), key

@@ -35,8 +35,10 @@ def test_each_network_converts_trains_a_batch_and_exports(name, make_cfg, tiny_d
 
 
 def test_what_each_network_keeps_digital() -> None:
-    factory = lambda *a, **k: CIMConv2d(*a, **k)  # noqa: E731 - not a CIMConv2d partial: nothing is converted
-    assert not list(cim_layers(vgg8(conv_layer=factory)))
+    factory = lambda *a, **k: CIMConv2d(*a, **k)  # noqa: E731 - any conv factory: swaps the convs, not the linears
+    net = vgg8(conv_layer=factory)
+    assert type(net[0]) is nn.Conv2d and [type(m) for m in net if isinstance(m, nn.Linear)] == [nn.Linear] * 2
+    assert len(list(cim_layers(net))) == 5
     import functools
 
     cim = functools.partial(CIMConv2d, adc_bits=4)
@@ -44,7 +46,7 @@ def test_what_each_network_keeps_digital() -> None:
     assert type(net[0]) is nn.Conv2d and type(net[-1]) is nn.Linear  # the stem and the classifier
     net = mobilenetv2(conv_layer=cim, width_mult=0.25)
     depthwise = net.features[2].conv[1][0]
-    assert type(depthwise) is nn.Conv2d and depthwise.groups == depthwise.in_channels  # digital (not mapped yet)
+    assert type(depthwise) is CIMConv2d and depthwise.groups == depthwise.in_channels  # mapped group by group
     assert net.features[2].conv[0][0].act_signed  # the expansion conv reads the residual stream
     net = vit(conv_layer=cim, dim=32, depth=1, heads=2, mlp=32)
     assert type(net.embed) is nn.Linear and type(net.head) is nn.Linear

@@ -10,7 +10,7 @@ converted and what it kept digital, and why.
 
 What stays digital by default (``keep="first_and_last"``) is what the paper keeps digital: the first layer that
 sees the input (its inputs are the signed, normalised image) and the last linear layer (the classifier). Grouped and
-depthwise convolutions stay digital too, for now, with that reason in the report.
+depthwise convolutions are mapped group by group, each group on its own columns (:mod:`cimexp.cim.mapping`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 from cimexp.cim.layer import CIMConv2d
 from cimexp.cim.linear import CIMLinear
+from cimexp.cim.rebuild import random_state_kept
 
 KEEP_POLICIES = ("first_and_last", "none")
 """``first_and_last``: the first conv or linear layer in module order and the last linear layer stay digital (the
@@ -53,7 +54,7 @@ def convert(
     """Replace, in place, the ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` by CIM layers built with
     ``cim_options`` (the keyword arguments of :class:`~cimexp.cim.CIMConv2d`), copying weights and biases and
     keeping each layer's device, dtype and train/eval mode. Layers that are CIM layers already are left alone, so
-    converting twice changes nothing.
+    converting twice changes nothing. It draws no random numbers (:func:`~cimexp.cim.rebuild.random_state_kept`).
 
     Args:
         model: any module (a layer that is the whole model cannot be replaced in place: wrap it first).
@@ -74,6 +75,19 @@ def convert(
     kept = _kept_by_policy(candidates, keep)
     signed = [re.compile(pattern) for pattern in signed_inputs]
     report = Conversion()
+    with random_state_kept(model):
+        _replace(model, candidates, kept, signed, cim_options, report)
+    return report
+
+
+def _replace(
+    model: nn.Module,
+    candidates: list[tuple[str, nn.Module]],
+    kept: dict[str, str],
+    signed: list[re.Pattern[str]],
+    cim_options: dict[str, Any],
+    report: Conversion,
+) -> None:
     for name, module in candidates:
         reason = kept.get(name) or _unmappable(module)
         if reason is not None:
@@ -91,7 +105,6 @@ def convert(
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, replacement)
         report.converted.append(name)
-    return report
 
 
 def _kept_by_policy(candidates: list[tuple[str, nn.Module]], keep: str | Sequence[str]) -> dict[str, str]:
@@ -109,10 +122,6 @@ def _kept_by_policy(candidates: list[tuple[str, nn.Module]], keep: str | Sequenc
 
 def _unmappable(module: nn.Module) -> str | None:
     """Why a layer cannot go on the crossbars yet; ``None`` when it can."""
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            kind = "depthwise" if module.groups == module.in_channels else "grouped"
-            return f"{kind} convolution (groups={module.groups}): not mapped to arrays yet"
-        if module.padding_mode != "zeros":
-            return f"padding_mode={module.padding_mode!r}: only zero padding is mapped"
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}: only zero padding is mapped"
     return None

@@ -225,14 +225,13 @@ def adc_conversions(layer: CIMConv2d, out_hw: tuple[int, int]) -> int:
 def n_adcs(layer: CIMConv2d, adc_share: int = 1) -> int:
     """ADCs of the layer: ``ceil(mapped columns / adc_share)`` in every array, summed over its arrays.
 
-    An array of column tile ``j`` holds ``min(channels_per_array, O - j * channels_per_array)`` output channels of
-    ``S`` columns each; every (polarity, row tile) repeats the column tiles. Matches the numbering of
-    :meth:`~cimexp.cim.mapping.ArrayMapping.adc_index` (the ADCs that convert at least one column)."""
+    The array of column tile ``j`` holds the output channels whose column tile
+    (:meth:`~cimexp.cim.mapping.ArrayMapping.col_tile_index`) is ``j``, ``S`` columns each; every (polarity, row
+    tile) repeats the column tiles. Matches the numbering of :meth:`~cimexp.cim.mapping.ArrayMapping.adc_index` (the
+    ADCs that convert at least one column)."""
     m = layer.mapping
-    per_row = sum(
-        math.ceil(min(m.channels_per_array, m.out_channels - j * m.channels_per_array) * m.n_splits / adc_share)
-        for j in range(m.n_col_tiles)
-    )
+    outputs = torch.bincount(m.col_tile_index(), minlength=m.n_col_tiles).tolist()
+    per_row = sum(math.ceil(n * m.n_splits / adc_share) for n in outputs)
     return m.n_polarities * m.n_row_tiles * per_row
 
 
@@ -249,7 +248,7 @@ def layer_cost(
     ``adc_energy_pj`` (per image) and ``adc_area_um2`` (all the layer's ADCs)."""
     cost = cost or CostModel()
     m = layer.mapping
-    cells = m.n_polarities * m.n_splits * layer.in_channels * m.kernel_area * m.out_channels
+    cells = m.n_polarities * m.n_splits * m.in_channels * m.kernel_area * m.out_channels  # in_channels: per group
     adc = cost.adc(layer.adc_bits)
     adcs = n_adcs(layer, cost.adc_share)
     conversions = None if out_hw is None else adc_conversions(layer, out_hw)
@@ -279,6 +278,7 @@ def layer_settings(layer: CIMConv2d) -> dict[str, Any]:
         "in_channels": layer.in_channels,
         "out_channels": layer.out_channels,
         "kernel_size": list(layer.kernel_size),
+        "groups": layer.groups,
         "w_bits": layer.w_bits,
         "a_bits": layer.a_bits,
         "cell_bits": layer.cell_bits,
@@ -365,6 +365,7 @@ def _plain_conv(layer: CIMConv2d) -> nn.Conv2d:
         layer.stride,
         layer.padding,
         layer.dilation,
+        layer.groups,
         bias=False,
         device=layer.weight.device,
         dtype=layer.weight.dtype,

@@ -19,8 +19,7 @@ a CPU; on a GPU all tiles in one grouped convolution, paper Fig. 5), and the ADC
 run in one autograd node whose forward and backward are compiled fused kernels (:mod:`cimexp.cim.quant`). With
 ``psum_quant=False`` the whole layer is linear in the cell codes, so it folds into a single ordinary convolution.
 Bit-serial inputs, non-ideal ADCs and telemetry take the general path (all columns at once). The literal reference
-is :func:`cimexp.cim.program.simulate`, tested against both paths.
-"""
+is :func:`cimexp.cim.program.simulate`, tested against both paths."""
 
 from __future__ import annotations
 
@@ -75,7 +74,7 @@ READY_FLAGS = ("weight_step_ready", "act_step_ready", "psum_step_ready")
 class CIMConv2d(nn.Conv2d):
     """Convolution computed as on compute-in-memory crossbars with bit-sliced weights and low-resolution ADCs.
 
-    Args (beyond ``nn.Conv2d``'s; ``groups`` must be 1):
+    Args (beyond ``nn.Conv2d``'s; ``groups > 1`` maps every group to its own columns, :mod:`cimexp.cim.mapping`):
         w_bits: signed integer weight bits (two's complement range, or symmetric for differential encoding).
         a_bits: unsigned activation bits; ``None`` disables activation quantization.
         dac_bits: input bits applied per cycle (bit-serial inputs); ``None`` (default): ``a_bits``, one multi-bit
@@ -141,12 +140,10 @@ class CIMConv2d(nn.Conv2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if groups != 1:
-            raise ValueError(f"invalid groups={groups}: CIMConv2d maps dense convolutions only; valid: 1")
         if padding_mode != "zeros":
             raise ValueError(f"invalid padding_mode={padding_mode!r}; valid choices: zeros")
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias, "zeros", device, dtype
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, "zeros", device, dtype
         )
         self.w_bits = check_bits("w_bits", w_bits)
         self.a_bits = check_bits("a_bits", a_bits, allow_none=True)
@@ -164,7 +161,7 @@ class CIMConv2d(nn.Conv2d):
         self.weight_splits = parse_choice(WeightSplits, weight_splits, "weight_splits")
         self.slice_gradient = parse_choice(SliceGradient, slice_gradient, "slice_gradient")
         self.mapping = ArrayMapping.create(
-            in_channels,
+            in_channels // groups,
             out_channels,
             self.kernel_size,
             array_size=array_size,
@@ -173,6 +170,7 @@ class CIMConv2d(nn.Conv2d):
             adc_bits=self.adc_bits,
             encoding=self.weight_encoding,
             signed_inputs=self.a_bits is None or self.act_signed,
+            groups=groups,
         )
         m = self.mapping
         factory = {"device": device, "dtype": dtype}
@@ -363,7 +361,8 @@ class CIMConv2d(nn.Conv2d):
         if not self.psum_quant:
             # Linear in the codes: fold shift-and-add and dequantization into one ordinary convolution.
             w_eff = torch.einsum("tpsor,tpso->otr", cond, factor).reshape(self.out_channels, -1, kh, kw)
-            out = F.conv2d(a_int, w_eff[:, : self.in_channels], None, self.stride, self.padding, self.dilation)
+            w_eff = w_eff[:, : self.mapping.in_channels]
+            out = F.conv2d(a_int, w_eff, None, self.stride, self.padding, self.dilation, self.groups)
         elif self.n_input_cycles == 1 and self.adc_state is None and self.psum_stats is None and self.psum_step_ready:
             # Fast path: ideal ADCs, one input cycle, nothing recorded: tile by tile (one conv + one fused ADC each).
             out = self._tiles_adc(a_int, cond, factor)
@@ -377,25 +376,29 @@ class CIMConv2d(nn.Conv2d):
         return out
 
     def _tile_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
-        """Every column's partial sum, as a list of ``[B, G_i, O, H_out, W_out]`` blocks of consecutive row tiles
-        (``G_i`` = their tiles x ``P*S``, tile-major; paper Fig. 5). On the devices of :data:`ONE_CONV_DEVICES`
-        (GPUs, where kernel launches bound these small layers): one grouped convolution, one group per tile, over
-        zero-padded input channels. Elsewhere (CPU): one convolution per tile over just the channels it holds, so
-        the multiply-adds are exactly ``P*S`` times the layer's and no grouped backward is needed (oneDNN's is slow)."""
+        """Every column's partial sum, as ``[B, G_i, O, H_out, W_out]`` blocks of consecutive row tiles (``G_i`` =
+        their tiles x ``P*S``, tile-major; paper Fig. 5). A dense layer on :data:`ONE_CONV_DEVICES` (GPUs, where
+        launches bound these small layers): one convolution, one group per tile, over zero-padded channels.
+        Otherwise one convolution per tile over the channels it holds (of every group of a grouped layer, whose
+        outputs it takes group-major, ``(g, p*s, o_g)``): exactly ``P*S`` times the layer's multiply-adds, and no
+        grouped backward for a dense layer (oneDNN's is slow)."""
         m = self.mapping
         kh, kw = self.kernel_size
-        n_tiles, cpt = m.n_row_tiles, m.channels_per_tile
+        n_tiles, cpt, groups = m.n_row_tiles, m.channels_per_tile, self.groups
         conv = functools.partial(F.conv2d, bias=None, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        if n_tiles > 1 and a_int.device.type in ONE_CONV_DEVICES:
+        if n_tiles > 1 and groups == 1 and a_int.device.type in ONE_CONV_DEVICES:
             padded = F.pad(a_int, (0, 0, 0, 0, 0, n_tiles * cpt - self.in_channels))
             psum = conv(padded, cond.reshape(-1, cpt, kh, kw), groups=n_tiles)
             return [psum.unflatten(1, (-1, self.out_channels))]
         psums = []
         for t in range(n_tiles):
-            channels = min(cpt, self.in_channels - t * cpt)
+            channels = min(cpt, m.in_channels - t * cpt)
             weight = cond[t].reshape(-1, cpt, kh, kw)[:, :channels]  # [P*S*O, channels, kh, kw]
-            inputs = a_int if n_tiles == 1 else a_int[:, t * cpt : t * cpt + channels]
-            psums.append(conv(inputs, weight).unflatten(1, (-1, self.out_channels)))
+            held = slice(t * cpt, t * cpt + channels)
+            inputs = a_int if n_tiles == 1 else a_int.unflatten(1, (groups, -1))[:, :, held].flatten(1, 2)
+            weight = weight.unflatten(0, (-1, groups, m.out_per_group)).transpose(0, 1).flatten(0, 2)
+            psum = conv(inputs, weight, groups=groups).unflatten(1, (groups, -1, m.out_per_group))
+            psums.append(psum.transpose(1, 2).flatten(2, 3))  # [B, P*S, O, H_out, W_out]
         return psums
 
     def _steps_and_factors(self, factor: torch.Tensor, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,9 +409,7 @@ class CIMConv2d(nn.Conv2d):
 
     def _adc_range(self, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(qmin, qmax)``, each ``[n_tiles*P*S, 1]``: the code range of every column group, tile-major."""
-        qmin = self.adc_min.expand(n_tiles, -1, -1).reshape(-1, 1)
-        qmax = self.adc_max.expand(n_tiles, -1, -1).reshape(-1, 1)
-        return qmin, qmax
+        return self.adc_min.expand(n_tiles, -1, -1).reshape(-1, 1), self.adc_max.expand(n_tiles, -1, -1).reshape(-1, 1)
 
     def _tiles_adc(self, a_int: torch.Tensor, cond: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;

@@ -9,6 +9,15 @@ Each integer weight occupies ``S`` cells (splits) in ``S`` adjacent columns of t
 ``array_size // S`` output channels. The most significant cell holds what is left, ``msb_bits`` bits, fewer than
 ``cell_bits`` when ``cell_bits`` does not divide the weight bits (4-bit weights on 3-bit cells: 1 + 3). With
 differential encoding every array has a twin of opposite polarity.
+
+Grouped and depthwise convolutions (``groups = G > 1``) map each group to its own columns: output channel ``o``
+belongs to group ``g = o // (O/G)``, and its column holds only its group's ``C_in/G`` input channels, tiled into
+row tiles exactly as a dense layer's (``in_channels`` of a mapping is the input channels of one group). Groups whose
+columns and rows both fit share an array block-diagonally: an array holds ``min(columns // O_g, array_size // R)``
+groups of ``O_g = O/G`` outputs side by side, each on its own ``R`` rows (a 3x3 depthwise layer on 128x128 arrays:
+14 groups of 9 rows), and cells off the diagonal blocks hold zero. A group wider than an array's columns gets
+column tiles of its own. Which groups share an array changes no partial sum (a column's rows are its group's); it
+sets the array count, the ADC numbering and what array-wise steps share.
 Index names used throughout (and in :class:`~cimexp.cim.program.CIMProgram`): ``P`` polarities, ``S`` splits,
 ``T`` row tiles, ``R`` rows per tile, ``O`` output channels, ``n_ct`` column tiles.
 """
@@ -36,6 +45,8 @@ class ArrayMapping:
     adc_bits: int
     encoding: WeightEncoding
     signed_inputs: bool
+    groups: int = 1
+    """G: groups of a grouped convolution (1: dense); ``in_channels`` is then one group's input channels."""
 
     @classmethod
     def create(
@@ -50,8 +61,15 @@ class ArrayMapping:
         adc_bits: int,
         encoding: WeightEncoding,
         signed_inputs: bool,
+        groups: int = 1,
     ) -> ArrayMapping:
-        """Validate the hardware parameters against the layer shape and build the mapping."""
+        """Validate the hardware parameters against the layer shape and build the mapping (``in_channels``: input
+        channels of one group; ``out_channels``: of all groups, a multiple of ``groups``)."""
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or out_channels % groups:
+            raise ValueError(
+                f"invalid groups={groups!r} for out_channels={out_channels}; valid values: positive integers that "
+                "divide both channel counts"
+            )
         kernel_area = kernel_size[0] * kernel_size[1]
         if isinstance(array_size, bool) or not isinstance(array_size, int) or array_size < kernel_area:
             raise ValueError(
@@ -74,6 +92,7 @@ class ArrayMapping:
             adc_bits,
             encoding,
             signed_inputs,
+            groups,
         )
         if array_size < mapping.n_splits:
             raise ValueError(
@@ -131,12 +150,33 @@ class ArrayMapping:
         return self.channels_per_tile * self.kernel_area
 
     @property
+    def out_per_group(self) -> int:
+        """O_g: output channels of one group (``O`` for a dense layer)."""
+        return self.out_channels // self.groups
+
+    @property
+    def groups_per_array(self) -> int:
+        """Groups one array holds side by side, each on its own rows (block-diagonal); 1 for a dense layer and for
+        a group wider than an array's columns."""
+        columns = self.array_size // self.n_splits
+        if self.groups == 1 or self.out_per_group >= columns:
+            return 1
+        return min(columns // self.out_per_group, self.array_size // self.rows_per_tile, self.groups)
+
+    @property
     def channels_per_array(self) -> int:
-        """Output channels one array holds (all ``S`` splits of each)."""
-        return self.array_size // self.n_splits
+        """Output channels an array's columns hold (all ``S`` splits of each): ``array_size // S``, or for a
+        grouped layer whose groups fit in one array, ``groups_per_array`` whole groups."""
+        columns = self.array_size // self.n_splits
+        if self.groups == 1 or self.out_per_group >= columns:
+            return columns
+        return self.groups_per_array * self.out_per_group
 
     @property
     def n_col_tiles(self) -> int:
+        """Arrays along the output (column) axis."""
+        if self._wide_groups():
+            return self.groups * math.ceil(self.out_per_group / self.channels_per_array)
         return math.ceil(self.out_channels / self.channels_per_array)
 
     @property
@@ -204,18 +244,33 @@ class ArrayMapping:
         """``[P, S, T, O]``: the ADC that converts each column, when ``adc_share`` adjacent columns of an array
         share one ADC (column multiplexing). Within an array, output channel ``o`` occupies columns
         ``(o % channels_per_array) * S + s``; ADCs are numbered array by array (polarity, row tile, column tile)."""
-        o = torch.arange(self.out_channels, device=device)
         s = torch.arange(self.n_splits, device=device)
-        position = (o % self.channels_per_array).reshape(1, 1, 1, -1) * self.n_splits + s.reshape(1, -1, 1, 1)
+        position = self.column_slot(device).reshape(1, 1, 1, -1) * self.n_splits + s.reshape(1, -1, 1, 1)
         p = torch.arange(self.n_polarities, device=device).reshape(-1, 1, 1, 1)
         t = torch.arange(self.n_row_tiles, device=device).reshape(1, 1, -1, 1)
         array = (p * self.n_row_tiles + t) * self.n_col_tiles + self.col_tile_index(device).reshape(1, 1, 1, -1)
         adcs_per_array = math.ceil(self.array_size / adc_share)
         return array * adcs_per_array + position // adc_share
 
+    def _wide_groups(self) -> bool:
+        """Whether every group has column tiles of its own (grouped, and wider than an array's columns)."""
+        return self.groups > 1 and self.out_per_group > self.channels_per_array
+
     def col_tile_index(self, device: torch.device | None = None) -> torch.Tensor:
         """``[O]``: the column tile (array along the output axis) of every output channel."""
-        return torch.arange(self.out_channels, device=device) // self.channels_per_array
+        o = torch.arange(self.out_channels, device=device)
+        if not self._wide_groups():
+            return o // self.channels_per_array
+        tiles_per_group = math.ceil(self.out_per_group / self.channels_per_array)
+        return (o // self.out_per_group) * tiles_per_group + (o % self.out_per_group) // self.channels_per_array
+
+    def column_slot(self, device: torch.device | None = None) -> torch.Tensor:
+        """``[O]``: the place of every output channel among its array's output channels (its ``S`` columns are
+        ``slot * S + s``)."""
+        o = torch.arange(self.out_channels, device=device)
+        if not self._wide_groups():
+            return o % self.channels_per_array
+        return (o % self.out_per_group) % self.channels_per_array
 
     def expand_step(self, step: torch.Tensor, granularity: Granularity) -> torch.Tensor:
         """Broadcast a step parameter of :meth:`step_shape` to one value per column, ``[P, S, T, O]``."""

@@ -12,7 +12,8 @@ conductance gains, scales, ADC ranges. Its contract, for any input ``x`` in eval
     Q(v)  = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
             (identity when psum_quant is False)
 
-where ``a_k[t, r]`` is the im2col input of cycle ``k`` on row ``r`` of row tile ``t``. Bit-serial inputs
+where ``a_k[t, r]`` is the im2col input of cycle ``k`` on row ``r`` of row tile ``t`` (of output ``o``'s group: a
+grouped layer's column sees only its group's input channels). Bit-serial inputs
 (``dac_bits < act_bits``) take ``K = ceil(act_bits / dac_bits)`` cycles, ``input_shift[k] = 2^(dac_bits*(K-1-k))``;
 with one cycle, ``input_shift = [1]``. :func:`simulate` evaluates exactly this,
 array by array; ``CIMConv2d`` is tested against it. ``psum_scale`` is in output units; the ADC's step in integer
@@ -35,7 +36,7 @@ from cimexp.cim.options import VariationLevel
 from cimexp.cim.quant import positive
 from cimexp.files import atomic_write, atomic_write_json
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 CONTRACT = """\
 a_int = clamp(round(x / act_scale), 0, 2^act_bits - 1)   (a_int = x when act_bits is None; with act_signed:
@@ -44,7 +45,9 @@ a_k = floor(a_int / input_shift[k]) mod 2^dac_bits        (input cycle k of K = 
 y[o] = sum_k input_shift[k] * sum_p polarity[p] * sum_s split_shift[s] * sum_t Q(act_scale * weight_scale[p,s,t,o]
          * sum_r cell_codes[p,s,t,r,o] * cell_gain[p,s,t,r,o] * a_k[t,r]) + bias[o]
 Q(v) = clamp(round(v / psum_scale[p,s,t,o]), adc_min[p,s], adc_max[p,s]) * psum_scale[p,s,t,o]
-       (identity when psum_quant is False); a_k[t,r] = im2col input of cycle k on row r of row tile t"""
+       (identity when psum_quant is False); a_k[t,r] = im2col input of cycle k on row r of row tile t, of the
+       input channels of output o's group (groups > 1: group g = o // (O/groups) has input channels
+       g*C/groups .. (g+1)*C/groups - 1)"""
 """The program's meaning, written into every saved program's JSON."""
 
 _ARRAY_FIELDS = (
@@ -66,8 +69,9 @@ class CIMProgram:
     """Programming of one CIM layer. Tensors are detached, on CPU. Shapes: ``P`` polarities, ``S`` splits,
     ``T`` row tiles, ``R = channels_per_tile * kh * kw`` rows per tile, ``O`` output channels.
 
-    Row ``r`` of tile ``t`` holds input channel ``t * channels_per_tile + r // (kh*kw)`` at kernel position
-    ``r % (kh*kw)`` (row-major); rows past the last input channel are zero."""
+    Row ``r`` of tile ``t`` holds input channel ``t * channels_per_tile + r // (kh*kw)`` (of the column's group,
+    counted from the group's first channel) at kernel position ``r % (kh*kw)`` (row-major); rows past the last input
+    channel are zero."""
 
     in_channels: int
     out_channels: int
@@ -95,6 +99,7 @@ class CIMProgram:
     adc_max: torch.Tensor  # [P, S]
     bias: torch.Tensor | None  # [O]
     act_signed: bool = False  # a_int = clamp(round(x / act_scale), -2^(act_bits-1), 2^(act_bits-1) - 1)
+    groups: int = 1  # grouped convolution: output o's column holds the input channels of group o // (O/groups)
 
     @property
     def adc_step(self) -> torch.Tensor:
@@ -110,8 +115,8 @@ class CIMProgram:
             "format": "cimexp.CIMProgram",
             "format_version": FORMAT_VERSION,
             "contract": CONTRACT,
-            "row_order": "row r of tile t = input channel t*channels_per_tile + r // (kh*kw), kernel position "
-            "r % (kh*kw) in row-major order",
+            "row_order": "row r of tile t = input channel t*channels_per_tile + r // (kh*kw) of the column's group "
+            "(groups > 1: counted from the group's first channel), kernel position r % (kh*kw) in row-major order",
             "adc_code_range": "per (polarity, split): [-2^(b-1), 2^(b-1)-1] for columns whose partial sum can be "
             "negative (signed MSB cell, or unquantized signed inputs), [0, 2^b-1] otherwise",
             "variation_levels": "variation_level weight: cell_gain is one log-normal factor per weight (paper eq. 5), "
@@ -183,6 +188,7 @@ def export_program(layer: nn.Module) -> CIMProgram:
         stride=tuple(layer.stride),
         padding=tuple(layer.padding),
         dilation=tuple(layer.dilation),
+        groups=layer.groups,
         array_size=m.array_size,
         channels_per_tile=m.channels_per_tile,
         act_bits=layer.a_bits,
@@ -226,26 +232,30 @@ def simulate(program: CIMProgram, x: torch.Tensor) -> torch.Tensor:
 
 
 def _simulate_cycle(p: CIMProgram, x: torch.Tensor) -> torch.Tensor:
-    """One input cycle ``x`` (integer codes ``[B, C, H, W]``) through every array: ``[B, O, H_out, W_out]``."""
+    """One input cycle ``x`` (integer codes ``[B, C, H, W]``) through every array: ``[B, O, H_out, W_out]``. A grouped
+    layer runs group by group, each group's columns on its own input channels."""
     kh, kw = p.kernel_size
     n_pol, n_split, n_tiles, n_rows, n_out = p.cell_codes.shape
-    cols = F.unfold(x, (kh, kw), dilation=p.dilation, padding=p.padding, stride=p.stride)  # [B, C*K, L]
-    cols = F.pad(cols, (0, 0, 0, n_tiles * n_rows - cols.shape[1])).reshape(x.shape[0], n_tiles, n_rows, -1)
     h_out = (x.shape[2] + 2 * p.padding[0] - p.dilation[0] * (kh - 1) - 1) // p.stride[0] + 1
     w_out = (x.shape[3] + 2 * p.padding[1] - p.dilation[1] * (kw - 1) - 1) // p.stride[1] + 1
     per_array = p.array_size // n_split  # output channels per array: each occupies n_split columns
-    y = torch.zeros(x.shape[0], n_out, cols.shape[-1], dtype=x.dtype, device=x.device)
-    for pol in range(n_pol):
-        for s in range(n_split):
-            for t in range(n_tiles):
-                for first in range(0, n_out, per_array):  # one physical array per column tile
-                    oc = slice(first, min(first + per_array, n_out))
-                    cells = p.cell_codes[pol, s, t, :, oc] * p.cell_gain[pol, s, t, :, oc]  # [R, n]
-                    mac = torch.einsum("brl,rn->bnl", cols[:, t], cells)  # column currents
-                    v = p.act_scale * p.weight_scale[pol, s, t, oc].reshape(1, -1, 1) * mac
-                    if p.psum_quant:
-                        scale = p.psum_scale[pol, s, t, oc].reshape(1, -1, 1)
-                        code = torch.clamp(torch.round(v / scale), p.adc_min[pol, s], p.adc_max[pol, s])
-                        v = code * scale
-                    y[:, oc] += p.polarity[pol] * p.split_shift[s] * v
+    y = torch.zeros(x.shape[0], n_out, h_out * w_out, dtype=x.dtype, device=x.device)
+    in_per_group, out_per_group = x.shape[1] // p.groups, n_out // p.groups
+    for g in range(p.groups):
+        group_x = x[:, g * in_per_group : (g + 1) * in_per_group]
+        cols = F.unfold(group_x, (kh, kw), dilation=p.dilation, padding=p.padding, stride=p.stride)  # [B, C_g*K, L]
+        cols = F.pad(cols, (0, 0, 0, n_tiles * n_rows - cols.shape[1])).reshape(x.shape[0], n_tiles, n_rows, -1)
+        for pol in range(n_pol):
+            for s in range(n_split):
+                for t in range(n_tiles):
+                    for first in range(g * out_per_group, (g + 1) * out_per_group, per_array):  # column tiles
+                        oc = slice(first, min(first + per_array, (g + 1) * out_per_group))
+                        cells = p.cell_codes[pol, s, t, :, oc] * p.cell_gain[pol, s, t, :, oc]  # [R, n]
+                        mac = torch.einsum("brl,rn->bnl", cols[:, t], cells)  # column currents
+                        v = p.act_scale * p.weight_scale[pol, s, t, oc].reshape(1, -1, 1) * mac
+                        if p.psum_quant:
+                            scale = p.psum_scale[pol, s, t, oc].reshape(1, -1, 1)
+                            code = torch.clamp(torch.round(v / scale), p.adc_min[pol, s], p.adc_max[pol, s])
+                            v = code * scale
+                        y[:, oc] += p.polarity[pol] * p.split_shift[s] * v
     return y.reshape(x.shape[0], n_out, h_out, w_out)

@@ -8,14 +8,16 @@ The one path by which a float conv becomes another conv-like layer: :meth:`cimex
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 
 def rebuild_conv(conv: nn.Conv2d, factory: Callable[..., nn.Module], name: str | None = None) -> nn.Module:
-    """``factory(in_channels, out_channels, kernel_size, stride=, padding=, dilation=, bias=)`` with ``conv``'s own
+    """``factory(in_channels, out_channels, kernel_size, stride=, padding=, dilation=, bias=)`` (and ``groups=`` for a
+    grouped conv) with ``conv``'s own
     settings, moved to ``conv``'s device and dtype, holding a copy of its float ``weight`` ``[O, I, kH, kW]`` and
     ``bias`` ``[O]``. ``factory`` is called like ``nn.Conv2d`` (e.g. :class:`~cimexp.cim.layer.CIMConv2d` with its
     CIM options bound).
@@ -24,15 +26,10 @@ def rebuild_conv(conv: nn.Conv2d, factory: Callable[..., nn.Module], name: str |
     which replace a conv inside a model, give it the conv's).
 
     Raises:
-        ValueError: ``conv`` is grouped or pads with other than zeros, which the factory's arguments cannot
-            express; the message names the conv by ``name`` (its dotted name in the model) when one is given.
+        ValueError: ``conv`` pads with other than zeros, which the factory's arguments cannot express; the message
+            names the conv by ``name`` (its dotted name in the model) when one is given.
     """
     label = f"conv {name!r}" if name else "the conv"
-    if conv.groups != 1:
-        raise ValueError(
-            f"cannot map {label}: groups={conv.groups}, but only groups=1 convs can be mapped to CIM arrays; "
-            "keep it in float (swap_convs: skip=[...] or filter_fn)"
-        )
     if conv.padding_mode != "zeros":
         raise ValueError(
             f"cannot map {label}: padding_mode={conv.padding_mode!r}; valid choices: 'zeros'; "
@@ -46,6 +43,7 @@ def rebuild_conv(conv: nn.Conv2d, factory: Callable[..., nn.Module], name: str |
         padding=conv.padding,
         dilation=conv.dilation,
         bias=conv.bias is not None,
+        **({"groups": conv.groups} if conv.groups != 1 else {}),  # a dense conv's factory need not know groups
     )
     layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
@@ -53,3 +51,13 @@ def rebuild_conv(conv: nn.Conv2d, factory: Callable[..., nn.Module], name: str |
         if conv.bias is not None:
             layer.bias.copy_(conv.bias)
     return layer
+
+
+@contextlib.contextmanager
+def random_state_kept(model: nn.Module) -> Iterator[None]:
+    """Random number generators of the CPU and of ``model``'s GPUs restored on exit: building replacement layers
+    (whose constructors draw initial weights that the copied float weights then overwrite) draws nothing from the
+    run's random stream, so a converted network and the float one leave the same stream behind."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield

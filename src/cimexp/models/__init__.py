@@ -2,13 +2,14 @@
 beyond it (VGG-8, MobileNetV2, a small ViT, any torchvision model) put on the crossbars by ``cimexp.cim.convert``.
 
 ``resnet20(conv_layer=functools.partial(CIMConv2d, array_size=128))`` builds a CIM network (configs name the
-builders directly: ``model._target_: cimexp.models.resnet20``); ``swap_convs`` converts an existing float model, and
-``load_float_weights`` loads a float checkpoint into it.
+builders directly: ``model._target_: cimexp.models.resnet20``): every builder builds the float network and places it
+with ``on_crossbars`` (``cimexp.cim.convert`` for a CIM factory, ``swap_convs`` for any other conv factory);
+``load_float_weights`` loads a float checkpoint into the result.
 """
 
 from cimexp.models.networks import ViT, mobilenetv2, torchvision_model, vgg8, vit
 from cimexp.models.resnet import resnet18, resnet20
-from cimexp.models.swap import ConvFactory, load_float_weights, swap_convs
+from cimexp.models.swap import ConvFactory, load_float_weights, on_crossbars, swap_convs
 
 __all__ = [
     "ViT",
@@ -18,6 +19,7 @@ __all__ = [
     "vit",
     "ConvFactory",
     "load_float_weights",
+    "on_crossbars",
     "resnet18",
     "resnet20",
     "swap_convs",

@@ -10,22 +10,13 @@ keeping the first layer and the classifier digital unless ``keep`` says otherwis
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
 import torchvision
 from torch import nn
 
-from cimexp.cim import CIMConv2d, convert
-
-
-def _converted(net: nn.Module, conv_layer: Callable[..., nn.Module], keep: str | Sequence[str], signed: Sequence[str]):
-    """``net`` converted with the CIM options of ``conv_layer`` (a ``functools.partial`` of ``CIMConv2d``); left
-    float for any other factory (``nn.Conv2d``)."""
-    if isinstance(conv_layer, functools.partial) and conv_layer.func is CIMConv2d:
-        convert(net, keep=keep, signed_inputs=signed, **conv_layer.keywords)
-    return net
+from cimexp.models.swap import on_crossbars
 
 
 def vgg8(
@@ -52,7 +43,7 @@ def vgg8(
         nn.ReLU(inplace=True),
         nn.Linear(1024, num_classes),
     )
-    return _converted(net, conv_layer, keep, signed=())
+    return on_crossbars(net, conv_layer, keep)
 
 
 def mobilenetv2(
@@ -62,7 +53,7 @@ def mobilenetv2(
     width_mult: float = 1.0,
 ) -> nn.Module:
     """torchvision's MobileNetV2 for 32x32 images: the stem and the second stage keep stride 1 (as CIFAR versions
-    do), so the last feature map is 4x4. Depthwise convs stay digital (:func:`cimexp.cim.convert`); the 1x1
+    do), so the last feature map is 4x4. Depthwise convs are mapped group by group (:mod:`cimexp.cim.mapping`); the 1x1
     expansion convs read the residual stream, which has no ReLU, so their inputs are quantized signed."""
     net = torchvision.models.mobilenet_v2(num_classes=num_classes, width_mult=width_mult)
     net.features[0][0].stride = (1, 1)
@@ -72,7 +63,7 @@ def mobilenetv2(
                 module.stride = (1, 1)
     last = len(net.features) - 1  # the 1x1 conv to 1280 channels, also on the residual stream
     signed = [*(rf"features\.{i}\.conv\.0\.0" for i in range(2, last)), rf"features\.{last}\.0"]
-    return _converted(net, conv_layer, keep, signed=signed)
+    return on_crossbars(net, conv_layer, keep, signed)
 
 
 class _Attention(nn.Module):
@@ -149,7 +140,7 @@ def vit(
     Every converted layer reads a LayerNorm's, the attention's or GELU's output, which can be negative: signed
     input codes."""
     net = ViT(num_classes, dim, depth, heads, mlp)
-    return _converted(net, conv_layer, keep, signed=[r"blocks\..*"])
+    return on_crossbars(net, conv_layer, keep, [r"blocks\..*"])
 
 
 def torchvision_model(
@@ -165,4 +156,4 @@ def torchvision_model(
         raise ValueError(f"invalid model.name={name!r}; valid choices: torchvision's classification models, e.g. "
                          f"{', '.join(sorted(choices)[:8])}, ... ({len(choices)} in all)")  # fmt: skip
     net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    return _converted(net, conv_layer, keep, signed=())
+    return on_crossbars(net, conv_layer, keep)

@@ -1,7 +1,8 @@
-"""ResNet-20 (CIFAR) and ResNet-18 (ImageNet) built with an injected conv layer factory.
+"""ResNet-20 (CIFAR) and ResNet-18 (ImageNet), built float and placed on the crossbars by ``conv_layer``.
 
 Both take ``conv_layer``, a factory called exactly like ``nn.Conv2d(in, out, kernel_size, stride=, padding=,
-bias=False)`` (e.g. ``functools.partial(CIMConv2d, array_size=128)``). As in the paper's setup, the first conv
+bias=False)`` (e.g. ``functools.partial(CIMConv2d, array_size=128)``), applied by
+:func:`~cimexp.models.swap.on_crossbars` as for every other network. As in the paper's setup, the first conv
 stays a plain ``nn.Conv2d`` unless ``cim_first_conv=True``, and the classifier is always a float ``nn.Linear``.
 Module names follow torchvision (``conv1``, ``layer1.0.conv1``, ``fc``) for both networks.
 """
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cimexp.models.swap import ConvFactory, swap_convs
+from cimexp.models.swap import on_crossbars
 
 SHORTCUTS = ("A", "B")
 """ResNet-20 shortcut options of He et al. 2016: A = zero-padding identity, B = 1x1 conv + BN projection."""
@@ -42,13 +43,11 @@ class _PadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus shortcut: ``[N, in, H, W] -> [N, out, H / stride, W / stride]``."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int, conv_layer: ConvFactory, shortcut: str
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str) -> None:
         super().__init__()
-        self.conv1 = conv_layer(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = conv_layer(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
@@ -56,7 +55,7 @@ class BasicBlock(nn.Module):
                 self.shortcut = _PadShortcut(stride, out_channels - in_channels)
             else:
                 self.shortcut = nn.Sequential(
-                    conv_layer(in_channels, out_channels, 1, stride=stride, padding=0, bias=False),
+                    nn.Conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False),
                     nn.BatchNorm2d(out_channels),
                 )
 
@@ -77,21 +76,18 @@ class CifarResNet(nn.Module):
         self,
         blocks_per_stage: int,
         num_classes: int,
-        conv_layer: ConvFactory,
-        cim_first_conv: bool,
         shortcut: str,
         widths: tuple[int, int, int] = (16, 32, 64),
     ) -> None:
         super().__init__()
-        stem_layer = conv_layer if cim_first_conv else nn.Conv2d
-        self.conv1 = stem_layer(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         in_channels = widths[0]
         for stage, width in enumerate(widths):
             stride = 1 if stage == 0 else 2
             blocks = []
             for block in range(blocks_per_stage):
-                blocks.append(BasicBlock(in_channels, width, stride if block == 0 else 1, conv_layer, shortcut))
+                blocks.append(BasicBlock(in_channels, width, stride if block == 0 else 1, shortcut))
                 in_channels = width
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -136,7 +132,7 @@ def resnet20(
     """
     if shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
-    return CifarResNet(3, num_classes, conv_layer or nn.Conv2d, cim_first_conv, shortcut)
+    return on_crossbars(CifarResNet(3, num_classes, shortcut), conv_layer, _kept(cim_first_conv))
 
 
 def resnet18(
@@ -158,6 +154,9 @@ def resnet18(
         The network, mapping ``[N, 3, 224, 224]`` images to ``[N, num_classes]`` logits.
     """
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    if conv_layer is None:
-        return model
-    return swap_convs(model, conv_layer, skip=() if cim_first_conv else ("conv1",))
+    return on_crossbars(model, conv_layer, _kept(cim_first_conv))
+
+
+def _kept(cim_first_conv: bool) -> str | list[str]:
+    """What stays digital: the stem conv (unless ``cim_first_conv``) and the classifier ``fc``."""
+    return ["fc"] if cim_first_conv else "first_and_last"

@@ -1,13 +1,15 @@
-"""Swap the convolutions of an existing model for CIM layers, and load float checkpoints into such models.
+"""Place a float network on the crossbars, and load float checkpoints into such networks.
 
-``swap_convs`` is the one way to turn a float model into a CIM model: every plain ``nn.Conv2d`` (except the
-ones a name filter keeps in float) is rebuilt with a layer factory that is called exactly like ``nn.Conv2d``
-(e.g. ``functools.partial(CIMConv2d, array_size=128)``), and the float weights are copied over.
-``load_float_weights`` loads a float checkpoint into a model whose convs may already be CIM layers.
+``on_crossbars`` is how every builder of :mod:`cimexp.models` turns its float network into a CIM network: with a
+``CIMConv2d`` factory it calls :func:`cimexp.cim.convert` (conv and linear layers), with any other factory called
+like ``nn.Conv2d`` it calls ``swap_convs``, which rebuilds every plain ``nn.Conv2d`` (except the ones a name filter
+keeps in float) with the factory and copies the float weights over. ``load_float_weights`` loads a float checkpoint
+into a model whose layers may already be CIM layers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -16,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cimexp.cim.rebuild import rebuild_conv
+from cimexp.cim import CIMConv2d, convert
+from cimexp.cim.rebuild import random_state_kept, rebuild_conv
 from cimexp.files import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,9 @@ def swap_convs(
     - ``filter_fn(module, name)`` is true, if ``filter_fn`` is given.
 
     The replacement is built by :func:`cimexp.cim.rebuild.rebuild_conv`, as ``factory(in_channels, out_channels,
-    kernel_size, stride=, padding=, dilation=, bias=)`` with the conv's own settings; it gets the conv's device,
-    dtype and train/eval mode, and receives a copy of its ``weight`` ``[O, I, kH, kW]`` and ``bias`` ``[O]``.
+    kernel_size, stride=, padding=, dilation=, bias=)`` (and ``groups=`` for a grouped conv) with the conv's own
+    settings; it gets the conv's device, dtype and train/eval mode, and receives a copy of its ``weight``
+    ``[O, I/groups, kH, kW]`` and ``bias`` ``[O]``.
 
     Args:
         model: the model to modify.
@@ -58,8 +62,8 @@ def swap_convs(
         ``model``, modified in place (or the replacement itself when ``model`` is a plain ``nn.Conv2d``).
 
     Raises:
-        ValueError: a selected conv is grouped (``groups != 1``) or uses non-zero padding mode, which the factory
-            signature cannot express (the message names it; keep it in float with ``skip`` or ``filter_fn``).
+        ValueError: a selected conv uses a non-zero padding mode, which the factory signature cannot express (the
+            message names it; keep it in float with ``skip`` or ``filter_fn``).
     """
     skip_patterns = [re.compile(pattern) for pattern in skip]
     selected = [
@@ -69,14 +73,46 @@ def swap_convs(
         and not any(pattern.fullmatch(name) for pattern in skip_patterns)
         and (filter_fn is None or filter_fn(module, name))
     ]
-    for name, conv in selected:
-        replacement = rebuild_conv(conv, factory, name)
-        replacement.train(conv.training)
-        if not name:
-            return replacement
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, replacement)
+    with random_state_kept(model):
+        for name, conv in selected:
+            replacement = rebuild_conv(conv, factory, name)
+            replacement.train(conv.training)
+            if not name:
+                return replacement
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, replacement)
     return model
+
+
+def on_crossbars(
+    net: nn.Module,
+    conv_layer: Callable[..., nn.Module] | None,
+    keep: str | Sequence[str] = "first_and_last",
+    signed_inputs: Sequence[str] = (),
+) -> nn.Module:
+    """``net``, a float network, with its layers built by ``conv_layer``: how every builder of
+    :mod:`cimexp.models` places its network on the crossbars (``conv_layer`` is the ``cim`` config group's factory).
+
+    - ``None`` or ``nn.Conv2d``: ``net`` stays float.
+    - :class:`~cimexp.cim.CIMConv2d` or a ``functools.partial`` of it: :func:`cimexp.cim.convert` with the factory's
+      CIM options, ``keep`` and ``signed_inputs`` (its conv and linear layers, grouped and depthwise included).
+    - Any other factory called like ``nn.Conv2d``: :func:`swap_convs` (convs only), keeping digital what ``keep``
+      names (``"first_and_last"``: the first conv; regexes: the convs they match).
+
+    Both copy the float weights and draw no random numbers, so a network's initial weights and the random stream
+    after building it do not depend on ``conv_layer``.
+    """
+    if conv_layer is None or conv_layer is nn.Conv2d:
+        return net
+    options = conv_layer.keywords if isinstance(conv_layer, functools.partial) else {}
+    if (conv_layer.func if isinstance(conv_layer, functools.partial) else conv_layer) is CIMConv2d:
+        convert(net, keep=keep, signed_inputs=signed_inputs, **options)
+        return net
+    if keep == "first_and_last":
+        skip = [next(name for name, m in net.named_modules() if type(m) is nn.Conv2d)]
+    else:
+        skip = [] if keep == "none" else list(keep)
+    return swap_convs(net, conv_layer, skip=skip)
 
 
 def load_float_weights(model: nn.Module, path: str | Path) -> int:
