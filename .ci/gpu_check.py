@@ -107,6 +107,10 @@ def main() -> None:
     output = check.run("bench_compiled", [*bench, *compiled, "--json", str(args.out / "bench_compiled.json")], 200, env)
     results["tables"]["bench --net --compile reduce-overhead"] = output
     report()
+    fused = ["--net", "--kernels", "triton", "--models", "float,column/column,layer/column", "--warmup", "3"]
+    output = check.run("bench_triton", [*bench, *fused, "--json", str(args.out / "bench_triton.json")], 150, env)
+    results["tables"]["bench --net --kernels triton (fused kernel)"] = output
+    report()
 
     size = ["data.train_size=512", "data.val_size=128", "data.batch_size=64"] if args.small else []
     recipe = [

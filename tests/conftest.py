@@ -13,10 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+import torch
 
-from cimexp.run.config import compose
+if not torch.cuda.is_available():  # Triton's CPU interpreter for cimexp.cim.fused; read when triton is first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+from cimexp.run.config import compose  # noqa: E402
 
 _TINY_DATA = [
     "data=synthetic",

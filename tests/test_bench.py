@@ -58,10 +58,11 @@ def test_bench_net_command_prints_the_network_table_and_writes_json(
     path = tmp_path / "bench.json"
     args = ["--net", "--device", "cpu", "--batch", "2", "--rounds", "1", "--repeats", "1", "--warmup", "1"]
 
-    results = main([*args, "--json", str(path)])
+    results = main([*args, "--kernels", "eager", "--json", str(path)])
 
     out = capsys.readouterr().out
     assert out.startswith("device=cpu (") and f"torch={torch.__version__}" in out and "batch=2" in out
+    assert "kernels=eager" in out and results["kernels"] == "eager"
     assert "| column/column |" in out and "| shape |" not in out
     assert "layers" not in results and [r["model"] for r in results["net"]] == list(NET_MODELS)
     assert json.loads(path.read_text())["net"][0]["model"] == "float"

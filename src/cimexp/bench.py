@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from cimexp.cim.quant import KERNEL_MODES, set_kernels
 from cimexp.run.speed import (
     COMPILE_MODES,
     NET_MODELS,
@@ -72,8 +73,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=",".join(NET_MODELS),
         help=f"comma-separated networks of --net, float first (default: {','.join(NET_MODELS)})",
     )
+    parser.add_argument(
+        "--kernels", choices=KERNEL_MODES, default="auto", help="how the CIM layers' kernels run (set_kernels)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    previous = set_kernels(args.kernels)
+    try:
+        return _measure(parser, args)
+    finally:
+        set_kernels(previous)
+
+
+def _measure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     results: dict[str, Any] = {
         "device": str(device),
@@ -81,10 +93,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,
+        "kernels": args.kernels,
     }
     print(
         f"device={device} ({results['device_name']}) torch={torch.__version__} threads={results['threads']} "
-        f"batch={args.batch}"
+        f"batch={args.batch} kernels={args.kernels}"
     )
     if not args.net:
         rounds = 3 if args.rounds is None else args.rounds

@@ -24,6 +24,7 @@ is :func:`cimexp.cim.program.simulate`, tested against both paths."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimexp.cim.adc import ADCState, PsumStats, adc_errors_tile_major, nonideal_adc_shift_add
+from cimexp.cim.fused import ConvGeometry, available, fused_tiles_adc
 from cimexp.cim.mapping import ArrayMapping, dequant_ops, input_shift, slice_bits, slice_inputs
 from cimexp.cim.options import (
     Calibration,
@@ -49,6 +51,7 @@ from cimexp.cim.program import CIMProgram, export_program
 from cimexp.cim.quant import (
     adc_shift_add,
     effective_step,
+    kernel_mode,
     output_unit_gradient,
     per_copy_lsq_correction,
     quantize_int,
@@ -100,14 +103,10 @@ class CIMConv2d(nn.Conv2d):
         slice_gradient: ``"per_copy"`` (default) or ``"lowest_split"``: how gradients pass through bit slicing
             (:class:`~cimexp.cim.options.SliceGradient`).
 
-    Step sizes start uninitialised and are set on the first forward pass: weight steps from the weights, activation
-    and ADC steps from that batch's inputs and partial sums, each as ``calibration`` says (a
-    :class:`~cimexp.cim.options.Calibration`; default: LSQ's ``2 E|v| / sqrt(qmax)`` per step group refined by an
-    MSE search; :mod:`cimexp.cim.step_init`); or explicitly with :func:`~cimexp.cim.network.calibrate`, which also
-    chooses the methods. After that they are parameters only: in eval mode an output never depends on the rest of
-    the batch. Initialisation state is saved in the ``state_dict``; the methods are not (they matter only when
-    steps are initialised).
-    """
+    Steps are set on the first forward pass (weight steps from the weights, activation and ADC steps from that
+    batch), as ``calibration`` says (:class:`~cimexp.cim.options.Calibration`, :mod:`cimexp.cim.step_init`), or by
+    :func:`~cimexp.cim.network.calibrate`; then they are parameters only: in eval mode an output never depends on
+    the rest of the batch. The ``state_dict`` keeps whether they are initialised, not how."""
 
     def __init__(
         self,
@@ -326,10 +325,9 @@ class CIMConv2d(nn.Conv2d):
 
     # --- forward ----------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The layer computes in its own dtype whatever autocast says: a bf16/fp16 partial sum would round integer
-        # MAC results (bf16 holds integers up to 256 exactly). On CUDA, TF32 convolutions are exact as long as
-        # codes and activations are integers below 2^11 (the paper's setting); where they are not (cell variation,
-        # unquantized activations, folded weights without partial-sum quantization) TF32 is off for the layer.
+        # In the layer's own dtype whatever autocast says (bf16 would round integer MAC results above 256). On CUDA,
+        # TF32 convolutions are exact for integer codes and activations below 2^11 (the paper's setting); where
+        # operands are not integers (variation, unquantized activations, folded weights) TF32 is off.
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.weight.dtype)
             if torch.compiler.is_compiling() or not (x.is_cuda and self._non_integer_operands):
@@ -415,8 +413,19 @@ class CIMConv2d(nn.Conv2d):
         """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;
         ``[B, O, H_out, W_out]``. On :data:`CHANNELS_LAST_DEVICES` the convolutions run channels-last (oneDNN's
         faster layout; timings in ``experiments/results/bench``) and the ADC reads their output in place as
-        ``[B*H*W, G, O, 1]``."""
-        columns_per_tile = self.mapping.n_polarities * self.mapping.n_splits
+        ``[B*H*W, G, O, 1]``. With ``kernels="triton"`` (integer operands, a dense layer): one fused kernel,
+        :func:`~cimexp.cim.fused.fused_tiles_adc`."""
+        m = self.mapping
+        if (
+            kernel_mode() == "triton"
+            and self.groups == 1
+            and not self._non_integer_operands
+            and available(a_int.device)
+        ):
+            geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation, m.channels_per_tile)
+            s_p, factor = self._steps_and_factors(factor, math.prod(geometry.out_size(*a_int.shape[2:])))
+            return fused_tiles_adc(a_int, cond, s_p, factor, *self._adc_range(m.n_row_tiles), geometry)
+        columns_per_tile = m.n_polarities * m.n_splits
         int16_psums = self._int16_psums
         channels_last = a_int.device.type in CHANNELS_LAST_DEVICES
         if channels_last:
@@ -468,16 +477,8 @@ class CIMConv2d(nn.Conv2d):
     # --- lazy initialisation (cimexp.cim.step_init) -----------------------------------------------------------
     @torch.no_grad()
     def _init_weight_step(self) -> None:
-        self.weight_step.copy_(
-            initial_weight_step(
-                self.weight.detach(),
-                self.polarity,
-                self.mapping,
-                self.weight_granularity,
-                self.weight_per_split,
-                self.calibration,
-            )
-        )
+        how = (self.polarity, self.mapping, self.weight_granularity, self.weight_per_split, self.calibration)
+        self.weight_step.copy_(initial_weight_step(self.weight.detach(), *how))
         self.weight_step_ready = True
 
     @torch.no_grad()
@@ -489,9 +490,8 @@ class CIMConv2d(nn.Conv2d):
     @torch.no_grad()
     def _init_psum_step(self, psum: torch.Tensor) -> None:
         """From partial sums ``[B, G, O, L]`` (``G`` = tile-major (t, p, s))."""
-        step = initial_psum_step(
-            psum, self.adc_min, self.adc_max, self.mapping, self.psum_granularity, self.calibration
-        )
+        how = (self.adc_min, self.adc_max, self.mapping, self.psum_granularity, self.calibration)
+        step = initial_psum_step(psum, *how)
         self.psum_step.copy_(sync_mean(step))
         self.psum_step_ready = True
 

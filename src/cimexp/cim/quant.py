@@ -285,7 +285,7 @@ class _AdcShiftAdd(torch.autograd.Function):
 # experiments/results/bench). Shapes are dynamic, so every layer shape and batch size shares one compiled kernel
 # per dtype and device.
 
-KERNEL_MODES = ("auto", "compiled", "eager")
+KERNEL_MODES = ("auto", "compiled", "eager", "triton")
 _kernel_mode = "auto"
 _compiled: dict[Callable, Callable] = {}
 _compile_failed: set[Callable] = set()
@@ -294,7 +294,10 @@ _compile_failed: set[Callable] = set()
 def set_kernels(mode: str) -> str:
     """Choose how the fused ADC kernels run: ``"auto"`` (default: compiled with ``torch.compile``, falling back
     to eager ops with a warning where compiling fails, e.g. without a C++ compiler), ``"compiled"`` (fail
-    instead) or ``"eager"`` (plain PyTorch ops, no compilation). Returns the previous mode. Inside a
+    instead), ``"eager"`` (plain PyTorch ops, no compilation) or ``"triton"`` (``"auto"``, and the fast path of a
+    dense layer with integer operands in one Triton kernel of convolution, ADC and shift-and-add,
+    :mod:`cimexp.cim.fused`, where Triton runs: CUDA, or a CPU under ``TRITON_INTERPRET=1``). Returns the
+    previous mode. Inside a
     ``torch.compile``-d model the plain functions are traced into the model's graph whatever the mode."""
     global _kernel_mode
     if mode not in KERNEL_MODES:
@@ -306,6 +309,11 @@ def set_kernels(mode: str) -> str:
 _RECOMPILE_LIMIT = 64
 """Shapes a compiled kernel may specialise for (sizes 0 and 1 get their own code; tests meet many)."""
 _LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
+def kernel_mode() -> str:
+    """The mode :func:`set_kernels` set."""
+    return _kernel_mode
 
 
 def _kernel(fn: Callable) -> Callable:
