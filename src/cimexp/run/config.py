@@ -134,6 +134,15 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cimexp.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("cimexp.shipped", shipped_file, replace=True)
+    OmegaConf.register_new_resolver("cimexp.packed_jobs", packed_jobs, replace=True)
+
+
+def packed_jobs(per_gpu: int = 2) -> int:
+    """Jobs a packing launcher runs at once (``hydra/launcher=gpu_pack``): ``per_gpu`` on every visible GPU, or
+    ``per_gpu`` without one."""
+    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+        raise ValueError(f"invalid jobs per GPU {per_gpu!r} in ${{cimexp.packed_jobs:...}}; valid: an integer >= 1")
+    return per_gpu * max(1, torch.cuda.device_count())
 
 
 @contextlib.contextmanager
