@@ -15,7 +15,7 @@ from cimexp.post_training import post_training
 from cimexp.report.post_training import COLUMNS
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
-from cimexp.run.post_training import cell_config, top1_accuracy
+from cimexp.run.post_training import point_config, top1_accuracy
 
 TINY = [
     "data=synthetic",
@@ -30,7 +30,7 @@ TINY = [
     "grid.psum_methods=[percentile]",
     "calibration.bn_batches=2",
 ]
-"""Synthetic 8x8 images; a 2 x 1 x 1 x 2 x 1 grid of CIM ResNet-20 cells, BatchNorm re-estimated on 16 images."""
+"""Synthetic 8x8 images; a 2 x 1 x 1 x 2 x 1 grid of CIM ResNet-20 points, BatchNorm re-estimated on 16 images."""
 
 
 @pytest.fixture
@@ -80,18 +80,21 @@ def test_table_end_to_end_then_resumed_grown_and_extended(table, make_cfg, float
     assert "BatchNorm re-estimated on 16 images" in text and f"Float network: {rows[0]['top1']}%" in text
     assert text.count("**") == 2 * 2  # the best method of each of the 2 schemes in bold
 
-    # A cell is what the API gives: calibrate on the first training batch, re-estimate BatchNorm, evaluate.
+    # A point is what the API gives: calibrate on the first training batch, re-estimate BatchNorm, evaluate.
     cfg = make_cfg([*TINY, f"model.init_from={float_ckpt}"], "check", "post_training")
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     batches = [images for images, _ in list(datamodule.train_dataloader())[:2]]
-    net = build_net(cell_config(cfg, "column", "column", 3), 10)
+    net = build_net(point_config(cfg, "column", "column", 3), 10)
     calibrate_network(net, batches, Calibration(weight="max", psum="percentile"), 1, 2)
     accuracy = top1_accuracy(net, datamodule.val_dataloader(), torch.device("cpu"))
     assert rows[3]["top1"] == f"{100 * accuracy:.2f}"
 
     again, info = table(["grid.weight=[layer,column]"])
     assert info["computed"] == 0 and again == rows and _csv(info["csv"]) == rows
+    info["csv"].rename(info["csv"].with_name("cells.csv"))  # the file's name in 0.1: adopted, nothing recomputed
+    again, info = table(["grid.weight=[layer,column]"])
+    assert info["computed"] == 0 and again == rows and not info["csv"].with_name("cells.csv").exists()
 
     grown, info = table(["grid.weight=[layer,array,column]"])
     assert info["computed"] == 2 and len(_csv(info["csv"])) == 7
@@ -126,6 +129,6 @@ def test_bad_values_are_refused_before_any_work(table, tmp_path: Path, overrides
 
 def test_a_cells_csv_of_another_version_is_refused(table, tmp_path: Path) -> None:
     (tmp_path / "table").mkdir()
-    (tmp_path / "table" / "cells.csv").write_text("scheme,top1\nlayer/layer,50\n")
+    (tmp_path / "table" / "points.csv").write_text("scheme,top1\nlayer/layer,50\n")
     with pytest.raises(ValueError, match="written by another version"):
         table(["grid.weight=[layer]"])

@@ -1,5 +1,5 @@
-"""The post-training table's files: ``cells.csv`` (one row per grid cell, :data:`COLUMNS`), written under a lock so
-that runs sharing a folder never lose each other's cells, and ``table.md`` rendered from it. Torch-free: the
+"""The post-training table's files: ``points.csv`` (one row per grid point, :data:`COLUMNS`), written under a lock so
+that runs sharing a folder never lose each other's points, and ``table.md`` rendered from it. Torch-free: the
 table can be read and rendered anywhere."""
 
 from __future__ import annotations
@@ -33,32 +33,34 @@ COLUMNS = (
     "top1",
     "seconds",
 )
-"""Columns of cells.csv. A cell is identified by ``setting`` (:func:`setting`) and the grid coordinates ``adc_bits``,
-the granularities and the methods; ``top1`` is a percentage, ``seconds`` the cell's wall time. The row of the float
+"""Columns of points.csv. A point is identified by ``setting`` (:func:`setting`) and the grid coordinates ``adc_bits``,
+the granularities and the methods; ``top1`` is a percentage, ``seconds`` the point's wall time. The row of the float
 network has ``weight_granularity = psum_granularity = "float"`` and no ADC bits or methods."""
 
-CELL_KEY = ("setting", "adc_bits", "weight_granularity", "psum_granularity", "weight_method", "psum_method")
+POINT_KEY = ("setting", "adc_bits", "weight_granularity", "psum_granularity", "weight_method", "psum_method")
 
-LOCK_FILE = ".cells.lock"
+LOCK_FILE = ".points.lock"
+LEGACY_FILE = "cells.csv"
+"""points.csv's name in 0.1 ("cell" meant a grid point): ``cimexp-post-training`` renames it on its next run."""
 """The lock file of a post-training folder (:func:`cimexp.files.exclusive`)."""
 
 
-def cell_keys(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
-    return {tuple(row[k] for k in CELL_KEY): row for row in rows}
+def point_keys(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
+    return {tuple(row[k] for k in POINT_KEY): row for row in rows}
 
 
-def append_cell(out_dir: Path, row: dict[str, str]) -> None:
-    """Add ``row`` to cells.csv unless a concurrent run added its cell meanwhile, and rewrite table.md."""
+def append_point(out_dir: Path, row: dict[str, str]) -> None:
+    """Add ``row`` to points.csv unless a concurrent run added its point meanwhile, and rewrite table.md."""
     with exclusive(out_dir / LOCK_FILE):
-        rows = read_cells(out_dir / "cells.csv")
-        if tuple(row[k] for k in CELL_KEY) not in cell_keys(rows):
+        rows = read_points(out_dir / "points.csv")
+        if tuple(row[k] for k in POINT_KEY) not in point_keys(rows):
             rows.append(row)
-            write_cells(out_dir / "cells.csv", rows)
+            write_points(out_dir / "points.csv", rows)
         write_table(out_dir / "table.md", rows)
 
 
-def read_cells(path: Path) -> list[dict[str, str]]:
-    """The rows of a cells.csv (none when the file does not exist).
+def read_points(path: Path) -> list[dict[str, str]]:
+    """The rows of a points.csv (none when the file does not exist).
 
     Raises:
         ValueError: the file's header is not :data:`COLUMNS` (written by another version: move it away).
@@ -75,8 +77,8 @@ def read_cells(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def write_cells(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write cells.csv atomically (readers see the old file or the new one)."""
+def write_points(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write points.csv atomically (readers see the old file or the new one)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -93,13 +95,13 @@ _METHODS = [m.value for m in StepInit]
 
 
 def render_table(rows: list[dict[str, str]]) -> str:
-    """table.md: one section per setting in cells.csv (in order of first appearance), each with the float
+    """table.md: one section per setting in points.csv (in order of first appearance), each with the float
     network's top-1, one table per ADC resolution (methods x granularity pairs, the best method per pair in bold)
     and the best method per pair and ADC resolution."""
     lines = [
         "# Post-training calibration: top-1 (%) without any training",
         "",
-        "Written by `python -m cimexp.post_training` from `cells.csv` (methods and command: docs/calibration.md). A "
+        "Written by `python -m cimexp.post_training` from `points.csv` (methods and command: docs/calibration.md). A "
         "float checkpoint converted to CIM layers; steps calibrated on training batches with the weight / partial-sum "
         "methods of each row; accuracy on the evaluation (test) split. Columns: weight / partial-sum granularity.",
     ]
@@ -111,7 +113,7 @@ def render_table(rows: list[dict[str, str]]) -> str:
 def _section(rows: list[dict[str, str]]) -> list[str]:
     first = rows[0]
     float_rows = [row for row in rows if row["weight_granularity"] == FLOAT]
-    cells = [row for row in rows if row["weight_granularity"] != FLOAT]
+    points = [row for row in rows if row["weight_granularity"] != FLOAT]
     bn = (
         f"BatchNorm re-estimated on {first['bn_images']} images" if first["bn_images"] != "0" else "no BN re-estimation"
     )
@@ -127,11 +129,11 @@ def _section(rows: list[dict[str, str]]) -> list[str]:
     ]
     best: dict[tuple[str, str], dict[str, str]] = {}
     schemes = sorted(
-        {(r["weight_granularity"], r["psum_granularity"]) for r in cells},
+        {(r["weight_granularity"], r["psum_granularity"]) for r in points},
         key=lambda s: (GRANULARITIES.index(s[0]), GRANULARITIES.index(s[1])),
     )
-    for adc_bits in sorted({r["adc_bits"] for r in cells}, key=int, reverse=True):
-        at_bits = [r for r in cells if r["adc_bits"] == adc_bits]
+    for adc_bits in sorted({r["adc_bits"] for r in points}, key=int, reverse=True):
+        at_bits = [r for r in points if r["adc_bits"] == adc_bits]
         methods = sorted(
             {(r["weight_method"], r["psum_method"]) for r in at_bits},
             key=lambda m: (_METHODS.index(m[0]), _METHODS.index(m[1])),
@@ -151,12 +153,12 @@ def _section(rows: list[dict[str, str]]) -> list[str]:
             "|---|" + "---|" * len(schemes),
         ]
         for m in methods:
-            cells_text = []
+            entries = []
             for s in schemes:
                 row = table.get((*s, *m))
                 text = "" if row is None else row["top1"]
-                cells_text.append(f"**{text}**" if row is not None and row is top[s] else text)
-            lines.append(f"| {m[0]} / {m[1]} | " + " | ".join(cells_text) + " |")
+                entries.append(f"**{text}**" if row is not None and row is top[s] else text)
+            lines.append(f"| {m[0]} / {m[1]} | " + " | ".join(entries) + " |")
     if best:
         bits = sorted({b for b, _ in best}, key=int, reverse=True)
         lines += [

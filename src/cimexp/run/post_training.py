@@ -1,5 +1,5 @@
-"""What ``cimexp-post-training`` computes a cell of its table from: the settings check, the setting a cell's
-number depends on (and its hash, the key under which cells.csv stores it), the grid's cells in order, a cell's
+"""What ``cimexp-post-training`` computes a point of its table from: the settings check, the setting a point's
+number depends on (and its hash, the key under which points.csv stores it), the grid's points in order, a point's
 config, and the top-1 accuracy of a network.
 """
 
@@ -25,9 +25,9 @@ from cimexp.results import file_sha256
 from cimexp.run.build import build_net
 from cimexp.run.config import calibration_settings, is_cim_factory, layer_factory, layer_settings
 
-_GRID_CIMCELL_KEYS = ("weight_granularity", "psum_granularity", "adc_bits")
-"""Keys of the ``cim`` node that every cell sets from the grid."""
-_SETTING_IGNORED_DATACELL_KEYS = ("data_dir", "eval_batch_size", "num_workers", "download")
+_GRID_CIMPOINT_KEYS = ("weight_granularity", "psum_granularity", "adc_bits")
+"""Keys of the ``cim`` node that every point sets from the grid."""
+_SETTING_IGNORED_DATAPOINT_KEYS = ("data_dir", "eval_batch_size", "num_workers", "download")
 """Data settings that cannot change a number (CIM layers in eval mode are batch-independent)."""
 
 
@@ -64,7 +64,7 @@ def validate_post_training(cfg: DictConfig) -> None:
         )
     for bits in grid.adc_bits:
         try:
-            layer_factory(cell_config(cfg, "column", "column", bits))(8, 8, 3, padding=1)
+            layer_factory(point_config(cfg, "column", "column", bits))(8, 8, 3, padding=1)
         except (ValueError, TypeError) as error:
             raise ValueError(f"invalid CIM layer settings (the `cim` config node, adc_bits={bits}): {error}") from error
     init_from = cfg.model.get("init_from")
@@ -83,10 +83,10 @@ def _nonempty_list(node: DictConfig, key: str) -> list[Any]:
 
 
 def setting(cfg: DictConfig) -> dict[str, Any]:
-    """Everything of ``cfg`` that can change a cell's number, apart from the grid coordinates: the float
+    """Everything of ``cfg`` that can change a point's number, apart from the grid coordinates: the float
     checkpoint's content hash, the model (without how it runs), the CIM layer settings, the data (without
     paths, evaluation batch size and loader settings), the activation method, percentile and batches of
-    ``calibration``, and the seed. Cells whose settings hash alike are the same measurement."""
+    ``calibration``, and the seed. Points whose settings hash alike are the same measurement."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     cim = layer_settings(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -94,8 +94,8 @@ def setting(cfg: DictConfig) -> dict[str, Any]:
     return {
         "ckpt_sha256": file_sha256(model.pop("init_from")),
         "model": {k: v for k, v in model.items() if k not in ("compile", "compile_mode", "kernels")},
-        "cim": {k: v for k, v in cim.items() if k not in _GRID_CIMCELL_KEYS},
-        "data": {k: v for k, v in data.items() if k not in _SETTING_IGNORED_DATACELL_KEYS},
+        "cim": {k: v for k, v in cim.items() if k not in _GRID_CIMPOINT_KEYS},
+        "data": {k: v for k, v in data.items() if k not in _SETTING_IGNORED_DATAPOINT_KEYS},
         "calibration": {k: v for k, v in calibration.items() if k not in ("weight", "psum")},
         "seed": cfg.seed,
     }
@@ -105,18 +105,18 @@ def setting_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cell_config(cfg: DictConfig, weight: str, psum: str, adc_bits: int) -> DictConfig:
+def point_config(cfg: DictConfig, weight: str, psum: str, adc_bits: int) -> DictConfig:
     """A copy of ``cfg`` whose CIM layers have these granularities and ADC bits."""
-    cell = copy.deepcopy(cfg)
-    with open_dict(cell):
-        cell.granularity.weight = weight
-        cell.granularity.psum = psum
-        cell.adc.bits = adc_bits
-    return cell
+    point = copy.deepcopy(cfg)
+    with open_dict(point):
+        point.granularity.weight = weight
+        point.granularity.psum = psum
+        point.adc.bits = adc_bits
+    return point
 
 
-def grid_cells(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str]]:
-    """Grid coordinates ``(adc_bits, weight, psum, weight_method, psum_method)`` as strings (as in cells.csv),
+def grid_points(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str]]:
+    """Grid coordinates ``(adc_bits, weight, psum, weight_method, psum_method)`` as strings (as in points.csv),
     float first, then ADC bits by ADC bits in the order of ``grid``."""
     grid = cfg.grid
     yield "", FLOAT, FLOAT, "", ""
