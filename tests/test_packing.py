@@ -37,3 +37,21 @@ def test_the_packing_launcher_runs_jobs_per_gpu_at_once(monkeypatch) -> None:
     assert packed_jobs(3) == 3  # no GPU: the jobs still run, per_gpu at once
     with pytest.raises(ValueError, match="jobs per GPU 0"):
         packed_jobs(0)
+
+
+def test_compiled_kernels_are_cached_for_the_runs_launched_after(monkeypatch, tmp_path) -> None:
+    """``paths.compile_cache`` holds inductor's and Triton's caches unless the environment names them already."""
+    import cimexp
+    from cimexp.run.config import use_compile_cache
+
+    monkeypatch.setitem(cimexp.COMPILE_CACHE_ENV, "TORCHINDUCTOR_CACHE_DIR", None)  # unset by the user
+    monkeypatch.setitem(cimexp.COMPILE_CACHE_ENV, "TRITON_CACHE_DIR", "/elsewhere")  # set by the user
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_default")  # what inductor writes when asked
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere")
+    use_compile_cache(str(tmp_path))
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == "/elsewhere"
+    cfg = compose("train", [])
+    assert cfg.paths.compile_cache.endswith("/compile_cache")

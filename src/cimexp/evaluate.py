@@ -34,7 +34,7 @@ from cimexp.run.build import (
     load_checkpoint,
 )
 from cimexp.run.classifier import ImageClassifier
-from cimexp.run.config import adc_errors, validate_evaluate, validate_once
+from cimexp.run.config import adc_errors, use_compile_cache, validate_evaluate, validate_once
 from cimexp.run.entry import hydra_entry
 from cimexp.run.evaluation import (
     checkpoint_file,
@@ -142,6 +142,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def job(cfg: DictConfig) -> float | None:
     """The Hydra job: evaluate, and return ``cfg.optimized_metric`` (default ``final/val/acc``) for sweepers."""
+    use_compile_cache(cfg.paths.get("compile_cache"))
     metrics, _ = evaluate(cfg)
     return metrics.get(cfg.optimized_metric)
 

@@ -44,7 +44,7 @@ from cimexp.report.post_training import (
 )
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
-from cimexp.run.config import calibration_settings, validate_once
+from cimexp.run.config import calibration_settings, use_compile_cache, validate_once
 from cimexp.run.entry import hydra_entry
 from cimexp.run.post_training import (
     float_net,
@@ -137,6 +137,7 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
 
 def job(cfg: DictConfig) -> None:
     """The Hydra job: fill in the post-training table."""
+    use_compile_cache(cfg.paths.get("compile_cache"))
     post_training(cfg)
 
 

@@ -22,11 +22,9 @@ from cimexp.cim import set_adc_errors
 from cimexp.files import atomic_write_json, readable_checkpoint, run_lock
 from cimexp.results import hashed_config, reusable_results
 from cimexp.run.build import build_net, data_files, find_callback
-from cimexp.run.callbacks import (
-    ResultsWriter,
-)
+from cimexp.run.callbacks import ResultsWriter
 from cimexp.run.classifier import ImageClassifier
-from cimexp.run.config import adc_errors, check_accelerator, check_launch, validate_once, validate_train
+from cimexp.run.config import adc_errors, check_training_run, use_compile_cache, validate_train
 from cimexp.run.entry import hydra_entry
 from cimexp.run.loggers import finish_wandb
 from cimexp.run.provenance import git_state, resolved_config
@@ -75,9 +73,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
             return done["final"], {"cfg": cfg, "results": done}
         ckpt_path = unfinished_checkpoint(output_dir)
 
-    validate_once(validate_train, cfg)
-    check_accelerator(cfg.trainer)
-    check_launch(cfg.trainer)
+    check_training_run(cfg)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -143,6 +139,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> tuple[dict[str, float], dict[st
 
 def job(cfg: DictConfig) -> float | None:
     """The Hydra job: train, and return ``cfg.optimized_metric`` for sweepers."""
+    use_compile_cache(cfg.paths.get("compile_cache"))
     metrics, _ = train(cfg)
     return metrics.get(cfg.optimized_metric)
 

@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import cimexp
 from cimexp.cim import ADCErrors, Calibration, CIMConv2d, Granularity, VariationLevel
 from cimexp.cim.cost import CostModel
 from cimexp.cim.quant import KERNEL_MODES
@@ -135,6 +136,17 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("cimexp.sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("cimexp.shipped", shipped_file, replace=True)
     OmegaConf.register_new_resolver("cimexp.packed_jobs", packed_jobs, replace=True)
+
+
+def use_compile_cache(directory: str | None) -> None:
+    """Keep compiled kernels in ``directory`` (``paths.compile_cache``) for the runs launched after this one:
+    inductor's code and autotuning results and Triton's binaries, unless ``TORCHINDUCTOR_CACHE_DIR`` or
+    ``TRITON_CACHE_DIR`` say otherwise. Call it before anything compiles; ``None`` leaves PyTorch's defaults."""
+    if not directory:
+        return
+    for key, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if cimexp.COMPILE_CACHE_ENV[key] is None:  # not set by the user (inductor writes its default when asked)
+            os.environ[key] = str(Path(directory) / sub)
 
 
 def packed_jobs(per_gpu: int = 2) -> int:
@@ -296,6 +308,15 @@ def validate_train(cfg: DictConfig) -> None:
             "or a state_dict), produce one with `python -m cimexp.train cim=none ...` (README: float checkpoint), "
             "or set model.init_from=null to train from scratch."
         )
+
+
+def check_training_run(cfg: DictConfig) -> None:
+    """Every check of a training run as it starts: its settings (:func:`validate_train`, once per process:
+    :func:`validate_once`), the accelerator (:func:`check_accelerator`) and how it was launched
+    (:func:`check_launch`)."""
+    validate_once(validate_train, cfg)
+    check_accelerator(cfg.trainer)
+    check_launch(cfg.trainer)
 
 
 def check_launch(trainer: DictConfig) -> None:
