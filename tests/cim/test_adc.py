@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cimexp.cim import ADCErrors, CIMConv2d, PsumStats, set_adc_errors, start_telemetry, stop_telemetry
-from cimexp.cim.adc import ADCState, draw_adc_state, nonideal_adc_shift_add
+from cimexp.cim.adc import ADCState, adc_errors_tile_major, draw_adc_state, nonideal_adc_shift_add
 from cimexp.cim.cost import adc_conversions
 
 
@@ -216,7 +216,7 @@ def test_bit_serial_cycles_share_the_column_adc_errors():
     """All input cycles of a column go through the same ADC: its static errors repeat per cycle."""
     layer = _layer(dac_bits=2)
     set_adc_errors(layer, ADCErrors(offset_lsb=0.5, seed=0))
-    offset, _, _ = layer._adc_errors(layer.n_input_cycles)
+    offset, _, _ = adc_errors_tile_major(layer.adc_state, layer.n_input_cycles)
     groups = offset.shape[0] // 2
     assert torch.equal(offset[:groups], offset[groups:])
     with torch.no_grad():

@@ -27,7 +27,7 @@ LEVELS = "layer, array, channel, column"
         ({"adc_bits": 0}, "invalid adc_bits=0"),
         ({"a_bits": 2.5}, "invalid a_bits=2.5; valid values: an integer in [1, 16] or None"),
         ({"w_bits": 1, "cell_bits": 1, "weight_encoding": "differential"}, "w_bits counts the sign"),
-        ({"groups": 2}, "invalid groups=2"),
+        ({"groups": 3}, "divisible by groups"),  # nn.Conv2d's own check
     ],
 )
 def test_invalid_options_name_the_value_and_the_choices(kwargs, message):
@@ -268,9 +268,10 @@ def test_from_conv_copies_weights_and_approximates_the_float_conv_at_high_precis
     assert err < 0.05, err
 
 
-def test_from_conv_rejects_grouped_convolutions():
-    with pytest.raises(ValueError, match="groups=4"):
-        CIMConv2d.from_conv(nn.Conv2d(8, 8, 3, groups=4))
+def test_from_conv_maps_grouped_convolutions():
+    conv = nn.Conv2d(8, 8, 3, groups=4)
+    layer = CIMConv2d.from_conv(conv)
+    assert layer.groups == 4 and layer.mapping.in_channels == 2 and torch.equal(layer.weight, conv.weight)
 
 
 def test_two_stage_switch_recalibrates_adc_steps_from_the_next_batch():

@@ -52,7 +52,7 @@ def test_program_save_load_round_trip_readable_without_cimexp(tmp_path):
     meta = json.loads(meta_path.read_text())
     assert meta["format"] == "cimexp.CIMProgram" and meta["act_bits"] == 4 and meta["stride"] == [2, 2]
     assert "psum_scale" in meta["contract"] and meta["shapes"]["cell_codes"] == [1, 2, 3, 27, 4]
-    assert meta["variation_level"] == "weight" and meta["format_version"] == 3
+    assert meta["variation_level"] == "weight" and meta["format_version"] == 4 and meta["groups"] == 1
     with np.load(npz) as arrays:
         assert arrays["cell_gain"].shape == (1, 2, 3, 27, 4) and not np.all(arrays["cell_gain"] == 1)
     loaded = CIMProgram.load(tmp_path / "layer1.json")

@@ -76,9 +76,13 @@ def test_swap_never_rewraps_swapped_layers():
     assert StepConv.built == count
 
 
-def test_swap_rejects_grouped_conv_by_name():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ValueError, match=r"conv '0': groups=2"):
+def test_swap_passes_groups_and_rejects_other_padding_modes_by_name():
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    weight = grouped[0].weight.detach().clone()
+    swap_convs(grouped, StepConv)
+    assert type(grouped[0]) is StepConv and grouped[0].groups == 2 and torch.equal(grouped[0].weight, weight)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match=r"conv '0': padding_mode='reflect'"):
         swap_convs(model, StepConv)
     swap_convs(model, StepConv, skip=["0"])
 
