@@ -93,7 +93,7 @@ def on_crossbars(
     """``net``, a float network, with its layers built by ``conv_layer``: how every builder of
     :mod:`cimexp.models` places its network on the crossbars (``conv_layer`` is the ``cim`` config group's factory).
 
-    - ``None`` or ``nn.Conv2d``: ``net`` stays float.
+    - ``None`` or ``nn.Conv2d`` (or a ``functools.partial`` of it): ``net`` stays float.
     - :class:`~cimexp.cim.CIMConv2d` or a ``functools.partial`` of it: :func:`cimexp.cim.convert` with the factory's
       CIM options, ``keep`` and ``signed_inputs`` (its conv and linear layers, grouped and depthwise included).
     - Any other factory called like ``nn.Conv2d``: :func:`swap_convs` (convs only), keeping digital what ``keep``
@@ -102,14 +102,15 @@ def on_crossbars(
     Both copy the float weights and draw no random numbers, so a network's initial weights and the random stream
     after building it do not depend on ``conv_layer``.
     """
-    if conv_layer is None or conv_layer is nn.Conv2d:
+    factory = conv_layer.func if isinstance(conv_layer, functools.partial) else conv_layer
+    if conv_layer is None or factory is nn.Conv2d:
         return net
-    options = conv_layer.keywords if isinstance(conv_layer, functools.partial) else {}
-    if (conv_layer.func if isinstance(conv_layer, functools.partial) else conv_layer) is CIMConv2d:
+    if factory is CIMConv2d:
+        options = conv_layer.keywords if isinstance(conv_layer, functools.partial) else {}
         convert(net, keep=keep, signed_inputs=signed_inputs, **options)
         return net
     if keep == "first_and_last":
-        skip = [next(name for name, m in net.named_modules() if type(m) is nn.Conv2d)]
+        skip = [name for name, m in net.named_modules() if type(m) is nn.Conv2d][:1]
     else:
         skip = [] if keep == "none" else list(keep)
     return swap_convs(net, conv_layer, skip=skip)
