@@ -4,9 +4,9 @@
    (``data=synthetic data.train_size=50000 data.val_size=10000``): column/column (the default path), then the
    packing table (paper runs per GPU-hour with 1, 2, 4, 8 column/column jobs on the GPU at once), then float,
    column/column with the fused Triton kernel (``model.kernels=triton``) and with ``model.compile=true
-   model.compile_mode=reduce-overhead``, the latter twice (the second loads its kernels from the compile cache,
-   ``paths.compile_cache``). Epoch 2 is the steady state; epoch 1 minus epoch 2 is what warm-up (kernel selection,
-   compilation) costs once per run. These come first, so the budget never skips them;
+   model.compile_mode=reduce-overhead``, the latter twice (the second loads its kernels from PyTorch's compile
+   cache). Epoch 2 is the steady state; epoch 1 minus epoch 2 is what warm-up (kernel selection, compilation) costs
+   once per run. These come first, so the budget never skips them;
 2. the ``cuda``-marked tests (tests/test_cuda.py: the layer against the literal simulator on CUDA, ``trainer=gpu``
    and ``bf16-mixed`` fits, TF32);
 3. ``python -m cimexp.bench --device cuda --all`` (layer and ResNet-20 tables, eager), ``--net --kernels triton``
@@ -153,7 +153,7 @@ def main() -> None:
         "float": ["cim=none"],
         "column/column fused kernel (kernels=triton)": ["model.kernels=triton"],
         "column/column compiled (reduce-overhead)": ["model.compile=true", "model.compile_mode=reduce-overhead"],
-        # the same again: its epoch 1 is the warm-up of a run whose kernels are in paths.compile_cache
+        # the same again: its epoch 1 is the warm-up of a run whose kernels are in the compile cache
         "column/column compiled (reduce-overhead), cached": [
             "model.compile=true",
             "model.compile_mode=reduce-overhead",

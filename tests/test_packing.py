@@ -53,5 +53,4 @@ def test_compiled_kernels_are_cached_for_the_runs_launched_after(monkeypatch, tm
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
     assert os.environ["TRITON_CACHE_DIR"] == "/elsewhere"
-    cfg = compose("train", [])
-    assert cfg.paths.compile_cache.endswith("/compile_cache")
+    assert compose("train", []).paths.compile_cache is None  # PyTorch's default folder, shared on this machine
