@@ -20,7 +20,7 @@ install: ## Install cimexp and its dev tools, editable: pip install -e ".[dev]"
 test: ## Fast test tier (what CI runs): unit tests, every config option, short trainings on synthetic data
 	$(PYTHON) -m pytest
 
-test-slow: ## Slow tier: debug profiles, real CIFAR-10 runs as subprocesses, training with model.compile (CIFAR needs CIMEXP_DATA)
+test-slow: ## Slow tier: debug profiles, real CIFAR-10 runs as subprocesses, model.compile, DDP on two CPU processes (CIFAR needs CIMEXP_DATA)
 	$(PYTHON) -m pytest -m slow
 
 soak: ## Fault-injection soak: a 6-job synthetic sweep SIGKILLed 20 times, relaunched, compared with an uninterrupted one

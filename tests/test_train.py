@@ -349,7 +349,7 @@ def test_calibration_defaults_are_the_apis(make_cfg, tiny_data) -> None:
     assert settings == {"calibration": Calibration(), "calibration_batches": 1, "bn_batches": 0}
 
 
-@pytest.mark.slow  # ~2 min of tracing on 2 cores; tests/models covers compiling the CIM ResNet-20 itself
+@pytest.mark.slow  # ~2 min of tracing on 2 cores; tests/models (slow tier too) compiles the CIM ResNet-20 itself
 def test_model_compile_compiles_the_calibrated_network(run, monkeypatch: pytest.MonkeyPatch) -> None:
     """``model.compile=true``: the network is compiled after ``setup``'s calibration (so no graph holds the step
     initialisation), with the configured mode; training runs through it and checkpoints keep their plain keys.

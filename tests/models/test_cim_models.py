@@ -36,6 +36,7 @@ def test_float_checkpoint_loads_into_cim_model(tmp_path):
     assert swapped(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow  # 60 s of tracing on 2 cores (training and validation graphs)
 @pytest.mark.parametrize("train", [True, False])
 def test_cim_resnet20_compiles_to_one_graph_and_matches_eager(train):
     """No graph breaks and no host syncs in a calibrated CIM network (``fullgraph=True``), so a whole training step
