@@ -146,7 +146,7 @@ def use_compile_cache(directory: str | None) -> None:
         return
     for key, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         if cimexp.COMPILE_CACHE_ENV[key] is None:  # not set by the user (inductor writes its default when asked)
-            os.environ[key] = str(Path(directory) / sub)
+            os.environ[key] = str(Path(directory).resolve() / sub)
 
 
 def packed_jobs(per_gpu: int = 2) -> int:
