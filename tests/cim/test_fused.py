@@ -88,14 +88,15 @@ def test_the_kernel_alone_equals_its_reference_on_odd_shapes(triton_kernels) -> 
     torch.testing.assert_close(fused_tiles_adc(*args), reference_tiles_adc(*args), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("case", ["variation", "grouped", "bit_serial", "no_interpreter"])
+@pytest.mark.parametrize("case", ["variation", "grouped", "bit_serial", "same_padding", "no_interpreter"])
 def test_the_other_paths_run_where_the_kernel_does_not_apply(triton_kernels, monkeypatch, case) -> None:
-    """Non-integer operands (cell variation), grouped layers, bit-serial inputs and a CPU without the interpreter
-    take the other paths, which the other tests check."""
+    """Non-integer operands (cell variation), grouped layers, bit-serial inputs, padding given by name and a CPU
+    without the interpreter take the other paths, which the other tests check."""
     options = {"dac_bits": 2} if case == "bit_serial" else {}
-    if case == "grouped":
+    if case in ("grouped", "same_padding"):
         torch.manual_seed(0)
-        layer = CIMConv2d(20, 12, 3, padding=1, groups=4, array_size=54).double()
+        shape = {"padding": 1, "groups": 4} if case == "grouped" else {"padding": "same"}
+        layer = CIMConv2d(20, 12, 3, array_size=54, **shape).double()
         layer(torch.rand(2, 20, 7, 7, dtype=torch.float64))
     else:
         layer = _layer(torch.float64, **options)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cimexp.cim.quant import adc_shift_add
+from cimexp.cim.quant import adc_shift_add, kernel_mode
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,20 @@ def available(device: torch.device) -> bool:
     except ImportError:
         return False
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def fused_path_applies(layer, device: torch.device) -> bool:
+    """Whether the kernel computes the fast path of ``layer`` (a :class:`~cimexp.cim.CIMConv2d`) on ``device``:
+    ``kernels="triton"`` (:func:`~cimexp.cim.quant.set_kernels`), a dense layer with integer operands (no cell
+    variation, quantized activations, partial sums quantized) and numeric padding, and Triton there
+    (:func:`available`)."""
+    return (
+        kernel_mode() == "triton"
+        and layer.groups == 1
+        and not layer._non_integer_operands
+        and not isinstance(layer.padding, str)
+        and available(device)
+    )
 
 
 def fused_tiles_adc(

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimexp.cim.adc import ADCState, PsumStats, adc_errors_tile_major, nonideal_adc_shift_add
-from cimexp.cim.fused import ConvGeometry, available, fused_tiles_adc
+from cimexp.cim.fused import ConvGeometry, fused_path_applies, fused_tiles_adc
 from cimexp.cim.mapping import ArrayMapping, dequant_ops, input_shift, slice_bits, slice_inputs
 from cimexp.cim.options import (
     Calibration,
@@ -51,7 +51,6 @@ from cimexp.cim.program import CIMProgram, export_program
 from cimexp.cim.quant import (
     adc_shift_add,
     effective_step,
-    kernel_mode,
     output_unit_gradient,
     per_copy_lsq_correction,
     quantize_int,
@@ -413,15 +412,9 @@ class CIMConv2d(nn.Conv2d):
         """The fast path of the ADC + shift-and-add: block by block of :meth:`_tile_psums`, summed;
         ``[B, O, H_out, W_out]``. On :data:`CHANNELS_LAST_DEVICES` the convolutions run channels-last (oneDNN's
         faster layout; timings in ``experiments/results/bench``) and the ADC reads their output in place as
-        ``[B*H*W, G, O, 1]``. With ``kernels="triton"`` (integer operands, a dense layer): one fused kernel,
-        :func:`~cimexp.cim.fused.fused_tiles_adc`."""
+        ``[B*H*W, G, O, 1]``. Where :func:`~cimexp.cim.fused.fused_path_applies`: one fused Triton kernel."""
         m = self.mapping
-        if (
-            kernel_mode() == "triton"
-            and self.groups == 1
-            and not self._non_integer_operands
-            and available(a_int.device)
-        ):
+        if fused_path_applies(self, a_int.device):
             geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation, m.channels_per_tile)
             s_p, factor = self._steps_and_factors(factor, math.prod(geometry.out_size(*a_int.shape[2:])))
             return fused_tiles_adc(a_int, cond, s_p, factor, *self._adc_range(m.n_row_tiles), geometry)
