@@ -40,10 +40,12 @@ def test_the_wheel_lists_every_subpackage_and_the_config_packages() -> None:
 
 
 def test_the_package_data_globs_cover_every_config_and_sweep() -> None:
+    """Read as setuptools reads them (a ``*`` spans one folder): ``conf/hydra/launcher/*.yaml`` once fell outside
+    ``*/*.yaml``, so an installed wheel had no launcher presets."""
     data = _pyproject()["tool"]["setuptools"]["package-data"]
     for package, folder in (("cimexp.conf", "conf"), ("cimexp.experiments", "experiments")):
         files = {p.relative_to(REPO / folder) for p in (REPO / folder).rglob("*.yaml")}
-        covered = {f for f in files if any(f.match(glob) for glob in data[package])}
+        covered = {p.relative_to(REPO / folder) for glob in data[package] for p in (REPO / folder).glob(glob)}
         if package == "cimexp.experiments":
             files = {f for f in files if f.parts[0] == "sweep"}  # results/ is not part of the package
         assert files and files == covered, files - covered
