@@ -12,10 +12,11 @@ from hydra.utils import instantiate
 from cimexp.cim import Calibration
 from cimexp.models import resnet20
 from cimexp.post_training import post_training
-from cimexp.report.post_training import COLUMNS
+from cimexp.report.post_training import COLUMNS, COLUMNS_0_2, render_table
+from cimexp.report.stats import estimate
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
-from cimexp.run.post_training import point_config, top1_accuracy
+from cimexp.run.post_training import calibration_batches, point_config, top1_accuracy
 
 TINY = [
     "data=synthetic",
@@ -113,6 +114,8 @@ def test_table_end_to_end_then_resumed_grown_and_extended(table, make_cfg, float
         (["grid.weight=[row]"], ValueError, ["grid.weight", "'row'", "layer, array, channel, column"]),
         (["grid.adc_bits=[0]"], ValueError, ["grid.adc_bits", "0"]),
         (["grid.psum=[]"], ValueError, ["grid.psum", "non-empty list"]),
+        (["grid.draws=[-1]"], ValueError, ["grid.draws", "-1", "integers >= 0"]),
+        (["grid.draws=[0,1,0]"], ValueError, ["grid.draws", "listed twice"]),
         (["calibration.act=minmax"], ValueError, ["calibration.act", "'minmax'"]),
         (["calibration.bn_batches=-1"], ValueError, ["calibration.bn_batches=-1"]),
         (["cim=none"], ValueError, ["needs CIM layers", "cim=default"]),
@@ -132,3 +135,56 @@ def test_a_cells_csv_of_another_version_is_refused(table, tmp_path: Path) -> Non
     (tmp_path / "table" / "points.csv").write_text("scheme,top1\nlayer/layer,50\n")
     with pytest.raises(ValueError, match="written by another version"):
         table(["grid.weight=[layer]"])
+
+
+def test_calibration_draws_give_means_intervals_and_paired_differences(table, make_cfg, float_ckpt, tmp_path) -> None:
+    rows, info = table(["grid.weight=[layer,column]", "grid.weight_methods=[max]", "grid.draws=[0,1,2]"])
+    assert info["computed"] == 1 + 3 * 2
+    assert [(r["weight_granularity"], r["draw"]) for r in rows] == [
+        ("float", ""),
+        *[(weight, draw) for draw in "012" for weight in ("layer", "column")],
+    ]
+    # A draw is the first batches of the training loader's epoch of that number: other images, the same each time.
+    cfg = make_cfg([*TINY, f"model.init_from={float_ckpt}"], "check", "post_training")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    draws = [calibration_batches(datamodule, draw, 2) for draw in (0, 1)]
+    assert not torch.equal(draws[0][0], draws[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(calibration_batches(datamodule, 1, 2), draws[1], strict=True))
+    assert torch.equal(draws[0][0], next(iter(datamodule.train_dataloader()))[0])  # draw 0: cimexp 0.2's batches
+
+    top1 = {(r["weight_granularity"], r["draw"]): float(r["top1"]) for r in rows[1:]}
+    text = info["table"].read_text()
+    assert "Calibration draws 0, 1, 2: a cell is the mean ± std over them." in text
+    column = estimate(top1[("column", d)] for d in "012")
+    assert f"| column/column | {column.format(label_ci=False)} |" in text
+    paired = estimate(top1[("column", d)] - top1[("layer", d)] for d in "012")
+    assert f"| column | {paired.format(signed=True, label_ci=False)} |" in text
+
+    # A points.csv of 0.2 (no draw column, one draw: 0) is read as draw 0: only the new draws are computed.
+    stored = _csv(info["csv"])
+    legacy = [{k: v for k, v in r.items() if k != "draw"} for r in stored if r["draw"] in ("", "0")]
+    info["csv"].write_text(
+        ",".join(COLUMNS_0_2) + "\n" + "".join(",".join(r[k] for k in COLUMNS_0_2) + "\n" for r in legacy)
+    )
+    again, info = table(["grid.weight=[layer,column]", "grid.weight_methods=[max]", "grid.draws=[0,1]"])
+    assert info["computed"] == 2  # draw 1 again, with the same numbers
+    assert [{**r, "seconds": ""} for r in again] == [{**r, "seconds": ""} for r in rows[:5]]
+    assert tuple(_csv(info["csv"])[0]) == COLUMNS
+
+
+def test_one_draw_renders_as_before_draws_existed() -> None:
+    common = dict.fromkeys(COLUMNS, "1") | {"setting": "s", "ckpt": "c.pt", "data": "d", "seconds": "1.0"}
+    rows = [
+        common | {"weight_granularity": "float", "psum_granularity": "float", "adc_bits": "", "draw": "", "top1": "90"},
+        *(
+            common
+            | {"adc_bits": "4", "weight_granularity": w, "psum_granularity": "column", "weight_method": "max"}
+            | {"psum_method": "percentile", "draw": "0", "top1": top1}
+            for w, top1 in (("layer", "61.25"), ("column", "70.50"))
+        ),
+    ]
+    text = render_table(rows)
+    assert "| max / percentile | **61.25** | **70.50** |" in text  # the best (only) method of each scheme
+    assert "| column/column | 70.50 (max / percentile) |" in text
+    assert "draws" not in text and "±" not in text

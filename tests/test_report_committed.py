@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from cimexp.report import publish
 from cimexp.report.cli import main
+from cimexp.report.post_training import read_points, render_table
 from cimexp.report.publish import FIGURES
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
@@ -22,7 +23,8 @@ COMMITTED = {
 """The committed reports that the current code makes again byte for byte, with the options each was made with.
 The others were made by earlier versions of the report: medium/report_fig9's runs table lacks the ``quantizer``
 column that reading it back adds; quick/, quick/beyond/, quick/qat_schedules/ and medium/pilot_before_fixes/ also
-predate today's wording of report.md (and quick/qat_schedules/ today's time-to-accuracy rule for two-stage QAT)."""
+predate today's wording of report.md (and quick/qat_schedules/ today's time-to-accuracy rule for two-stage QAT).
+The post-training table (``post_training/table.md``) is rendered again from its points.csv."""
 
 
 @pytest.mark.parametrize("committed", list(COMMITTED))
@@ -40,3 +42,10 @@ def test_a_committed_report_is_made_again_byte_for_byte(
     assert made == sorted(path.name for path in folder.iterdir() if path.suffix in (".csv", ".md"))
     for name in made:
         assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), f"{committed}/{name}"
+
+
+def test_the_committed_post_training_table_is_rendered_from_its_points() -> None:
+    folder = RESULTS / "post_training"
+    rows = read_points(folder / "points.csv")
+    assert len(rows) > 300 and {row["draw"] for row in rows} == {"", "0"}
+    assert render_table(rows) == (folder / "table.md").read_text()

@@ -4,11 +4,13 @@ A float checkpoint (``model.init_from``) is converted to CIM layers, its step si
 batches (``cimexp.cim.calibrate``; ``calibration.*`` sets the activation method, the percentile, the batches and
 the optional BatchNorm re-estimation) and its top-1 accuracy is measured on the evaluation split (the test split),
 for every point of ``grid``: weight granularity x partial-sum granularity x ADC bits x weight method x partial-sum
-method (``conf/post_training.yaml``)::
+method x calibration draw (``conf/post_training.yaml``; draw ``d`` calibrates on the first batches of training epoch
+``d``, so several draws give each point a mean and a confidence interval)::
 
     python -m cimexp.post_training                                    # shipped float checkpoint, all 10,000 images
     python -m cimexp.post_training model.init_from=<ckpt> data.val_subset=2000 calibration.bn_batches=4
     python -m cimexp.post_training grid.adc_bits=[3] grid.weight_methods=[max] grid.psum_methods=[percentile]
+    python -m cimexp.post_training grid.draws=[0,1,2]                 # three calibration draws: means and CIs
 
 Every finished point is appended to ``<out_dir>/points.csv`` (:data:`COLUMNS`) and ``<out_dir>/table.md`` is
 rewritten from it, so a stopped run loses at most the point in progress. A relaunch skips the points that points.csv
@@ -19,7 +21,6 @@ adds a new section.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -47,6 +48,7 @@ from cimexp.run.classifier import calibrate_network
 from cimexp.run.config import calibration_settings, use_compile_cache, validate_once
 from cimexp.run.entry import hydra_entry
 from cimexp.run.post_training import (
+    calibration_batches,
     float_net,
     grid_points,
     point_config,
@@ -85,8 +87,15 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     n_batches = max(methods["calibration_batches"], methods["bn_batches"])
-    batches = [images.to(device) for images, _ in itertools.islice(datamodule.train_dataloader(), n_batches)]
-    n_images = [sum(len(b) for b in batches[:n]) for n in (methods["calibration_batches"], methods["bn_batches"])]
+    batches: dict[str, list[torch.Tensor]] = {}  # per draw, drawn when first needed
+
+    def draw_batches(draw: str) -> list[torch.Tensor]:
+        if draw not in batches:
+            batches[draw] = [b.to(device) for b in calibration_batches(datamodule, int(draw), n_batches)]
+        return batches[draw]
+
+    first = draw_batches(str(cfg.grid.draws[0]))
+    n_images = [sum(len(b) for b in first[:n]) for n in (methods["calibration_batches"], methods["bn_batches"])]
     common = {
         "setting": settings_hash,
         "ckpt": Path(cfg.model.init_from).name,
@@ -104,8 +113,8 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
 
     computed = 0
     points = list(grid_points(cfg))
-    for i, (adc_bits, weight, psum, weight_method, psum_method) in enumerate(points):
-        key = (settings_hash, adc_bits, weight, psum, weight_method, psum_method)
+    for i, (adc_bits, weight, psum, weight_method, psum_method, draw) in enumerate(points):
+        key = (settings_hash, adc_bits, weight, psum, weight_method, psum_method, draw)
         if key in point_keys(read_points(csv_path)):  # computed before, or meanwhile by a concurrent run
             continue
         start = time.perf_counter()
@@ -114,7 +123,7 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
         else:
             net = build_net(point_config(cfg, weight, psum, int(adc_bits)), datamodule.num_classes).to(device)
             method = Calibration(weight_method, calibration.act, psum_method, calibration.percentile)
-            calibrate_network(net, batches, method, methods["calibration_batches"], methods["bn_batches"])
+            calibrate_network(net, draw_batches(draw), method, methods["calibration_batches"], methods["bn_batches"])
         top1 = top1_accuracy(net, datamodule.val_dataloader(), device)
         row = {
             **common,
@@ -124,7 +133,11 @@ def post_training(cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]
         }
         append_point(out_dir, row)
         computed += 1
-        scheme = "float" if weight == FLOAT else f"adc {adc_bits} w:{weight}/p:{psum} {weight_method}/{psum_method}"
+        scheme = (
+            "float"
+            if weight == FLOAT
+            else f"adc {adc_bits} w:{weight}/p:{psum} {weight_method}/{psum_method} draw {draw}"
+        )
         log.info("post-training %s: top-1 %s%% (%s s) [%d/%d]", scheme, row["top1"], row["seconds"], i + 1, len(points))
     with exclusive(out_dir / LOCK_FILE):
         rows = read_points(csv_path)

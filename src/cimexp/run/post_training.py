@@ -45,6 +45,12 @@ def validate_post_training(cfg: DictConfig) -> None:
             Granularity.parse(value, f"grid.{key} entry")
     for bits in _nonempty_list(grid, "adc_bits"):
         check_bits("grid.adc_bits entry", bits)
+    draws = _nonempty_list(grid, "draws")
+    for draw in draws:
+        if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+            raise ValueError(f"invalid grid.draws entry {draw!r}; valid values: integers >= 0, e.g. grid.draws=[0,1,2]")
+    if len(set(draws)) != len(draws):
+        raise ValueError(f"invalid grid.draws={draws}: a draw is listed twice; valid values: distinct integers >= 0")
     calibration_settings(cfg.calibration)
     for key, allowed in (("weight_methods", WEIGHT_STEP_INITS), ("psum_methods", tuple(StepInit))):
         for method in _nonempty_list(grid, key):
@@ -86,7 +92,8 @@ def setting(cfg: DictConfig) -> dict[str, Any]:
     """Everything of ``cfg`` that can change a point's number, apart from the grid coordinates: the float
     checkpoint's content hash, the model (without how it runs), the CIM layer settings, the data (without
     paths, evaluation batch size and loader settings), the activation method, percentile and batches of
-    ``calibration``, and the seed. Points whose settings hash alike are the same measurement."""
+    ``calibration``, and the seed (the calibration draw is a coordinate of the point, not part of its setting). Points
+    whose settings hash alike are the same measurement."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     cim = layer_settings(cfg)
     data = OmegaConf.to_container(cfg.data, resolve=True)
@@ -115,13 +122,14 @@ def point_config(cfg: DictConfig, weight: str, psum: str, adc_bits: int) -> Dict
     return point
 
 
-def grid_points(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str]]:
-    """Grid coordinates ``(adc_bits, weight, psum, weight_method, psum_method)`` as strings (as in points.csv),
-    float first, then ADC bits by ADC bits in the order of ``grid``."""
+def grid_points(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str, str]]:
+    """Grid coordinates ``(adc_bits, weight, psum, weight_method, psum_method, draw)`` as strings (as in
+    points.csv): float first (no draw), then draw by draw (a stopped run has whole tables of its first draws) and
+    ADC bits by ADC bits in the order of ``grid``."""
     grid = cfg.grid
-    yield "", FLOAT, FLOAT, "", ""
-    for adc_bits, weight, psum, weight_method, psum_method in itertools.product(
-        grid.adc_bits, grid.weight, grid.psum, grid.weight_methods, grid.psum_methods
+    yield "", FLOAT, FLOAT, "", "", ""
+    for draw, adc_bits, weight, psum, weight_method, psum_method in itertools.product(
+        grid.draws, grid.adc_bits, grid.weight, grid.psum, grid.weight_methods, grid.psum_methods
     ):
         yield (
             str(adc_bits),
@@ -129,7 +137,17 @@ def grid_points(cfg: DictConfig) -> Iterator[tuple[str, str, str, str, str]]:
             Granularity.parse(psum).name.lower(),
             Calibration(weight=weight_method).weight.value,
             Calibration(psum=psum_method).psum.value,
+            str(draw),
         )
+
+
+def calibration_batches(datamodule: Any, draw: int, count: int) -> list[torch.Tensor]:
+    """The images of calibration draw ``draw``: the first ``count`` batches of the training loader's epoch ``draw``
+    (its shuffle and augmentation are pure functions of the data seed and the epoch, so a draw is reproducible and
+    draws differ; the evaluation images do not depend on it). Draw 0 is what cimexp 0.2 calibrated on."""
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(draw)
+    return [images for images, _ in itertools.islice(loader, count)]
 
 
 def float_net(cfg: DictConfig, num_classes: int) -> nn.Module:
