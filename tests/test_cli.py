@@ -295,6 +295,7 @@ def _assert_ends_as(run_dir: Path, want: dict) -> None:
     assert history == [(r["epoch"], r["val/acc"], r["val/loss"]) for r in want["history"]]
 
 
+@pytest.mark.slow  # 35 s; the default tier kills a run inside an epoch (below), the stricter case
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     run_cli, quiet, uninterrupted: dict, tmp_path: Path
 ) -> None:
@@ -333,7 +334,10 @@ def test_a_run_killed_inside_an_epoch_resumes_at_that_batch_to_the_uninterrupted
     _assert_ends_as(killed_dir, uninterrupted)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signal_name",
+    [pytest.param("SIGINT", marks=pytest.mark.slow), "SIGTERM"],  # one handler; 35 s each
+)
 def test_ctrl_c_and_sigterm_checkpoint_and_leave_an_interrupted_run_and_the_command_that_resumes_it(
     run_cli, quiet, uninterrupted: dict, tmp_path: Path, signal_name: str
 ) -> None:

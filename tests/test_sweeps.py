@@ -60,10 +60,10 @@ JOBS = {
 }
 
 
-def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> list[tuple[DictConfig, Path]]:
-    """``(config, job directory)`` of every job of ``sweep=<sweep>`` as Hydra's basic sweeper launches them (its
-    params, then the command-line overrides ``extra``, which may sweep lists such as ``seed=0,1,2``); Hydra's runtime
-    config is left set to the last job's.
+def sweep_batch(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> tuple[str, list[list[str]]]:
+    """``(config name, overrides of every job)`` of ``sweep=<sweep>`` as Hydra's basic sweeper splits them (its
+    params, then the command-line overrides ``extra``, which may sweep lists such as ``seed=0,1,2``); composes only
+    the sweep's own config.
 
     Evaluation sweeps: only the jobs of the first ``variation.sigma`` and ``variation.seed`` (these change no config
     but their own value, and composing costs ~0.1 s a job).
@@ -78,18 +78,73 @@ def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = (
     parser = OverridesParser.create()
     overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + [f"sweep={sweep}", *extra])
     (batch,) = BasicSweeper.split_arguments(overrides, None)
-    jobs = []
-    for job_overrides in batch:
-        cfg = compose(job_overrides, output_dir, config_name)
-        with read_write(cfg.hydra):
-            cfg.hydra.mode = RunMode.MULTIRUN
-        HydraConfig().set_config(cfg)
-        job_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
-        with read_write(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = str(job_dir)
-        HydraConfig().set_config(cfg)
-        jobs.append((cfg, job_dir))
-    return jobs
+    return config_name, batch
+
+
+def compose_job(compose, output_dir: Path, config_name: str, job_overrides: list[str]) -> tuple[DictConfig, Path]:
+    """``(config, job directory)`` of one job of a sweep, composed as a multirun job; Hydra's runtime config is left
+    set to it."""
+    cfg = compose(job_overrides, output_dir, config_name)
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    job_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+    with read_write(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(job_dir)
+    HydraConfig().set_config(cfg)
+    return cfg, job_dir
+
+
+def sweep_jobs(compose, output_dir: Path, sweep: str, extra: tuple[str, ...] = ()) -> list[tuple[DictConfig, Path]]:
+    """``(config, job directory)`` of every job of ``sweep=<sweep>`` (:func:`sweep_batch`, :func:`compose_job`);
+    Hydra's runtime config is left set to the last job's."""
+    config_name, batch = sweep_batch(compose, output_dir, sweep, extra)
+    return [compose_job(compose, output_dir, config_name, job_overrides) for job_overrides in batch]
+
+
+def validate_job(sweep: str, cfg: DictConfig) -> None:
+    """Validate a job's config as its entry point does before any data is loaded."""
+    HydraConfig().set_config(cfg)
+    if sweep.startswith(EVALUATE_SWEEPS):
+        cimexp.run.config.validate_evaluate(cfg)
+    else:
+        validate_config(cfg)
+
+
+def check_job(sweep: str, config: dict, job_dir: Path) -> None:
+    """A job's directory is named by its overrides under its sweep's folder, and it runs where its preset says."""
+    name, preset = sweep.split("/")
+    grid = "granularity_grid" if name == "dequant" else name
+    assert job_dir.parent == Path(config["paths"]["log_dir"]) / "sweeps" / grid / preset
+    assert "sweep=" not in job_dir.name and "=" in job_dir.name
+    if sweep.startswith(EVALUATE_SWEEPS):
+        assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
+    elif preset.startswith(("quick", "medium")):  # the CPU presets fine-tune a float network
+        assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
+    else:
+        assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
+
+
+SIGMAS_X_SEEDS = {"variation/quick": 6 * 3, "variation/full": 6 * 5, "variation/medium": 6 * 3}
+"""Jobs of an evaluation sweep per composed job (``sweep_batch`` keeps the first sigma and variation seed)."""
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_has_its_jobs_and_its_first_and_last_job_validate(
+    sweep: str, compose_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default tier's check of every sweep: its job count, and its first and last jobs compose and validate
+    (every job: the slow tier's ``test_every_job_of_every_sweep_composes_and_validates``)."""
+    torch.save(resnet20(num_classes=10).state_dict(), tmp_path / "float.pt")
+    monkeypatch.setenv("CIMEXP_FLOAT_CKPT", str(tmp_path / "float.pt"))
+    config_name, batch = sweep_batch(compose_app, tmp_path, sweep)
+    assert len(batch) * SIGMAS_X_SEEDS.get(sweep, 1) == JOBS[sweep]
+    for job_overrides in (batch[0], batch[-1]):
+        cfg, job_dir = compose_job(compose_app, tmp_path, config_name, job_overrides)
+        validate_job(sweep, cfg)
+        check_job(sweep, resolved_config(cfg), job_dir)
+    GlobalHydra.instance().clear()
+    assert set(JOBS) == set(SWEEPS)
 
 
 @pytest.fixture(scope="module")
@@ -105,37 +160,24 @@ def composed(tmp_path_factory, compose_app) -> dict[str, list[tuple[dict, Path]]
         for sweep in SWEEPS:
             jobs[sweep] = []
             for cfg, job_dir in sweep_jobs(compose_app, root, sweep):
-                HydraConfig().set_config(cfg)
-                if sweep.startswith(EVALUATE_SWEEPS):
-                    cimexp.run.config.validate_evaluate(cfg)
-                else:
-                    validate_config(cfg)
+                validate_job(sweep, cfg)
                 jobs[sweep].append((resolved_config(cfg), job_dir))
     GlobalHydra.instance().clear()
     return jobs
 
 
+@pytest.mark.slow  # composing all ~270 jobs: ~2 min
 @pytest.mark.parametrize("sweep", SWEEPS)
-def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed, tmp_path_factory) -> None:
+def test_every_job_of_every_sweep_composes_and_validates(sweep: str, composed) -> None:
     jobs = composed[sweep]
-    sigmas_x_seeds = {"variation/quick": 6 * 3, "variation/full": 6 * 5, "variation/medium": 6 * 3}.get(sweep, 1)
-    assert len(jobs) * sigmas_x_seeds == JOBS[sweep]
-    name, preset = sweep.split("/")
+    assert len(jobs) * SIGMAS_X_SEEDS.get(sweep, 1) == JOBS[sweep]
     dirs = [job_dir for _, job_dir in jobs]
     assert len(set(dirs)) == len(dirs)  # one directory per job, named by its overrides only
     for config, job_dir in jobs:
-        grid = "granularity_grid" if name == "dequant" else name
-        assert job_dir.parent == Path(config["paths"]["log_dir"]) / "sweeps" / grid / preset
-        assert "sweep=" not in job_dir.name and "=" in job_dir.name
-        if sweep.startswith(EVALUATE_SWEEPS):
-            assert config["variation"] == {"sigma": 0, "seed": 0, "level": "weight"}  # eq. 5
-        elif preset.startswith(("quick", "medium")):  # the CPU presets fine-tune a float network
-            assert config["model"]["init_from"].endswith("float.pt") and config["trainer"]["accelerator"] == "cpu"
-        else:
-            assert config["model"]["init_from"] is None and config["trainer"]["accelerator"] == "gpu"
-    assert set(JOBS) == set(SWEEPS)
+        check_job(sweep, config, job_dir)
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 @pytest.mark.parametrize("preset", ["quick", "medium", "full"])
 def test_variation_sweep_reads_the_granularity_grid_checkpoints(preset: str, composed) -> None:
     grid = {
@@ -152,6 +194,7 @@ def test_variation_sweep_reads_the_granularity_grid_checkpoints(preset: str, com
     assert read == {s: grid[s] for s in schemes}
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 def test_adc_noise_sweep_reads_plain_and_noise_aware_checkpoints(composed) -> None:
     def same_granularity(config: dict) -> bool:
         granularity = config["granularity"]
@@ -168,6 +211,7 @@ def test_adc_noise_sweep_reads_plain_and_noise_aware_checkpoints(composed) -> No
     assert adc_bits == {(w, b) for w in ("layer", "column") for b in (2, 3, 4, 5)}
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 def test_dequant_reuses_the_granularity_grid_runs(composed) -> None:
     assert {d for _, d in composed["dequant/quick"]} == {d for _, d in composed["granularity_grid/quick"]}
     dequant_full = {d for c, d in composed["dequant/full"]}
@@ -175,6 +219,7 @@ def test_dequant_reuses_the_granularity_grid_runs(composed) -> None:
     assert {c["data"]["_target_"] for c, _ in composed["dequant/full"]} == {"cimexp.data.CIFAR100DataModule"}
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: Path) -> None:
     grid = [c for c, _ in composed["granularity_grid/quick"]]
     schemes = {(c["cim"]["_target_"], *c["granularity"].values()) for c in grid}
@@ -195,6 +240,7 @@ def test_sweep_presets_set_the_paper_settings(composed, compose_app, tmp_path: P
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     """Fig. 7 core at a 4-bit ADC (7 schemes, and channel/column beyond the paper), the 5 partial-sum-quantized ones
     at 3 bits, Fig. 9 as the paper's pair (column/column one-stage against layer/column two-stage, same epochs), all
@@ -231,6 +277,7 @@ def test_the_medium_sweeps_run_the_issue_s_configurations(composed) -> None:
     assert {c["trainer"]["max_epochs"] for c in four + three} == {1}
 
 
+@pytest.mark.slow  # every job of the sweeps it reads, composed (the `composed` fixture: ~2 min for all)
 def test_the_readings_sweeps_differ_from_the_medium_grid_only_as_declared(composed) -> None:
     """Issue "The authors' reading": every job of the readings sweeps equals the medium 4-bit grid's job of the same
     scheme and seed except in the quantizer settings it declares (and the 3-epoch sweep in its length)."""
