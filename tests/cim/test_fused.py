@@ -10,7 +10,8 @@ import torch
 
 from cimexp.cim import CIMConv2d, cell_variation, simulate
 from cimexp.cim import fused as fused_module
-from cimexp.cim.fused import ConvGeometry, fused_tiles_adc, reference_tiles_adc
+from cimexp.cim.fused import fused_tiles_adc, reference_tiles_adc
+from cimexp.cim.mapping import ConvGeometry
 from cimexp.cim.quant import set_kernels
 
 pytest.importorskip("triton")

@@ -23,28 +23,11 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from cimexp.cim.mapping import ConvGeometry, tile_psums
 from cimexp.cim.quant import adc_shift_add, kernel_mode
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """What the kernel needs of a layer besides tensors: kernel size, stride, padding, dilation, channels per row
-    tile (every tile holds that many input channels, the last one fewer)."""
-
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    channels_per_tile: int
-
-    def out_size(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
 def available(device: torch.device) -> bool:
@@ -96,19 +79,14 @@ def reference_tiles_adc(
     qmax: torch.Tensor,
     geometry: ConvGeometry,
 ) -> torch.Tensor:
-    """:func:`fused_tiles_adc` in PyTorch ops, tile by tile (one convolution and one ADC call each): the value the
-    kernel must equal, and the function its backward pass differentiates."""
-    n_tiles, n_pol, n_split, n_out, n_rows = cond.shape
-    cpt, (kh, kw) = geometry.channels_per_tile, geometry.kernel_size
-    out, columns = None, n_pol * n_split
-    for t in range(n_tiles):
-        channels = min(cpt, a_int.shape[1] - t * cpt)
-        weight = cond[t].reshape(-1, cpt, kh, kw)[:, :channels]
-        psum = F.conv2d(a_int[:, t * cpt : t * cpt + channels], weight, None, geometry.stride, geometry.padding,
-                        geometry.dilation)  # fmt: skip
-        b, _, h, w = psum.shape
+    """:func:`fused_tiles_adc` in PyTorch ops, tile by tile (:func:`~cimexp.cim.mapping.tile_psums`, as the layer's
+    fast path, and one ADC call each): the value the kernel must equal, and the function its backward pass
+    differentiates."""
+    out, columns = None, cond.shape[1] * cond.shape[2]
+    for t, psum in enumerate(tile_psums(a_int, cond, geometry)):
+        b, _, n_out, h, w = psum.shape
         g = slice(t * columns, (t + 1) * columns)
-        y = adc_shift_add(psum.reshape(b, columns, n_out, h * w), step[g], factor[g], qmin[g], qmax[g])
+        y = adc_shift_add(psum.flatten(3), step[g], factor[g], qmin[g], qmax[g])
         out = y if out is None else out + y
     return out.reshape(b, n_out, h, w)
 

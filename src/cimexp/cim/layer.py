@@ -32,8 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimexp.cim.adc import ADCState, PsumStats, adc_errors_tile_major, nonideal_adc_shift_add
-from cimexp.cim.fused import ConvGeometry, fused_path_applies, fused_tiles_adc
-from cimexp.cim.mapping import ArrayMapping, dequant_ops, input_shift, slice_bits, slice_inputs
+from cimexp.cim.fused import fused_path_applies, fused_tiles_adc
+from cimexp.cim.mapping import (
+    ArrayMapping,
+    ConvGeometry,
+    dequant_ops,
+    input_shift,
+    slice_bits,
+    slice_inputs,
+    tile_psums,
+)
 from cimexp.cim.options import (
     Calibration,
     Granularity,
@@ -373,30 +381,14 @@ class CIMConv2d(nn.Conv2d):
         return out
 
     def _tile_psums(self, a_int: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
-        """Every column's partial sum, as ``[B, G_i, O, H_out, W_out]`` blocks of consecutive row tiles (``G_i`` =
-        their tiles x ``P*S``, tile-major; paper Fig. 5). A dense layer on :data:`ONE_CONV_DEVICES` (GPUs, where
-        launches bound these small layers): one convolution, one group per tile, over zero-padded channels.
-        Otherwise one convolution per tile over the channels it holds (of every group of a grouped layer, whose
-        outputs it takes group-major, ``(g, p*s, o_g)``): exactly ``P*S`` times the layer's multiply-adds, and no
-        grouped backward for a dense layer (oneDNN's is slow)."""
-        m = self.mapping
-        kh, kw = self.kernel_size
-        n_tiles, cpt, groups = m.n_row_tiles, m.channels_per_tile, self.groups
-        conv = functools.partial(F.conv2d, bias=None, stride=self.stride, padding=self.padding, dilation=self.dilation)
-        if n_tiles > 1 and groups == 1 and a_int.device.type in ONE_CONV_DEVICES:
-            padded = F.pad(a_int, (0, 0, 0, 0, 0, n_tiles * cpt - self.in_channels))
-            psum = conv(padded, cond.reshape(-1, cpt, kh, kw), groups=n_tiles)
-            return [psum.unflatten(1, (-1, self.out_channels))]
-        psums = []
-        for t in range(n_tiles):
-            channels = min(cpt, m.in_channels - t * cpt)
-            weight = cond[t].reshape(-1, cpt, kh, kw)[:, :channels]  # [P*S*O, channels, kh, kw]
-            held = slice(t * cpt, t * cpt + channels)
-            inputs = a_int if n_tiles == 1 else a_int.unflatten(1, (groups, -1))[:, :, held].flatten(1, 2)
-            weight = weight.unflatten(0, (-1, groups, m.out_per_group)).transpose(0, 1).flatten(0, 2)
-            psum = conv(inputs, weight, groups=groups).unflatten(1, (groups, -1, m.out_per_group))
-            psums.append(psum.transpose(1, 2).flatten(2, 3))  # [B, P*S, O, H_out, W_out]
-        return psums
+        """Every column's partial sum in blocks of row tiles (:func:`~cimexp.cim.mapping.tile_psums`): one
+        convolution for a dense layer on :data:`ONE_CONV_DEVICES` (GPUs, where launches bound these small layers),
+        else one per tile (no grouped backward for a dense layer on CPUs: oneDNN's is slow)."""
+        one_conv = a_int.device.type in ONE_CONV_DEVICES
+        return tile_psums(a_int, cond, self._geometry(), self.groups, one_conv)
+
+    def _geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation, self.mapping.channels_per_tile)
 
     def _steps_and_factors(self, factor: torch.Tensor, n_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """ADC steps ``s_p`` and dequantization factors, both ``[G, O]`` with ``G`` tile-major ``(t, p, s)``."""
@@ -415,7 +407,7 @@ class CIMConv2d(nn.Conv2d):
         ``[B*H*W, G, O, 1]``. Where :func:`~cimexp.cim.fused.fused_path_applies`: one fused Triton kernel."""
         m = self.mapping
         if fused_path_applies(self, a_int.device):
-            geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation, m.channels_per_tile)
+            geometry = self._geometry()
             s_p, factor = self._steps_and_factors(factor, math.prod(geometry.out_size(*a_int.shape[2:])))
             return fused_tiles_adc(a_int, cond, s_p, factor, *self._adc_range(m.n_row_tiles), geometry)
         columns_per_tile = m.n_polarities * m.n_splits

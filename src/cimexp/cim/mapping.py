@@ -24,10 +24,12 @@ Index names used throughout (and in :class:`~cimexp.cim.program.CIMProgram`): ``
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from cimexp.cim.options import Granularity, SliceGradient, WeightEncoding, parse_choice
 
@@ -398,3 +400,53 @@ def dequant_ops(mapping: ArrayMapping, weight: Granularity, psum: Granularity | 
     if level is Granularity.LAYER:
         return splits
     return mapping.n_row_tiles * mapping.n_polarities * mapping.out_channels * splits  # ARRAY, CHANNEL
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What a tile's convolution needs of a layer besides tensors: kernel size, stride, padding (numbers, or
+    ``"same"``/``"valid"``, which :meth:`out_size` and the fused kernel do not take), dilation, channels per row tile
+    (every tile holds that many input channels of its group, the last one fewer)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    channels_per_tile: int
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def tile_psums(
+    a_int: torch.Tensor, cond: torch.Tensor, geometry: ConvGeometry, groups: int = 1, one_conv: bool = False
+) -> list[torch.Tensor]:
+    """Every column's partial sum: the input codes ``a_int`` ``[B, C, H, W]`` convolved with the programmed cells
+    ``cond`` ``[T, P, S, O, R]``, as ``[B, G_i, O, H_out, W_out]`` blocks of consecutive row tiles (``G_i`` = their
+    tiles x ``P*S``, tile-major; paper Fig. 5).
+
+    By default one convolution per tile over the channels it holds (of every group of a grouped layer, whose outputs
+    it takes group-major, ``(g, p*s, o_g)``): exactly ``P*S`` times the layer's multiply-adds, one block per tile.
+    ``one_conv`` (a dense layer only): one convolution with one group per tile over zero-padded channels, one
+    block (fewer launches, which bound small layers on GPUs).
+    """
+    n_tiles = cond.shape[0]
+    (kh, kw), cpt = geometry.kernel_size, geometry.channels_per_tile
+    in_per_group, out_per_group = a_int.shape[1] // groups, cond.shape[3] // groups
+    conv = functools.partial(
+        F.conv2d, bias=None, stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation
+    )
+    if one_conv and n_tiles > 1 and groups == 1:
+        padded = F.pad(a_int, (0, 0, 0, 0, 0, n_tiles * cpt - a_int.shape[1]))
+        return [conv(padded, cond.reshape(-1, cpt, kh, kw), groups=n_tiles).unflatten(1, (-1, cond.shape[3]))]
+    psums = []
+    for t in range(n_tiles):
+        channels = min(cpt, in_per_group - t * cpt)
+        weight = cond[t].reshape(-1, cpt, kh, kw)[:, :channels]  # [P*S*O, channels, kh, kw]
+        held = slice(t * cpt, t * cpt + channels)
+        inputs = a_int if n_tiles == 1 else a_int.unflatten(1, (groups, -1))[:, :, held].flatten(1, 2)
+        weight = weight.unflatten(0, (-1, groups, out_per_group)).transpose(0, 1).flatten(0, 2)
+        psum = conv(inputs, weight, groups=groups).unflatten(1, (groups, -1, out_per_group))
+        psums.append(psum.transpose(1, 2).flatten(2, 3))  # [B, P*S, O, H_out, W_out]
+    return psums
