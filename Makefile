@@ -1,6 +1,6 @@
 # `make help` lists the targets below from their `## ` comments.
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow medium medium-readings soak wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
+.PHONY: help install test test-slow medium medium-readings networks soak wheel-smoke train bench bench-net gpu-check lint granularity_grid dequant qat_schedules variation \
 	imagenet_table3 sweeps adc_energy noise_aware variation_aware adc_noise post_training
 
 # The project's virtual environment when there is one, else the python on PATH.
@@ -80,6 +80,21 @@ medium-readings: ## The quantizer-readings study: the medium grid under quantize
 	$(PYTHON) -m cimexp.train -m sweep=granularity_grid/medium_3epochs quantizer=$$reading $(MEDIUM_ARGS)
 	$(PYTHON) -m cimexp.report $(READINGS_REPORT) --reference paper --paired-reference column/column \
 		--paired-reference layer/column --out experiments/results/medium/report_readings
+
+NETWORKS ?= vit mobilenetv2 vgg8
+NETWORK_TABLE = grid.draws=[0,1,2] grid.weight_methods=[mse] data.val_subset=2000
+networks: ## Other networks (needs CIMEXP_DATA): each one's float recipe, export, post-training table over 3 draws
+	for net in $(NETWORKS); do \
+		$(PYTHON) -m cimexp.train experiment=float_$${net}_cifar10 logger=csv trainer.enable_progress_bar=false \
+			hydra.run.dir=logs/float/$${net}_cifar10 || exit 1; \
+		out=experiments/results/networks/$$net; \
+		[ -f $$out/float.pt ] || $(PYTHON) experiments/results/networks/export_float.py logs/float/$${net}_cifar10 \
+			$$out/float.pt || exit 1; \
+		pids=; for half in "4 percentile" "3 mse"; do set -- $$half; \
+			OMP_NUM_THREADS=1 $(PYTHON) -m cimexp.post_training model=$$net model.init_from=$$out/float.pt \
+				grid.adc_bits=[$$1] grid.psum_methods=[$$2] $(NETWORK_TABLE) out_dir=$$out $(ARGS) & pids="$$pids $$!"; \
+		done; for pid in $$pids; do wait $$pid || exit 1; done; \
+	done
 
 adc_energy: ## Beyond the paper: accuracy vs ADC energy, adc_bits 2..5 x layer/layer, column/column (quick only)
 	$(PYTHON) -m cimexp.train -m sweep=adc_energy/$(PRESET) $(ARGS)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +107,37 @@ def test_load_float_weights_into_cim_model(tmp_path, lightning_format):
     loaded = cim_model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert torch.equal(cim_model.layer1[0].conv1.step, torch.full((16,), 0.5))
+
+
+def test_a_float_run_exported_in_half_precision_loads_into_a_cim_model(tmp_path):
+    """experiments/results/networks/export_float.py: a run directory's last.ckpt -> a half-precision state_dict,
+    half the size, which loads into the CIM network with the float weights rounded to half precision."""
+    float_model = resnet20()
+    state = float_model.state_dict()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    payload = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "optimizer_states": [{"m": torch.ones(9)}]}
+    torch.save(payload, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    torch.save(state, tmp_path / "fp32.pt")
+    script = Path(__file__).resolve().parents[2] / "experiments" / "results" / "networks" / "export_float.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "out" / "float.pt")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and f"{len(state)} tensors" in result.stdout, result.stderr
+    assert (tmp_path / "out" / "float.pt").stat().st_size < 0.6 * (tmp_path / "fp32.pt").stat().st_size
+
+    cim_model = resnet20(conv_layer=StepConv)
+    assert load_float_weights(cim_model, tmp_path / "out" / "float.pt") == len(state)
+    loaded = cim_model.state_dict()
+    assert all(torch.equal(loaded[k], v.half().to(v.dtype) if v.is_floating_point() else v) for k, v in state.items())
+    assert loaded["conv1.weight"].dtype == torch.float32
+
+    missing = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nothing"), str(tmp_path / "x.pt")], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
 
 
 def test_load_float_weights_rejects_unexpected_keys(tmp_path):

@@ -20,7 +20,7 @@ from torch import nn
 
 from cimexp.cim import CIMConv2d, convert
 from cimexp.cim.rebuild import random_state_kept, rebuild_conv
-from cimexp.files import read_checkpoint
+from cimexp.files import atomic_write, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_float_weights(model: nn.Module, path: str | Path) -> int:
     Raises:
         ValueError: unexpected checkpoint keys or missing float tensors; the model is left unchanged.
     """
-    state_dict = _read_state_dict(Path(path))
+    state_dict = read_float_state_dict(path)
     model_keys = set(model.state_dict())
     unexpected = sorted(set(state_dict) - model_keys)
     missing = sorted(key for key in model_keys - set(state_dict) if key.rpartition(".")[2] in _FLOAT_TENSOR_NAMES)
@@ -154,7 +154,10 @@ def load_float_weights(model: nn.Module, path: str | Path) -> int:
     return len(state_dict)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_float_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network's tensors of a float checkpoint (a Lightning ``.ckpt``, keys without the ``model.`` prefix, or a
+    plain ``state_dict``), read with ``weights_only=True``."""
+    path = Path(path)
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(
@@ -171,3 +174,15 @@ def _preview(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
     return f"[{shown}{more}]"
+
+
+def save_float_weights(source: str | Path, target: str | Path, dtype: torch.dtype = torch.float16) -> int:
+    """Write the network of float checkpoint ``source`` (:func:`read_float_state_dict`) to ``target`` as a plain
+    ``state_dict`` whose floating-point tensors are stored as ``dtype`` (half precision by default: half the size;
+    :func:`load_float_weights` casts them back). Returns the number of tensors."""
+    state_dict = {
+        key: value.to(dtype) if value.is_floating_point() else value
+        for key, value in read_float_state_dict(source).items()
+    }
+    atomic_write(Path(target), lambda f: torch.save(state_dict, f))
+    return len(state_dict)
