@@ -40,6 +40,10 @@ from cimexp.report.figures import REFERENCE_LABEL, qat_figure
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
 from cimexp.report.markdown import paired_lines, to_markdown
 from cimexp.report.publish import FIGURES
+
+IN_THE_TREE = sorted(set(FIGURES) - {"budget"})
+"""The figures the results tree (:func:`make_results_tree`) has data for: all but the budget figure, which needs a
+scheme pair trained for two lengths (:func:`test_budget_figure_draws_each_paired_difference_against_the_epochs_with_its_interval`)."""
 from cimexp.report.reference import PAPER_FILE, REFERENCE_COLUMNS, paper_reference
 from cimexp.report.stats import estimate_columns
 from cimexp.report.tables import (
@@ -595,7 +599,7 @@ def test_write_report_writes_tables_figures_and_reads_back(report_dir: Path, col
     runs, skipped = collected
     for name in ["runs", "skipped", "granularity_grid", "variation", "qat_time_to_accuracy", "reference_comparison"]:
         assert (report_dir / f"{name}.csv").stat().st_size > 0 and (report_dir / f"{name}.md").is_file(), name
-    for name in FIGURES:
+    for name in IN_THE_TREE:
         png, svg = report_dir / f"{name}.png", report_dir / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text(), name
@@ -607,7 +611,7 @@ def test_write_report_writes_tables_figures_and_reads_back(report_dir: Path, col
     assert len(loaded.runs) == len(runs) and len(loaded.skipped) == len(skipped)
     pd.testing.assert_frame_equal(loaded.tables["granularity_grid"], make_report(runs).tables["granularity_grid"])
     pd.testing.assert_frame_equal(loaded.tables["variation"], variation_table(runs), check_dtype=False)
-    assert set(loaded.figures) == set(FIGURES)
+    assert set(loaded.figures) == set(IN_THE_TREE)
 
 
 def test_figures_are_drawn_only_with_data_and_stale_ones_removed(collected, report_dir: Path, tmp_path: Path) -> None:
@@ -677,7 +681,7 @@ def test_notebook_runs_on_a_results_directory(tree: Path, monkeypatch: pytest.Mo
     ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     images = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(images) == len(FIGURES)
+    assert len(images) == len(IN_THE_TREE)
     text = "".join(output.get("text", "") for output in outputs)
     assert f"{N_TRAIN + N_EVALUATE} finished runs" in text and os.path.join("running", "results.json") in text
 
@@ -930,7 +934,7 @@ def test_every_figure_fits_its_canvas_with_error_bars_and_a_legend_entry_for_eac
 ) -> None:
     runs, _ = collect([make_seeded_tree(tmp_path, seeds, adc_bits)])
     report = make_report(runs, reference=reference_table(["paper"]))
-    assert set(report.figures) == set(FIGURES)
+    assert set(report.figures) == set(IN_THE_TREE)
     for name, figure in report.figures.items():
         assert_fits_canvas(name, figure)
         (legend,) = figure.legends  # one legend below the panels, which says what the spread is
@@ -1001,3 +1005,34 @@ def test_paired_differences_against_several_references_leave_no_cell_blank(tmp_p
     assert set(table["reference"]) == {"column/column", "layer/column"}
     assert "epochs" in table and table["epochs"].notna().all()
     assert set(table.loc[table["reference"] == "layer/column", "epochs"]) == {1}
+
+
+def test_budget_figure_draws_each_paired_difference_against_the_epochs_with_its_interval(tmp_path: Path) -> None:
+    """The medium study's budget figure: column/column - layer/column after 1 and after 3 epochs, paired by seed,
+    one line (not also its mirror, layer/column - column/column), 95% CI error bars; a scheme pair trained for
+    one budget only (layer/layer) draws nothing."""
+    write_paired_runs(tmp_path)
+    three = {"column/column": (0.90, 0.91, 0.90), "layer/column": (0.90, 0.90, 0.89)}  # differences 0, 1, 1
+    for scheme, accs in three.items():
+        weight, psum = scheme.split("/")
+        for seed, acc in enumerate(accs):
+            record = {**train_results("cifar10", weight, psum, acc, seed), "epochs": 3}
+            write_results(tmp_path, f"{weight}_{psum}/three_epochs/seed={seed}", record)
+    runs, _ = collect([tmp_path])
+    report = make_report(runs, paired_reference=["column/column", "layer/column"])
+    figure = report.figures["budget"]
+    assert_fits_canvas("budget", figure)
+    ((ax,),) = [figure.axes]
+    (container,) = ax.containers
+    line = container.lines[0]
+    assert container.get_label() == "column/column − layer/column"
+    assert list(line.get_xdata()) == [1, 3] and list(line.get_ydata()) == pytest.approx([2.0, 2.0 / 3])
+    (legend,) = figure.legends
+    assert "95% CI" in legend.get_title().get_text() and "n=3" in legend.get_title().get_text()
+    assert [text.get_text() for text in legend.get_texts()] == ["column/column − layer/column"]
+    lower, upper = container.lines[1]  # the caps: the interval's ends
+    paired = report.tables["paired_differences"]
+    rows = paired[(paired["reference"] == "column/column") & (paired["scheme"] == "layer/column")].sort_values("epochs")
+    assert list(lower.get_ydata()) == pytest.approx(rows["difference_ci_low"].tolist())
+    assert list(upper.get_ydata()) == pytest.approx(rows["difference_ci_high"].tolist())
+    assert "budget" not in make_report(collect([tmp_path / "column_column"])[0]).figures  # one length: no figure

@@ -7,7 +7,8 @@ and hatches the partial-sum granularity, in every figure.
 
 Every point is a mean over the independent replicates of its configuration (seeds; for evaluations under
 variation, training seeds with their chip instances averaged, or the chip instances of one training seed), drawn
-with ±1 sample standard deviation (error bars or a band) and the number of replicates in the legend title. One
+with ±1 sample standard deviation (error bars or a band) and the number of replicates in the legend title; the
+budget figure's points are paired differences, drawn with their 95% confidence intervals. One
 legend below the panels, laid out to fit the figure: fewer columns when it is wide, and the figure grows by the
 legend's height, so nothing is cut off at any size.
 """
@@ -110,17 +111,9 @@ def granularity_grid_figure(runs: pd.DataFrame, reference: pd.DataFrame | None =
                     continue
                 x = i + (j - (len(psums) - 1) / 2) * width
                 mean, std, n = float(point["mean"].iloc[0]), point["std"].iloc[0], int(point["n"].iloc[0])
-                ax.bar(
-                    x,
-                    mean,
-                    width * 0.92,
-                    yerr=std if pd.notna(std) else None,
-                    color=WEIGHT_COLORS.get(weight, "gray"),
-                    hatch=PSUM_HATCHES[psum],
-                    edgecolor="white",
-                    linewidth=0.5,
-                    capsize=2,
-                )
+                style = {"color": WEIGHT_COLORS.get(weight, "gray"), "hatch": PSUM_HATCHES[psum], "capsize": 2}
+                yerr = std if pd.notna(std) else None
+                ax.bar(x, mean, width * 0.92, yerr=yerr, **style, edgecolor="white", linewidth=0.5)
                 # value and n inside the bar, at its foot: clear of error bars, baselines and stars above
                 ax.text(
                     x,
@@ -177,16 +170,10 @@ def dequant_figure(runs: pd.DataFrame) -> Figure | None:
         panel = panel.sort_values(["weight_granularity", "psum_granularity"], key=lambda c: c.map(granularity_rank))
         for _, point in panel.iterrows():
             weight, psum = point["weight_granularity"], point["psum_granularity"]
+            style = {"marker": PSUM_MARKERS[psum], "color": WEIGHT_COLORS.get(weight, "gray"), "markersize": 8}
+            yerr = point["std"] if pd.notna(point["std"]) else None
             ax.errorbar(
-                point["x"],
-                point["mean"],
-                yerr=point["std"] if pd.notna(point["std"]) else None,
-                marker=PSUM_MARKERS[psum],
-                color=WEIGHT_COLORS.get(weight, "gray"),
-                markersize=8,
-                linestyle="none",
-                capsize=2,
-                label=f"{weight}/{psum}",
+                point["x"], point["mean"], yerr=yerr, **style, linestyle="none", capsize=2, label=f"{weight}/{psum}"
             )
         float_acc = _match(floats, where, PANEL_KEYS)
         if float_acc is not None:
@@ -322,6 +309,41 @@ def adc_energy_figure(runs: pd.DataFrame) -> Figure | None:
         ax.margins(x=0.12)  # room for the point labels at the right end
     title = f"weight/partial-sum granularity; mean over seeds ({_replicates(table['acc_n'])}), error bars: {SPREAD}"
     _legend(figure, axes, title=title)
+    return figure
+
+
+def budget_figure(paired: pd.DataFrame) -> Figure | None:
+    """Paired differences ``reference - scheme`` (:func:`~cimexp.report.tables.paired_tables`) against the training
+    budget in epochs, with their 95% confidence intervals as error bars: one line per pair of schemes and setting
+    measured at two or more budgets (a pair and its mirror drawn once), one panel per model and data set. ``None``
+    when no pair was trained for more than one number of epochs."""
+    if paired.empty or "epochs" not in paired:
+        return None
+    table = paired[paired["kind"] == "train"].dropna(subset=["epochs"])
+    keys = [c for c in table.columns if c not in ("kind", "epochs") and not c.startswith("difference")]
+    table = table[table.groupby(keys, dropna=False)["epochs"].transform("nunique") > 1]
+    table = table[table["reference"] < table["scheme"]]  # reference - scheme and scheme - reference: one of the two
+    if table.empty:
+        return None
+    panels = list(table.groupby(list(PANEL_KEYS), dropna=False, sort=False))
+    figure, axes = _panels(len(panels), width=5.5)
+    for ax, (key, panel) in zip(axes, panels, strict=True):
+        label_keys = [k for k in keys if k not in (*PANEL_KEYS, "reference", "scheme") and panel[k].nunique() > 1]
+        for index, (line_key, line) in enumerate(panel.groupby(keys, dropna=False, sort=False)):
+            values, line = dict(zip(keys, line_key, strict=True)), line.sort_values("epochs")
+            label = ", ".join(
+                [f"{values['reference']} − {values['scheme']}", *(f"{k}={values[k]}" for k in label_keys)]
+            )
+            errors = [line["difference"] - line["difference_ci_low"], line["difference_ci_high"] - line["difference"]]
+            style = {"marker": "o", "capsize": 3, "color": f"C{index % 10}", "label": label}
+            ax.errorbar(line["epochs"], line["difference"], yerr=[e.fillna(0.0) for e in errors], **style)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(sorted(panel["epochs"].unique()))
+        ax.set_xlabel("Training budget (epochs)")
+        ax.set_ylabel("Paired difference (top-1 points)")
+        ax.set_title(_title(dict(zip(PANEL_KEYS, key, strict=True))), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _legend(figure, axes, title=f"mean paired difference ({_replicates(table['difference_n'])}), error bars: 95% CI")
     return figure
 
 

@@ -18,6 +18,7 @@ from cimexp.report.collect import HISTORY_KEY, QUANTIZER_READINGS, with_column_t
 from cimexp.report.curves import curve_labels, history_table, time_to_accuracy_table
 from cimexp.report.figures import (
     adc_energy_figure,
+    budget_figure,
     clip_rate_figure,
     dequant_figure,
     granularity_grid_figure,
@@ -83,6 +84,7 @@ FIGURES = {
     "variation": "evaluation runs at two or more variation sigmas (python -m cimexp.evaluate)",
     "adc_energy": "training runs whose cim_summary.total has adc_energy_pj",
     "clip_rate": "training runs with partial-sum telemetry (psum_telemetry in results.json)",
+    "budget": "paired differences of training runs at two or more numbers of epochs",
 }
 """The figures (file stem: what it needs to be drawn)."""
 
@@ -140,6 +142,7 @@ def make_report(
         "variation": variation_figure(runs),
         "adc_energy": adc_energy_figure(runs),
         "clip_rate": clip_rate_figure(runs),
+        "budget": budget_figure(tables["paired_differences"]),
     }
     return Report(
         runs=runs,
