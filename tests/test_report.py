@@ -40,10 +40,6 @@ from cimexp.report.figures import REFERENCE_LABEL, qat_figure
 from cimexp.report.figures import granularity_grid_figure as granularity_grid
 from cimexp.report.markdown import paired_lines, to_markdown
 from cimexp.report.publish import FIGURES
-
-IN_THE_TREE = sorted(set(FIGURES) - {"budget"})
-"""The figures the results tree (:func:`make_results_tree`) has data for: all but the budget figure, which needs a
-scheme pair trained for two lengths (:func:`test_budget_figure_draws_each_paired_difference_against_the_epochs_with_its_interval`)."""
 from cimexp.report.reference import PAPER_FILE, REFERENCE_COLUMNS, paper_reference
 from cimexp.report.stats import estimate_columns
 from cimexp.report.tables import (
@@ -59,6 +55,9 @@ from cimexp.report.tables import (
     varying,
 )
 
+IN_THE_TREE = sorted(set(FIGURES) - {"budget"})
+"""The figures the results tree (:func:`make_results_tree`) has data for: all but the budget figure, which needs a
+scheme pair trained for two lengths (its own test: ``test_budget_figure_draws_each_paired_difference_...``)."""
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "report.ipynb"
 CIM_LAYERS = 18

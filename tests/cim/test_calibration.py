@@ -104,12 +104,18 @@ def test_percentile_gives_the_pth_percentile_of_the_psums(percentile: float, gra
     torch.testing.assert_close(layer.psum_step.detach(), expected.float())
 
 
-def test_percentile_of_matches_torch_quantile() -> None:
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "integer values with ties (partial sums)"])
+def test_percentile_of_matches_torch_quantile(ties: bool) -> None:
+    """Every branch (near the top and the bottom: ``topk``; in between: ``kthvalue``) and both ends."""
     torch.manual_seed(0)
     values = torch.randn(1001, 7, dtype=torch.float64)
-    for p in (0.0, 12.5, 50.0, 99.0, 99.99, 100.0):
-        torch.testing.assert_close(percentile_of(values, p), torch.quantile(values, p / 100, dim=0))
+    values = (values * 3).round() if ties else values
+    for p in (0.0, 0.1, 12.5, 50.0, 99.0, 99.9, 99.99, 100.0):
+        torch.testing.assert_close(percentile_of(values, p), torch.quantile(values, p / 100, dim=0), rtol=0, atol=1e-12)
         torch.testing.assert_close(percentile_of(values[:, 0], p), torch.quantile(values[:, 0], p / 100))
+    grid = values.reshape(1001, 7, 1).expand(1001, 7, 3)  # several column dimensions
+    torch.testing.assert_close(percentile_of(grid, 99.99), torch.quantile(values, 0.9999, dim=0)[:, None].expand(7, 3))
+    assert percentile_of(values[:1], 99.99).shape == (7,) and percentile_of(values[:2], 50.0).shape == (7,)
 
 
 def test_range_init_groups_pool_their_columns_and_dead_groups_get_the_mean() -> None:

@@ -143,15 +143,26 @@ def range_init(
 
 def percentile_of(values: torch.Tensor, percentile: float) -> torch.Tensor:
     """The ``percentile``-th percentile (0..100) of ``values`` along dim 0, interpolating linearly between order
-    statistics like ``torch.quantile`` (which refuses inputs above 2^24 elements; this has no such limit)."""
+    statistics like ``torch.quantile`` (which refuses inputs above 2^24 elements; this has no such limit).
+
+    The two order statistics are exact either way: near either end (the calibration's 99.99th percentile: the 14th
+    largest of 131,072 partial sums of a column) one ``topk`` gives both; elsewhere ``kthvalue``. Both run along the
+    last, contiguous dimension of a transposed copy: order statistics along dim 0 (stride = the column count) were
+    20x slower on CPUs, most of a VGG-8 calibration's time."""
     n = values.shape[0]
     position = percentile / 100 * (n - 1)
     low = math.floor(position)
-    below = values.kthvalue(low + 1, 0).values
-    if position == low:
-        return below
-    above = values.kthvalue(low + 2, 0).values
-    return below + (position - low) * (above - below)
+    rows = values.movedim(0, -1).contiguous()  # [*cols, N]
+    if n - low <= max(n // 64, 2):  # the (low+1)-th smallest is the (n-low)-th largest
+        top = rows.topk(n - low, dim=-1).values  # descending
+        below, above = top[..., -1], top[..., max(n - low - 2, 0)]
+    elif low + 2 <= max(n // 64, 2):
+        bottom = rows.topk(low + 2, dim=-1, largest=False).values  # ascending
+        below, above = bottom[..., low], bottom[..., low + 1]
+    else:
+        below = rows.kthvalue(low + 1, -1).values
+        above = rows.kthvalue(min(low + 2, n), -1).values
+    return below if position == low else below + (position - low) * (above - below)
 
 
 MSE_SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(-24, 5))
