@@ -153,15 +153,18 @@ def percentile_of(values: torch.Tensor, percentile: float) -> torch.Tensor:
     position = percentile / 100 * (n - 1)
     low = math.floor(position)
     rows = values.movedim(0, -1).contiguous()  # [*cols, N]
-    if n - low <= max(n // 64, 2):  # the (low+1)-th smallest is the (n-low)-th largest
+    few = max(n // 64, 2)  # order statistics this close to an end come from one topk
+    if n - low <= few:  # the (low+1)-th smallest is the (n-low)-th largest
         top = rows.topk(n - low, dim=-1).values  # descending
         below, above = top[..., -1], top[..., max(n - low - 2, 0)]
-    elif low + 2 <= max(n // 64, 2):
+    elif low + 2 <= few:
         bottom = rows.topk(low + 2, dim=-1, largest=False).values  # ascending
         below, above = bottom[..., low], bottom[..., low + 1]
     else:
         below = rows.kthvalue(low + 1, -1).values
-        above = rows.kthvalue(min(low + 2, n), -1).values
+        if position == low:
+            return below
+        above = rows.kthvalue(low + 2, -1).values
     return below if position == low else below + (position - low) * (above - below)
 
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from cimexp.run.build import build_net
 from cimexp.run.classifier import calibrate_network
 from cimexp.run.config import calibration_settings
-from cimexp.run.post_training import top1_accuracy
+from cimexp.run.post_training import calibration_batches, top1_accuracy
 
 
 def start_accuracy(run_dir: Path, images: int) -> float:
@@ -32,7 +32,7 @@ def start_accuracy(run_dir: Path, images: int) -> float:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     methods = calibration_settings(cfg.calibration)
-    batches = [batch for batch, _ in list(datamodule.train_dataloader())[: methods["calibration_batches"]]]
+    batches = calibration_batches(datamodule, 0, methods["calibration_batches"])  # epoch 0's first, as the run
     calibrate_network(net, batches, methods["calibration"], methods["calibration_batches"], 0)
     return top1_accuracy(net, datamodule.val_dataloader(), torch.device("cpu"))
 
