@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import cimexp.run.config
 from cimexp.run.config import validate_evaluate, validate_train
-from cimexp.run.entry import UsageError, help_text, preflight, renamed_overrides
+from cimexp.run.entry import UsageError, help_text, preflight, renamed_overrides, stray_addition
 from cimexp.run.post_training import validate_post_training
 
 
@@ -37,6 +37,10 @@ TYPOS = [
     ("quantizer.weight_splits=untied", ["weight_splits 'untied'", "shared, per_split"]),
     ("quantizer=theirs", ["quantizer=theirs", "authors, lsq"]),
     ("calibration.weight=percentile", ["calibration.weight 'percentile'", "max, lsq, mse, mean_abs"]),
+    # additions nothing reads: Hydra composes them silently, and the run would record a setting that never acted
+    ("+scheme=layer_layer", ["+scheme=layer_layer", "nothing reads", "did you mean granularity=layer_layer"]),
+    ("+granularity.weights=layer", ["granularity.weights", "nothing reads", "keys of granularity: weight, psum"]),
+    ("++adc.bitz=3", ["adc.bitz", "nothing reads", "keys of adc: bits"]),
 ]
 
 
@@ -77,6 +81,20 @@ def test_a_typo_is_refused_in_one_line_naming_the_value_and_the_choices(
     for word in words:
         assert word in message, message
     assert list(tmp_path.iterdir()) == []  # no run directory, no log file
+
+
+@pytest.mark.parametrize(
+    "addition",
+    [
+        "+trainer.profiler=simple",  # to a constructor, which checks its arguments
+        "+callbacks.probe._target_=lightning.pytorch.callbacks.Timer",  # a new instantiated node
+        "++trainer.max_steps=2",  # a key that exists
+        "hydra.job.chdir=false",
+    ],
+)
+def test_additions_that_something_reads_pass(tiny_data, addition: str) -> None:
+    assert stray_addition("train", [addition, *tiny_data]) is None
+    GlobalHydra.instance().clear()
 
 
 def test_a_typo_gives_one_line_exit_code_2_and_leaves_nothing_on_disk(run_cli, tiny_data, tmp_path: Path) -> None:

@@ -188,6 +188,9 @@ def preflight(
     """
     job_overrides = overrides
     try:
+        stray = stray_addition(config_name, overrides, config_dir)
+        if stray is not None:
+            raise UsageError(stray)
         for job_overrides in sweep_jobs(config_name, overrides, config_dir) if multirun else [overrides]:
             validate_once(validate, compose(config_name, job_overrides, config_dir=config_dir))
     except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
@@ -198,6 +201,55 @@ def preflight(
             raise UsageError(other) from error
         prefix = f"job [{' '.join(job_overrides)}]: " if multirun and job_overrides is not overrides else ""
         raise UsageError(prefix + (_unknown_key(config_name, error, config_dir) or one_line(error))) from error
+
+
+RETIRED_ADDITIONS = {"scheme": "granularity"}
+"""Keys that older commands added with ``+`` (``+scheme=layer_layer``), by the setting that took their place."""
+
+
+def stray_addition(config_name: str, overrides: list[str], config_dir: str | None = None) -> str | None:
+    """The message for an override that adds a key nothing reads (``+scheme=layer_layer``, a name from before the
+    rename, or ``+granularity.weights=column``); ``None`` when there is none.
+
+    Hydra composes such a key into the config without complaint, so the run would record a setting that never
+    acted. An addition is read when it is a config group (``+experiment=quick``), lies under Hydra's own node, or
+    goes to a constructor that checks its arguments: a node with a ``_target_`` (``+trainer.profiler=simple``,
+    ``+callbacks.probe._target_=...``). Every other ``+key=`` / ``++key=`` of a key the config lacks is refused.
+    """
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    firsts = [  # one job's command line: each swept key at its first value
+        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+        for o in parsed
+    ]
+    for index, override in enumerate(parsed):
+        key = override.key_or_group
+        if not (override.is_add() or override.is_force_add()) or key.split(".")[0] == "hydra" or override.package:
+            continue
+        if group_options(key.replace(".", "/"), config_dir):
+            continue
+        cfg = compose(config_name, firsts[:index] + firsts[index + 1 :], config_dir=config_dir)
+        parts = key.split(".")
+        if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+            continue
+        if parts[-1] == "_target_":
+            continue
+        nodes = [OmegaConf.select(cfg, ".".join(parts[:depth])) if depth else cfg for depth in range(len(parts))]
+        if any(isinstance(node, DictConfig) and "_target_" in node for node in nodes[1:]):
+            continue
+        deepest = max(depth for depth, node in enumerate(nodes) if isinstance(node, DictConfig))
+        parent = ".".join(parts[:deepest])
+        keys = ", ".join(str(k) for k in nodes[deepest])
+        value = override.get_value_element_as_str()
+        hint = f"; did you mean {RETIRED_ADDITIONS[key]}={value}?" if key in RETIRED_ADDITIONS else ""
+        return (
+            f"{override.input_line} adds {key}, which nothing reads{hint} (renamed settings: docs/running.md); "
+            f"the keys of {parent or 'the config'}: {keys}"
+        )
+    return None
+
+
+_ABSENT = object()
 
 
 _SWEEP_COMMANDS = {"train": "cimexp-train", "evaluate": "cimexp-evaluate"}
