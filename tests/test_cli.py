@@ -41,6 +41,9 @@ TYPOS = [
     ("+scheme=layer_layer", ["+scheme=layer_layer", "nothing reads", "did you mean granularity=layer_layer"]),
     ("+granularity.weights=layer", ["granularity.weights", "nothing reads", "keys of granularity: weight, psum"]),
     ("++adc.bitz=3", ["adc.bitz", "nothing reads", "keys of adc: bits"]),
+    # variation-aware training that nothing would apply
+    ("callbacks=results variation.train_sigma=0.1", ["variation.train_sigma=0.1", "callbacks=default"]),
+    ("granularity=float variation.train_sigma=0.1", ["variation.train_sigma=0.1", "cim=none"]),
 ]
 
 
@@ -76,7 +79,7 @@ def test_a_typo_is_refused_in_one_line_naming_the_value_and_the_choices(
     tiny_data, tmp_path: Path, monkeypatch, override: str, words
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    message = _usage_error("train", [override, *tiny_data, "logger=csv"], validate_train)
+    message = _usage_error("train", [*override.split(), *tiny_data, "logger=csv"], validate_train)
     assert len(message.splitlines()) == 1, message
     for word in words:
         assert word in message, message

@@ -119,7 +119,9 @@ def test_table_end_to_end_then_resumed_grown_and_extended(table, make_cfg, float
         (["calibration.act=minmax"], ValueError, ["calibration.act", "'minmax'"]),
         (["calibration.bn_batches=-1"], ValueError, ["calibration.bn_batches=-1"]),
         (["cim=none"], ValueError, ["needs CIM layers", "cim=default"]),
-        (["model.init_from=/nonexistent/float.pt"], FileNotFoundError, ["/nonexistent/float.pt"]),
+        # every point would run without ADCs under labels of partial-sum granularities and ADC bits
+        (["granularity=column_nopsq"], ValueError, ["granularity.psum_quant=false", "valid: true"]),
+        (["model.init_from=/nonexistent/float.pt"], FileNotFoundError, ["/nonexistent/float.pt", "CIMEXP_FLOAT_CKPT"]),
     ],
 )
 def test_bad_values_are_refused_before_any_work(table, tmp_path: Path, overrides, error, words) -> None:

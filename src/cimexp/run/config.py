@@ -234,6 +234,22 @@ def validate_once(validate: Callable[[DictConfig], None], cfg: DictConfig) -> No
         _VALIDATED.add(key)
 
 
+def _check_variation_aware(cfg: DictConfig) -> None:
+    """Refuse a ``variation.train_sigma > 0`` that nothing would apply (results.json would record it): without the
+    variation-aware callback (a ``callbacks=`` option that leaves it out) or without CIM layers (``cim=none``)."""
+    sigma = cfg.variation.train_sigma
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or sigma == 0:
+        return  # the callback checks the value itself
+    targets = [str(node.get("_target_", "")) for node in (cfg.get("callbacks") or {}).values() if node]
+    if not any(target.endswith(".VariationAwareTraining") for target in targets):
+        raise ValueError(
+            f"variation.train_sigma={sigma} needs the variation-aware callback, which this callbacks= option leaves "
+            "out; valid: callbacks=default, or variation.train_sigma=0"
+        )
+    if not is_cim_factory(cfg.cim):
+        raise ValueError(f"variation.train_sigma={sigma} varies CIM cells, and cim=none builds none; valid: 0")
+
+
 def validate_train(cfg: DictConfig) -> None:
     """Check the training settings that Hydra cannot, before any data is loaded or model built.
 
@@ -250,6 +266,7 @@ def validate_train(cfg: DictConfig) -> None:
     for key in ("weight", "psum"):
         Granularity.parse(cfg.granularity[key], f"granularity.{key}")
     VariationLevel.parse(cfg.variation.level, "variation.level")
+    _check_variation_aware(cfg)
     calibration_settings(cfg.calibration)
     check_choice("model.kernels", cfg.model.get("kernels", "auto"), KERNEL_MODES)
     for kind in cfg.no_weight_decay:

@@ -68,6 +68,11 @@ def validate_post_training(cfg: DictConfig) -> None:
         raise ValueError(
             f"the post-training table needs CIM layers; cim={cfg.cim.get('_target_')!r} builds none (use cim=default)"
         )
+    if not layer_settings(cfg).get("psum_quant", True):
+        raise ValueError(
+            "invalid granularity.psum_quant=false: every point of the table quantizes its partial sums at its grid.psum "
+            "granularity with grid.adc_bits ADCs; valid: true (no *_nopsq granularity option)"
+        )
     for bits in grid.adc_bits:
         try:
             layer_factory(point_config(cfg, "column", "column", bits))(8, 8, 3, padding=1)
@@ -77,7 +82,7 @@ def validate_post_training(cfg: DictConfig) -> None:
     if init_from is None or not Path(init_from).is_file():
         raise FileNotFoundError(
             f"model.init_from={init_from!r} does not exist. Point it at a float checkpoint (a Lightning .ckpt of "
-            "`python -m cimexp.train cim=none ...` or a state_dict), or set $CIMEXPFLOAT_CKPT."
+            "`python -m cimexp.train cim=none ...` or a state_dict), or set $CIMEXP_FLOAT_CKPT."
         )
 
 
