@@ -16,7 +16,16 @@ from cimexp.cim import (
     set_calibration,
     set_psum_quant,
 )
-from cimexp.cim.quant import lsq_init, mse_init, percentile_of, range_init
+from cimexp.cim.options import Granularity
+from cimexp.cim.quant import (
+    MSE_SEARCH_FACTORS,
+    lsq_init,
+    mse_errors_reference,
+    mse_init,
+    percentile_of,
+    range_init,
+    set_kernels,
+)
 
 W_QMAX = 7  # 4-bit two's complement weights: codes -8..7
 
@@ -138,6 +147,37 @@ def test_mse_is_no_worse_than_lsq_in_quantization_mse(seed: int) -> None:
         return (torch.clamp(torch.round(samples / step), -8, W_QMAX) * step - samples).square().mean(0)
 
     assert bool((error(mse) <= error(lsq)).all()) and bool((error(mse) < error(lsq)).any())
+
+
+@pytest.mark.parametrize("kernels", ["eager", "compiled"])
+@pytest.mark.parametrize("granularity", ["layer", "array", "channel", "column"])
+def test_mse_init_picks_the_steps_of_the_literal_search(granularity: str, kernels: str) -> None:
+    """The blocked, fused search chooses what the literal one chooses: every candidate's per-column error as the
+    definition reads, averaged over each step group, the first smallest kept. Partial sums of a layer's shape
+    ``[N, P, S, T, O]``, integers as the ADC sees them, with the MSB column's signed code range."""
+    mapping = _layer().mapping
+    g = Granularity.parse(granularity)
+    generator = torch.Generator().manual_seed(1)
+    cols = (mapping.n_polarities, mapping.n_splits, mapping.n_row_tiles, mapping.out_channels)
+    spread = torch.randint(2, 60, cols, generator=generator).float()
+    samples = (torch.randn(700, *cols, generator=generator) * spread + spread).round()
+    qmin = torch.tensor([-8.0, 0.0]).reshape(1, 2, 1, 1)
+    qmax = torch.tensor([7.0, 15.0]).reshape(1, 2, 1, 1)
+    reduce = lambda t: mapping.reduce_to_step(t, g)  # noqa: E731
+    expand = lambda t: mapping.expand_step(t, g)  # noqa: E731
+    lsq = lsq_init(reduce(samples.abs().mean(0)), 7.0)
+    errors = torch.stack(
+        [reduce(mse_errors_reference(samples, expand(lsq * f), qmin, qmax)) for f in MSE_SEARCH_FACTORS]
+    )
+    literal = lsq * torch.tensor(MSE_SEARCH_FACTORS)[errors.argmin(0)]  # argmin: the first of equal minima
+    previous = set_kernels(kernels)
+    try:
+        chosen = mse_init(samples, lsq, qmin, qmax, reduce=reduce, expand=expand)
+    finally:
+        set_kernels(previous)
+    assert chosen.shape == lsq.shape == mapping.step_shape(g)
+    torch.testing.assert_close(chosen, literal, rtol=1e-6, atol=0)
+    assert len(set(chosen.flatten().div(lsq.flatten()).round(decimals=4).tolist())) > 1 or g is Granularity.LAYER
 
 
 def test_mse_is_no_worse_than_lsq_on_a_layers_weights() -> None:
