@@ -203,6 +203,8 @@ def preflight(
         raise UsageError(prefix + (_unknown_key(config_name, error, config_dir) or one_line(error))) from error
 
 
+_ABSENT = object()
+
 RETIRED_ADDITIONS = {"scheme": "granularity"}
 """Keys that older commands added with ``+`` (``+scheme=layer_layer``), by the setting that took their place."""
 
@@ -216,23 +218,17 @@ def stray_addition(config_name: str, overrides: list[str], config_dir: str | Non
     goes to a constructor that checks its arguments: a node with a ``_target_`` (``+trainer.profiler=simple``,
     ``+callbacks.probe._target_=...``). Every other ``+key=`` / ``++key=`` of a key the config lacks is refused.
     """
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    firsts = [  # one job's command line: each swept key at its first value
-        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-        for o in parsed
-    ]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    firsts = first_job(overrides)
     for index, override in enumerate(parsed):
         key = override.key_or_group
-        if not (override.is_add() or override.is_force_add()) or key.split(".")[0] == "hydra" or override.package:
+        parts = key.split(".")
+        if not (override.is_add() or override.is_force_add()) or parts[0] == "hydra" or override.package:
             continue
-        if group_options(key.replace(".", "/"), config_dir):
+        if parts[-1] == "_target_" or group_options(key.replace(".", "/"), config_dir):
             continue
         cfg = compose(config_name, firsts[:index] + firsts[index + 1 :], config_dir=config_dir)
-        parts = key.split(".")
         if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
-            continue
-        if parts[-1] == "_target_":
             continue
         nodes = [OmegaConf.select(cfg, ".".join(parts[:depth])) if depth else cfg for depth in range(len(parts))]
         if any(isinstance(node, DictConfig) and "_target_" in node for node in nodes[1:]):
@@ -247,9 +243,6 @@ def stray_addition(config_name: str, overrides: list[str], config_dir: str | Non
             f"the keys of {parent or 'the config'}: {keys}"
         )
     return None
-
-
-_ABSENT = object()
 
 
 _SWEEP_COMMANDS = {"train": "cimexp-train", "evaluate": "cimexp-evaluate"}
@@ -284,11 +277,8 @@ def sweep_jobs(config_name: str, overrides: list[str], config_dir: str | None = 
     ``j mod n`` of each key of ``n`` values. Values that fail only in combination are caught when their job runs.
     """
     parser = OverridesParser.create()
-    first_values = [  # the sweep preset's parameters are read from a config composed with each key's first value
-        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-        for o in parser.parse_overrides(overrides)
-    ]
-    base = compose(config_name, first_values, config_dir=config_dir, hydra_config=True)
+    # the sweep preset's parameters are read from a config composed with each key's first value
+    base = compose(config_name, first_job(overrides), config_dir=config_dir, hydra_config=True)
     node = base.hydra.sweeper.get("params")
     params = OmegaConf.to_container(node, resolve=False) if node else {}
     assert isinstance(params, dict)
@@ -302,6 +292,14 @@ def sweep_jobs(config_name: str, overrides: list[str], config_dir: str | None = 
             axes[key] = [f"{key}={override.get_value_element_as_str()}"]
     n_jobs = max((len(values) for values in axes.values()), default=1)
     return [[values[j % len(values)] for values in axes.values()] for j in range(n_jobs)]
+
+
+def first_job(overrides: list[str]) -> list[str]:
+    """The command line of a multirun's first job: every swept key (``seed=0,1,2``) at its first value."""
+    return [
+        f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+        for o in OverridesParser.create().parse_overrides(overrides)
+    ]
 
 
 def one_line(error: BaseException) -> str:
