@@ -70,8 +70,8 @@ def validate_post_training(cfg: DictConfig) -> None:
         )
     if not layer_settings(cfg).get("psum_quant", True):
         raise ValueError(
-            "invalid granularity.psum_quant=false: every point of the table quantizes its partial sums at its grid.psum "
-            "granularity with grid.adc_bits ADCs; valid: true (no *_nopsq granularity option)"
+            "invalid granularity.psum_quant=false: every point of the table quantizes its partial sums at its "
+            "grid.psum granularity with grid.adc_bits ADCs; valid: true (no *_nopsq granularity option)"
         )
     for bits in grid.adc_bits:
         try:
