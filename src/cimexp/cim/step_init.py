@@ -136,7 +136,8 @@ def _real_rows_per_tile(mapping: ArrayMapping, like: torch.Tensor) -> torch.Tens
 
 
 def _subsample(samples: torch.Tensor, max_samples: int | None = 4096) -> torch.Tensor:
-    """At most ``max_samples`` evenly strided rows of ``samples`` (all for ``None``)."""
+    """Every ``n // max_samples``-th of the ``n`` rows of ``samples``: ``max_samples`` to ``2 * max_samples - 1`` of
+    them, evenly strided (all of them when ``n < 2 * max_samples`` or for ``None``)."""
     if max_samples is None:
         return samples
     stride = max(1, samples.shape[0] // max_samples)
