@@ -232,6 +232,7 @@ def test_experiments_set_their_recipe(make_cfg) -> None:
         (["optimizer.momentum=-1"], ValueError, ["'momentum': -1", "Invalid momentum value: -1"]),
         (["lr_schedule.eta_min=x"], ValueError, ["lr_schedule", "'eta_min': 'x'"]),
         (["model.compile_mode=turbo"], ValueError, ["model.compile_mode", "turbo", "reduce-overhead"]),
+        (["model.compile=yes"], ValueError, ["model.compile='yes'", "true, false, auto"]),
         (["checkpoint.every_minutes=0"], ValueError, ["checkpoint.every_minutes=0", "a number > 0, or null"]),
         (["checkpoint.every_n_steps=2.5"], ValueError, ["checkpoint.every_n_steps=2.5", "an integer >= 1, or null"]),
         (["cell.bits=5"], ValueError, ["cell_bits=5", "w_bits=4", "1..4"]),

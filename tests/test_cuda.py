@@ -253,6 +253,13 @@ def test_gpu_training(make_cfg, tiny_data, quiet, precision):
     """``trainer=gpu``: calibration in ``setup`` (before Lightning moves the model), two steps, validation."""
     _, objects = _train_two_steps(make_cfg, [*tiny_data, *quiet, "trainer=gpu", f"trainer.precision={precision}"])
     assert objects["trainer"].precision == precision
+    assert objects["results"]["compile"] == "reduce-overhead"  # model.compile=auto: CUDA graphs on one GPU
+
+
+def test_gpu_training_eager(make_cfg, tiny_data, quiet):
+    """``model.compile=false`` on a GPU: the eager path the default replaces."""
+    _, objects = _train_two_steps(make_cfg, [*tiny_data, *quiet, "trainer=gpu", "model.compile=false"])
+    assert objects["results"]["compile"] is None
 
 
 def test_ddp_on_one_gpu(make_cfg, tiny_data, quiet, monkeypatch):
@@ -261,7 +268,8 @@ def test_ddp_on_one_gpu(make_cfg, tiny_data, quiet, monkeypatch):
     for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)  # Lightning sets them for its ranks: unset again afterwards
     try:
-        _train_two_steps(make_cfg, [*tiny_data, *quiet, "trainer=ddp", "trainer.devices=1"])
+        _, objects = _train_two_steps(make_cfg, [*tiny_data, *quiet, "trainer=ddp", "trainer.devices=1"])
+        assert objects["results"]["compile"] is None  # model.compile=auto stays eager under DDP
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -210,6 +210,18 @@ def test_a_run_recorded_under_a_renamed_group_is_the_same_run() -> None:
     assert config_differences(old, {**new, "lr_schedule.T_max": 36}) == ["lr_schedule.T_max: null -> 36"]
 
 
+def test_a_cpu_run_recorded_before_model_compile_auto_is_the_same_run() -> None:
+    """``model.compile: false``, the default until ``auto``, runs what ``auto`` runs on a CPU (eager), and only
+    there: a run that ran eagerly on a GPU would now run under CUDA graphs."""
+    from cimexp.results import config_differences
+
+    old = {"model.compile": False, "trainer.accelerator": "cpu"}
+    assert config_differences(old, {**old, "model.compile": "auto"}) == []
+    gpu = {"model.compile": False, "trainer.accelerator": "gpu"}
+    assert config_differences(gpu, {**gpu, "model.compile": "auto"}) == ['model.compile: false -> "auto"']
+    assert config_differences(old, {**old, "model.compile": True}) == ["model.compile: false -> true"]
+
+
 def test_a_run_recorded_with_copies_of_its_settings_is_the_same_run() -> None:
     from cimexp.results import config_differences
 

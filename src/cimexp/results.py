@@ -87,6 +87,8 @@ TRAIN_FIELDS = {
     "train_time_s": "cumulative training time without validation",
     "best": "best val/acc with its epoch and cum_train_time_s",
     "checkpoints": "paths of best.ckpt and last.ckpt",
+    "compile": "the torch.compile mode the network trained under (model.compile resolved on the run's device; "
+    "absent before 2026-12-07), null: eager",
     "psum_telemetry": "per-layer ADC clip rate and code utilisation of the last validation epoch",
     "history": "one record per validated epoch: epoch, step, cum_train_time_s, val/* metrics",
 }
@@ -224,6 +226,14 @@ was ``scheduler`` in 0.1. A run recorded under the old name is the same run; the
 name in 0.2, with a warning (:func:`cimexp.run.entry.renamed_overrides`)."""
 
 
+def _same_on_a_cpu(key: str, old: Any, new: Mapping[str, Any]) -> bool:
+    """Whether ``old`` (a value of an earlier version's config) ran what ``new`` runs: ``model.compile`` was
+    ``false`` by default until ``auto`` replaced it (2026-12-07), and ``auto`` runs eagerly on a CPU."""
+    return (
+        key == "model.compile" and old is False and new.get(key) == "auto" and new.get("trainer.accelerator") == "cpu"
+    )
+
+
 def current_key(key: str) -> str:
     """A flat config key under its current name (:data:`RENAMED_KEYS`): ``scheduler.T_max`` -> ``lr_schedule.T_max``."""
     head, dot, rest = key.partition(".")
@@ -242,7 +252,8 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     ``<absent>`` where one lacks the key). Keys of :data:`HASH_EXCLUDED_KEYS` are ignored; ``old`` is read with its
     keys and targets under their current names (:data:`RENAMED_KEYS`, :data:`MOVED_TARGETS`) and without the
     copies it may hold (:data:`RETIRED_COPIES`); the data digests are ignored when ``old`` has none (written before
-    they were recorded: it is compared by the data's settings)."""
+    they were recorded: it is compared by the data's settings); ``model.compile: false`` before ``auto`` became the
+    default is ``auto`` on a CPU."""
     missing = object()
     old = {
         current_key(key): _current_target(value)
@@ -259,7 +270,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     return [
         f"{key}: {text(old.get(key, missing))} -> {text(new.get(key, missing))}"
         for key in keys
-        if text(old.get(key, missing)) != text(new.get(key, missing))
+        if text(old.get(key, missing)) != text(new.get(key, missing)) and not _same_on_a_cpu(key, old.get(key), new)
     ]
 
 

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cimexp.cim import Calibration, calibrate, cim_layers, reestimate_batchnorm, set_calibration, telemetry_active
 from cimexp.results import HASHED_CONFIG_KEY
-from cimexp.run.config import COMPILE_MODES, calibration_settings
+from cimexp.run.config import COMPILE_MODES, auto_compile_mode, calibration_settings
 from cimexp.run.optim import NO_DECAY_KINDS, SchedulerFactory, build_scheduler, weight_decay_split
 
 TRAIN_SUMS = ("loss", "correct", "images", "lr")
@@ -26,6 +26,15 @@ TRAIN_SUMS_KEY = "train_epoch_sums"
 """Checkpoint entry holding the sums of the epoch in progress."""
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _compile_mode(model_cfg: DictConfig) -> str | None:
+    """``compile_mode`` of :class:`ImageClassifier` from the ``model`` node: ``"auto"``, its ``compile_mode`` when
+    ``compile`` is true, ``None`` when false."""
+    compile_ = model_cfg.get("compile", "auto")
+    if compile_ == "auto":
+        return "auto"
+    return model_cfg.get("compile_mode", "default") if compile_ else None
 
 
 class ImageClassifier(L.LightningModule):
@@ -65,8 +74,11 @@ class ImageClassifier(L.LightningModule):
         hashed_config: the run's ``cimexp.results.hashed_config`` (data and files by content), stored in every
             checkpoint as ``hashed_config``: a run resumes from it only under the same settings.
         compile_mode: ``torch.compile`` the network with this mode (:data:`COMPILE_MODES`) once its step sizes are
-            calibrated (``configure_model``, after ``setup``); ``None``: run it eagerly. Compilation happens on the
-            first training and the first validation step; the state_dict keys do not change.
+            calibrated (``configure_model``, after ``setup``); ``None``: run it eagerly; ``"auto"``: the mode of
+            :func:`~cimexp.run.config.auto_compile_mode` on the trainer's device (CUDA graphs on one GPU, eager on
+            a CPU). ``compiled_mode`` holds what ran (``None``: eager). Compilation happens on the first training
+            and the first validation step; the state_dict keys do not change.
+        variation_aware: the run trains under a fresh chip instance every step (``"auto"`` then stays eager).
     """
 
     def __init__(
@@ -83,9 +95,11 @@ class ImageClassifier(L.LightningModule):
         config: dict[str, Any] | None = None,
         compile_mode: str | None = None,
         hashed_config: dict[str, Any] | None = None,
+        variation_aware: bool = False,
     ) -> None:
-        if compile_mode is not None and compile_mode not in COMPILE_MODES:
-            raise ValueError(f"invalid compile_mode={compile_mode!r}; valid choices: {', '.join(COMPILE_MODES)}")
+        if compile_mode is not None and compile_mode not in (*COMPILE_MODES, "auto"):
+            valid = ", ".join((*COMPILE_MODES, "auto"))
+            raise ValueError(f"invalid compile_mode={compile_mode!r}; valid choices: {valid}")
         super().__init__()
         self.save_hyperparameters({"config": config}, logger=False)
         self.model = model
@@ -101,6 +115,8 @@ class ImageClassifier(L.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.val_acc_best = 0.0
         self.compile_mode = compile_mode
+        self.variation_aware = variation_aware
+        self.compiled_mode: str | None = None
         self.calibration = Calibration.parse(calibration)
         self.calibration_batches = calibration_batches
         self.bn_batches = bn_batches
@@ -122,12 +138,13 @@ class ImageClassifier(L.LightningModule):
             no_weight_decay=cfg.no_weight_decay,
             **calibration_settings(cfg.calibration),
             config=config,
-            compile_mode=cfg.model.compile_mode if cfg.model.get("compile") else None,
+            compile_mode=_compile_mode(cfg.model),
             hashed_config=hashed_config,
+            variation_aware=cfg.variation.train_sigma > 0,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compile_mode is not None and telemetry_active(self.model):
+        if self.compiled_mode is not None and telemetry_active(self.model):
             # Telemetry counts on the host in every layer (graph breaks): recorded batches skip the compiled graph.
             return self.model.forward(x)
         return self.model(x)
@@ -146,8 +163,17 @@ class ImageClassifier(L.LightningModule):
 
     def configure_model(self) -> None:
         # After setup's calibration, so that compiled graphs never contain the step initialisation branches.
-        if self.compile_mode is not None and getattr(self.model, "_compiled_call_impl", None) is None:
-            self.model.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
+        mode = self.compile_mode
+        if mode == "auto":
+            mode = auto_compile_mode(
+                self.trainer.strategy.root_device,
+                self.trainer.world_size,
+                variation_aware=self.variation_aware,
+                non_integer_operands=any(layer._non_integer_operands for _, layer in cim_layers(self.model)),
+            )
+        self.compiled_mode = mode
+        if mode is not None and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(mode=None if mode == "default" else mode)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

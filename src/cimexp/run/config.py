@@ -46,6 +46,25 @@ SHIPPED_MODULE = "cimexp.checkpoints"
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile`` modes of ``model.compile_mode``; ``reduce-overhead`` replays CUDA graphs (GPU)."""
+COMPILE_CHOICES = (True, False, "auto")
+"""``model.compile``: ``true`` compiles the network with ``model.compile_mode``, ``false`` runs it eagerly, ``auto``
+(the default) takes the fastest path measured on the run's device (:func:`auto_compile_mode`)."""
+AUTO_COMPILE_MODE = "reduce-overhead"
+"""The ``torch.compile`` mode ``model.compile=auto`` picks on one GPU: CUDA graphs, the fastest path measured
+there (H100, ResNet-20 column/column step at batch 128: 20.1 ms against 81.0 ms eager; docs/speed.md)."""
+
+
+def auto_compile_mode(
+    device: torch.device, world_size: int, *, variation_aware: bool, non_integer_operands: bool
+) -> str | None:
+    """What ``model.compile=auto`` runs on ``device``: :data:`AUTO_COMPILE_MODE` on one CUDA device, eager
+    (``None``) elsewhere. Eager also on several processes (CUDA graphs under DDP were never measured), under
+    variation-aware training (its fresh chip instance every step would recompile the graph every step) and where a
+    CIM layer multiplies non-integers (its eager path turns TF32 off for them, a compiled graph would not)."""
+    if device.type == "cuda" and world_size == 1 and not (variation_aware or non_integer_operands):
+        return AUTO_COMPILE_MODE
+    return None
+
 
 LAYER_SETTINGS = {
     "w_bits": "quant.w_bits",
@@ -274,6 +293,7 @@ def validate_train(cfg: DictConfig) -> None:
     smoothing = cfg.loss.label_smoothing
     if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
         raise ValueError(f"invalid loss.label_smoothing={smoothing!r}; valid: a number in [0, 1)")
+    check_choice("model.compile", cfg.model.get("compile", "auto"), COMPILE_CHOICES)
     check_choice("model.compile_mode", cfg.model.get("compile_mode", "default"), COMPILE_MODES)
     CostModel.from_config(cfg.cost, cfg.adc.bits)  # a bad cost.adc_model lists the valid ones
     adc_errors(cfg.adc)
@@ -419,10 +439,12 @@ def calibration_settings(calibration: DictConfig) -> dict[str, Any]:
     return {"calibration": Calibration.parse(settings), "calibration_batches": batches, "bn_batches": bn_batches}
 
 
-def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming ``key=value`` and the ``choices`` unless ``value`` is one of them."""
-    if value not in choices:
-        raise ValueError(f"invalid {key}={value!r}; valid choices: {', '.join(choices)}")
+def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming ``key=value`` and the ``choices`` (booleans as YAML spells them) unless ``value``
+    is one of them."""
+    if value not in choices or isinstance(value, bool) != isinstance(choices[choices.index(value)], bool):
+        listed = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        raise ValueError(f"invalid {key}={value!r}; valid choices: {listed}")
 
 
 def _warn_sign_bit_cells(layer: torch.nn.Module) -> None:

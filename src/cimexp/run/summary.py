@@ -116,6 +116,7 @@ def train_record(
             "best": (checkpoint.best_model_path or None) if checkpoint else None,
             "last": _last_checkpoint(find_callback(trainer, RecoveryCheckpoint), Path(cfg.paths.output_dir)),
         },
+        compile=module.compiled_mode,
         cim_summary=cim_summary(model, example_input(datamodule, model), CostModel.from_config(cfg.cost))
         if is_cim
         else None,
