@@ -17,7 +17,7 @@ Every step runs as a subprocess with its own time limit; the whole check stops s
 ``$OUT`` where set, else ``logs/gpu_check``). ``--small`` shrinks every size for a dry run on a CPU. Run again on the
 same machine, the check continues where its budget stopped it: the epoch and packing runs keep their directories
 (``/tmp/gpu_check_runs``), so a finished run is read back, not trained again, and an unfinished one resumes from
-its checkpoint (its epoch 1 then holds the first attempt's warm-up).
+its last checkpoint where it wrote one (its epoch 1 then holds the first attempt's warm-up).
 """
 
 from __future__ import annotations
