@@ -442,7 +442,7 @@ def calibration_settings(calibration: DictConfig) -> dict[str, Any]:
 def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise ``ValueError`` naming ``key=value`` and the ``choices`` (booleans as YAML spells them) unless ``value``
     is one of them."""
-    if value not in choices or isinstance(value, bool) != isinstance(choices[choices.index(value)], bool):
+    if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
         listed = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
         raise ValueError(f"invalid {key}={value!r}; valid choices: {listed}")
 
