@@ -24,7 +24,8 @@ COMMITTED = {
 The others were made by earlier versions of the report: medium/report_fig9's runs table lacks the ``quantizer``
 column that reading it back adds; quick/, quick/beyond/, quick/qat_schedules/ and medium/pilot_before_fixes/ also
 predate today's wording of report.md (and quick/qat_schedules/ today's time-to-accuracy rule for two-stage QAT).
-The post-training table (``post_training/table.md``) is rendered again from its points.csv."""
+The post-training tables (``post_training/`` and each network's of ``networks/``) are rendered again from their
+points.csv."""
 
 
 @pytest.mark.parametrize("committed", list(COMMITTED))
@@ -49,3 +50,20 @@ def test_the_committed_post_training_table_is_rendered_from_its_points() -> None
     rows = read_points(folder / "points.csv")
     assert len(rows) > 300 and {row["draw"] for row in rows} == {"", "0"}
     assert render_table(rows) == (folder / "table.md").read_text()
+
+
+NETWORKS = sorted(path.parent.name for path in (RESULTS / "networks").glob("*/points.csv"))
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_a_committed_network_table_is_rendered_from_its_points(network: str) -> None:
+    folder = RESULTS / "networks" / network
+    rows = read_points(folder / "points.csv")
+    # The declared protocol: the float row and 9 granularity pairs x 2 ADC resolutions x 3 calibration draws.
+    assert len(rows) == 1 + 9 * 2 * 3 and {row["draw"] for row in rows} == {"", "0", "1", "2"}
+    assert {(row["adc_bits"], row["psum_method"]) for row in rows if row["draw"]} == {("4", "percentile"), ("3", "mse")}
+    assert render_table(rows) == (folder / "table.md").read_text()
+
+
+def test_the_committed_networks_include_the_transformer() -> None:
+    assert "vit" in NETWORKS
