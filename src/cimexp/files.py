@@ -68,7 +68,8 @@ def read_checkpoint(path: str | Path) -> Any:
 
     Raises:
         ValueError: the file holds other Python objects; the message names the file and what was refused.
-        CorruptFileError: the file is not a complete checkpoint (truncated, random bytes, another format).
+        CorruptFileError: the file is not a complete checkpoint (truncated, random bytes, another format): any
+            failure to read it other than a refused global or a missing or unreadable file.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -86,7 +87,7 @@ def read_checkpoint(path: str | Path) -> Any:
             f"which could run code when unpickled ({reason}). cimexp checkpoints and state_dicts never do; if you "
             "trust the file, re-save its tensors with torch.save(state_dict) and load that."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # random bytes fail anywhere in the unpickler: IndexError, KeyError, ...
         if isinstance(error, FileNotFoundError | IsADirectoryError | PermissionError):
             raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
