@@ -87,9 +87,9 @@ def read_checkpoint(path: str | Path) -> Any:
             f"which could run code when unpickled ({reason}). cimexp checkpoints and state_dicts never do; if you "
             "trust the file, re-save its tensors with torch.save(state_dict) and load that."
         ) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # not the file's bytes: the caller's path or rights
     except Exception as error:  # random bytes fail anywhere in the unpickler: IndexError, KeyError, ...
-        if isinstance(error, FileNotFoundError | IsADirectoryError | PermissionError):
-            raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CorruptFileError(f"{path}: not a readable checkpoint, the file is corrupt ({reason})") from None
 
