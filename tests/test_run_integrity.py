@@ -158,6 +158,10 @@ def test_corrupt_checkpoints_are_called_corrupt_and_the_one_before_is_used(tmp_p
         noise.write_bytes(random.Random(seed).randbytes(4096))
         with pytest.raises(CorruptFileError, match=r"noise\.ckpt: not a readable checkpoint, the file is corrupt"):
             readable_checkpoint(noise)
+    with pytest.raises(FileNotFoundError):  # a wrong path is the caller's, not a corrupt file
+        read_checkpoint(tmp_path / "missing.ckpt")
+    with pytest.raises(IsADirectoryError):
+        read_checkpoint(tmp_path)
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"x": _Payload(tmp_path / "ran")}, crafted)
     with warnings.catch_warnings():
